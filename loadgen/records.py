@@ -1,0 +1,136 @@
+"""Per-request records: what the client measured for one request, and their JSONL file.
+
+Clock: every ``*_ns`` field is integer nanoseconds of ``time.perf_counter_ns()`` (CLOCK_MONOTONIC on
+Linux, shared by every process on the host) **relative to the run's start** (``t0``), the instant the
+measured trace began. Warm-up requests run before ``t0`` and have negative times and ``warmup=True``.
+
+A record is written to ``requests.jsonl`` as soon as its request ends (see :class:`RecordWriter`), so
+a crash, ``kill -9`` or Ctrl-C never loses a measured request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from loadgen.errors import ReportError
+
+#: Where a record's ``output_tokens`` came from, best first.
+TOKEN_SOURCES = ("usage", "tokenizer", "chunks")
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One request's timeline and outcome.
+
+    ``scheduled_ns`` is when the scenario wanted the request sent: for open-loop scenarios (Server,
+    Offline, constant rate, trace replay) the pre-generated target; for closed-loop ones (SingleStream,
+    MultiStream, concurrency) the instant the previous query completed, i.e. the issue time. Latencies
+    are measured from it, so client lateness can never hide inside a latency (coordinated omission);
+    ``issue_delay_ns = sent_ns - scheduled_ns`` is kept separately.
+    """
+
+    index: int  # position in the issued trace (0-based; warm-up requests count separately)
+    sample: int  # index of the sample (prompt) in the dataset
+    query: int  # query id; MultiStream sends several samples as one query
+    scheduled_ns: int
+    sent_ns: int  # just before the request bytes were handed to the connection
+    end_ns: int  # stream end, response end, or the moment the error was seen
+    first_token_ns: int | None = None  # first chunk that carried generated content
+    chunk_ns: list[int] = field(default_factory=list)  # arrival of each content chunk
+    chunk_tokens: list[int] = field(default_factory=list)  # tokens carried by each content chunk
+    input_tokens: int = 0  # prompt tokens as the client knows them (exact when a tokenizer was used)
+    output_tokens: int = 0  # best known count, see ``tokens_source``
+    tokens_source: str = "chunks"  # one of TOKEN_SOURCES
+    prompt_tokens: int | None = None  # the server's usage.prompt_tokens
+    requested_output_tokens: int | None = None  # max_tokens sent
+    status: int | None = None  # HTTP status, None when no response head arrived
+    error_class: str | None = None  # see loadgen.client.ERROR_CLASSES; None for success
+    error: str | None = None  # human-readable detail (never contains credentials)
+    worker: int = 0
+    retries: int = 0
+    warmup: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error_class is None
+
+    @property
+    def issue_delay_ns(self) -> int:
+        return self.sent_ns - self.scheduled_ns
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RequestRecord:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class RecordWriter:
+    """Appends records to a JSONL file as they complete.
+
+    Flush policy: each record is one ``write()`` of a complete line to an unbuffered file descriptor
+    opened with ``O_APPEND``, so the line is in the kernel's page cache when ``write`` returns and
+    survives ``kill -9`` of loadgen (not a power loss; :meth:`close` fsyncs). A partial last line can
+    only come from a power loss or a full disk, and :func:`read_records` skips it with a warning.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.count = 0
+
+    def write(self, record: RequestRecord) -> None:
+        os.write(self._fd, record.to_json() + b"\n")
+        self.count += 1
+
+    def write_many(self, records: list[RequestRecord]) -> None:
+        if records:
+            os.write(self._fd, b"".join(r.to_json() + b"\n" for r in records))
+            self.count += len(records)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def iter_records(path: Path) -> Iterator[RequestRecord]:
+    """Yield the records of a ``requests.jsonl``; a torn last line is skipped."""
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise ReportError(f"cannot read {path}: {exc.strerror}. Give a report folder or a requests.jsonl.") from exc
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            data = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            if lineno == len(lines):  # torn final line after a crash: everything before it is intact
+                continue
+            raise ReportError(f"{path}:{lineno} is not valid JSON ({exc}); the file is damaged.") from exc
+        if not isinstance(data, dict):
+            raise ReportError(f"{path}:{lineno} is not a request record (expected a JSON object).")
+        try:
+            yield RequestRecord.from_dict(data)
+        except TypeError as exc:
+            raise ReportError(f"{path}:{lineno} is missing request fields ({exc}).") from exc
+
+
+def read_records(path: Path) -> list[RequestRecord]:
+    return list(iter_records(path))
