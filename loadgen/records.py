@@ -114,7 +114,9 @@ def iter_records(path: Path) -> Iterator[RequestRecord]:
     try:
         lines = path.read_bytes().splitlines()
     except OSError as exc:
-        raise ReportError(f"cannot read {path}: {exc.strerror}. Give a report folder or a requests.jsonl.") from exc
+        raise ReportError(
+            f"cannot read {path}: {exc.strerror}. Give a report folder or a requests.jsonl."
+        ) from exc
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue

@@ -1,0 +1,120 @@
+"""Is the client keeping up? Event-loop lag, CPU use and issue lateness, and the verdict.
+
+A load generator that falls behind prints its own limits as if they were the server's. This module
+measures the three ways that shows and says "client-limited" — which makes the run INVALID — instead of
+letting distorted latencies pass as real.
+
+- Issue delay: ``sent − scheduled`` per request (from the records).
+- Event-loop lag: every ``interval`` a callback is queued with ``call_soon``; the time until it runs is
+  how long a chunk that arrived at that moment would have waited to be timestamped.
+- CPU: process CPU time over wall time, in cores (1.0 = one core fully busy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: Thresholds of the verdict (documented in the README).
+ISSUE_DELAY_P99_LIMIT_MS = 1.0
+LOOP_LAG_P99_LIMIT_MS = 2.0
+CPU_LIMIT_CORES = 0.9
+
+
+class LoopLagMonitor:
+    """Samples event-loop lag every ``interval_s`` until :meth:`stop`; bounded to ``max_samples``."""
+
+    def __init__(self, interval_s: float = 0.02, max_samples: int = 200_000) -> None:
+        self._interval = interval_s
+        self._lags: list[int] = []
+        self._max = max_samples
+        self._task: asyncio.Task[None] | None = None
+        self._cpu0 = 0.0
+        self._wall0 = 0
+        self.cpu_cores: float | None = None
+
+    def start(self, tg: asyncio.TaskGroup) -> None:
+        self._cpu0 = time.process_time()
+        self._wall0 = time.perf_counter_ns()
+        self._task = tg.create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        lags = self._lags
+        while len(lags) < self._max:
+            await asyncio.sleep(self._interval)
+            fut: asyncio.Future[int] = loop.create_future()
+            t = time.perf_counter_ns()
+            loop.call_soon(lambda f=fut, t=t: f.done() or f.set_result(time.perf_counter_ns() - t))
+            lags.append(await fut)
+
+    def stop(self) -> None:
+        wall = (time.perf_counter_ns() - self._wall0) / 1e9
+        if wall > 0:
+            self.cpu_cores = (time.process_time() - self._cpu0) / wall
+        if self._task is not None:
+            self._task.cancel()
+
+    @property
+    def lags_ns(self) -> np.ndarray:
+        return np.asarray(self._lags, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class ClientHealth:
+    issue_delay_ms: dict[str, float | None]
+    loop_lag_ms: dict[str, float | None]
+    cpu_cores: float | None
+    limited: bool
+    reasons: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "issue_delay_ms": self.issue_delay_ms,
+            "loop_lag_ms": self.loop_lag_ms,
+            "cpu_cores": self.cpu_cores,
+            "client_limited": self.limited,
+            "reasons": self.reasons,
+            "thresholds": {
+                "issue_delay_p99_ms": ISSUE_DELAY_P99_LIMIT_MS,
+                "loop_lag_p99_ms": LOOP_LAG_P99_LIMIT_MS,
+                "cpu_cores": CPU_LIMIT_CORES,
+            },
+        }
+
+
+def _pcts(values_ns: np.ndarray) -> dict[str, float | None]:
+    if len(values_ns) == 0:
+        return {"p50": None, "p99": None, "max": None}
+    ms = values_ns / 1e6
+    return {
+        "p50": float(np.percentile(ms, 50)),
+        "p99": float(np.percentile(ms, 99)),
+        "max": float(ms.max()),
+    }
+
+
+def assess(
+    issue_delays_ns: np.ndarray, lags_ns: np.ndarray, cpu_cores: float | None, *, check_issue_delay: bool
+) -> ClientHealth:
+    """The verdict. ``check_issue_delay`` is off for Offline, where everything is due at once."""
+    issue = _pcts(issue_delays_ns)
+    lag = _pcts(lags_ns)
+    reasons = []
+    if check_issue_delay and issue["p99"] is not None and issue["p99"] > ISSUE_DELAY_P99_LIMIT_MS:
+        reasons.append(
+            f"requests went out late: issue delay p99 {issue['p99']:.2f} ms > {ISSUE_DELAY_P99_LIMIT_MS} ms "
+            "(the client could not keep to the schedule; use more --workers or a lower rate)"
+        )
+    if lag["p99"] is not None and lag["p99"] > LOOP_LAG_P99_LIMIT_MS:
+        reasons.append(
+            f"event-loop lag p99 {lag['p99']:.2f} ms > {LOOP_LAG_P99_LIMIT_MS} ms (arriving chunks waited "
+            "that long to be timestamped, inflating TTFT and ITL)"
+        )
+    if cpu_cores is not None and cpu_cores > CPU_LIMIT_CORES:
+        reasons.append(f"client CPU {cpu_cores:.2f} cores > {CPU_LIMIT_CORES} (one process is saturated)")
+    return ClientHealth(issue, lag, cpu_cores, bool(reasons), reasons)

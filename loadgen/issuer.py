@@ -1,0 +1,180 @@
+"""The issuer: follows a :class:`~loadgen.scenarios.Trace` and sends each query through the client.
+
+Open loop (Server, Offline, constant): query *i* goes out at ``t0 + offsets_ns[i]`` — absolute target
+times, never a chain of sleeps — and issuing never waits for completions or for a connection. When the
+client falls behind, late queries go out at once and keep their scheduled times, so the lateness shows
+in ``issue_delay`` and in the latency from the scheduled time instead of disappearing.
+
+Closed loop (SingleStream, MultiStream, concurrency): each stream sends its next query when its last
+one completes, until both the query count and the duration are met, or the hard stop.
+
+Waiting: asyncio timers wake up to ~1 ms late (epoll rounds timeouts to milliseconds), so the issuer
+sleeps until 1 ms before the target and then yields to the loop (``sleep(0)``) until the target; reads
+keep being served while it waits.
+
+Stopping: :meth:`Issuer.stop` ends issuing (in-flight requests finish); :meth:`Issuer.abort` also
+cancels the requests in flight, which are recorded as ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from loadgen.client import Client
+from loadgen.datasets import Dataset
+from loadgen.records import RequestRecord
+from loadgen.scenarios import Trace
+
+_SPIN_NS = 1_000_000
+
+
+async def sleep_until(target_ns: int) -> None:
+    """Return at ``perf_counter_ns() >= target_ns``, typically within tens of microseconds."""
+    while True:
+        left = target_ns - time.perf_counter_ns()
+        if left <= 0:
+            return
+        if left > _SPIN_NS:
+            await asyncio.sleep((left - _SPIN_NS) / 1e9)
+        else:
+            await asyncio.sleep(0)
+
+
+@dataclass
+class IssueStats:
+    issued: int = 0
+    completed: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    output_tokens: int = 0
+    stopped_early: str | None = None  # why issuing ended before the trace did
+    last_issue_ns: int = 0  # relative to t0
+    issue_ended_ns: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+class Issuer:
+    """Runs a trace; every finished record goes to ``on_record`` (writer, exporter, progress)."""
+
+    def __init__(
+        self,
+        client: Client,
+        dataset: Dataset,
+        trace: Trace,
+        on_record: Callable[[RequestRecord], None],
+        on_start: Callable[[], None] | None = None,
+        *,
+        warmup: bool = False,
+    ) -> None:
+        self._client = client
+        self._dataset = dataset
+        self._trace = trace
+        self._on_record = on_record
+        self._on_start = on_start
+        self._warmup = warmup
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._next_index = 0
+        self._queries_started = 0
+        self.stats = IssueStats()
+
+    # ---- control ---------------------------------------------------------------------------------
+    def stop(self, reason: str) -> None:
+        """Stop issuing; requests in flight run to completion."""
+        if not self._stop.is_set():
+            self.stats.stopped_early = reason
+            self._stop.set()
+
+    def abort(self, reason: str) -> None:
+        """Stop issuing and cancel the requests in flight (they are recorded as cancelled)."""
+        self.stop(reason)
+        for task in list(self._tasks):
+            task.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # ---- one request -----------------------------------------------------------------------------
+    async def _request(self, query: int, sample: int, scheduled_ns: int) -> None:
+        rec = RequestRecord(
+            index=self._next_index, sample=sample, query=query, scheduled_ns=scheduled_ns,
+            sent_ns=0, end_ns=0, warmup=self._warmup,
+        )
+        self._next_index += 1
+        st = self.stats
+        st.issued += 1
+        st.in_flight += 1
+        if self._on_start is not None:
+            self._on_start()
+        try:
+            await self._client.fill(rec, self._dataset.samples[sample])
+        finally:
+            st.in_flight -= 1
+            if rec.error_class is None:
+                st.completed += 1
+                st.output_tokens += rec.output_tokens
+            else:
+                st.failed += 1
+                st.errors[rec.error_class] = st.errors.get(rec.error_class, 0) + 1
+            self._on_record(rec)
+
+    def _spawn(self, tg: asyncio.TaskGroup, query: int, sample: int, scheduled_ns: int) -> asyncio.Task[None]:
+        task = tg.create_task(self._request(query, sample, scheduled_ns))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ---- scenarios -------------------------------------------------------------------------------
+    async def run(self) -> IssueStats:
+        """Issue the whole trace (``client.t0_ns`` must be set) and wait for every request."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                if self._trace.open_loop:
+                    await self._open_loop(tg)
+                else:
+                    streams = [
+                        tg.create_task(self._closed_stream(tg)) for _ in range(self._trace.streams)
+                    ]
+                    await asyncio.gather(*streams)
+                self.stats.issue_ended_ns = time.perf_counter_ns() - self._client.t0_ns
+        except BaseExceptionGroup as group:
+            # Cancelled requests are expected after abort(); anything else is a bug and propagates.
+            rest = group.subgroup(lambda e: not isinstance(e, asyncio.CancelledError))
+            if rest is not None:
+                raise rest from None
+        return self.stats
+
+    async def _open_loop(self, tg: asyncio.TaskGroup) -> None:
+        t0 = self._client.t0_ns
+        trace = self._trace
+        offsets = trace.offsets_ns.tolist()
+        for query, offset in enumerate(offsets):
+            if self._stop.is_set():
+                return
+            await sleep_until(t0 + offset)
+            if self._stop.is_set():
+                return
+            for sample in trace.samples_of(query).tolist():
+                self._spawn(tg, query, sample, offset)
+            self.stats.last_issue_ns = offset
+
+    async def _closed_stream(self, tg: asyncio.TaskGroup) -> None:
+        t0 = self._client.t0_ns
+        trace = self._trace
+        while not self._stop.is_set():
+            now = time.perf_counter_ns() - t0
+            query = self._queries_started
+            if query >= trace.min_queries and now >= trace.min_duration_ns:
+                return
+            if now >= trace.hard_stop_ns:
+                self.stop(f"hard stop at {trace.hard_stop_ns / 1e9:g} s before the query count was met")
+                return
+            self._queries_started += 1
+            self.stats.last_issue_ns = now
+            tasks = [self._spawn(tg, query, s, now) for s in trace.samples_of(query).tolist()]
+            await asyncio.wait(tasks)
+

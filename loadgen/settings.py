@@ -1,0 +1,317 @@
+"""The one typed, immutable settings model for a run.
+
+Scenario files (YAML), CLI options and Python callers all end up in :class:`Settings`; a scenario file
+is data validated by this model, never parsed a second way. Every invalid field is reported with its
+path (``input_len.max``) and the reason, as a :class:`loadgen.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from loadgen.errors import ConfigError
+
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+
+
+class Scenario(StrEnum):
+    """What decides when requests are sent (MLPerf LoadGen's four, plus closed-loop and constant rate)."""
+
+    SINGLESTREAM = "singlestream"  # one query outstanding; next when it completes
+    MULTISTREAM = "multistream"  # samples_per_query samples as one query; next when all complete
+    SERVER = "server"  # Poisson arrivals at qps, open loop, latency from the scheduled time
+    OFFLINE = "offline"  # every sample issued at once
+    CONCURRENCY = "concurrency"  # closed loop: N virtual users, each sends when its last one ends
+    CONSTANT = "constant"  # open loop at a fixed interval of 1/qps
+
+    @property
+    def open_loop(self) -> bool:
+        return self in (Scenario.SERVER, Scenario.OFFLINE, Scenario.CONSTANT)
+
+    @property
+    def mlperf_name(self) -> str:
+        return {
+            Scenario.SINGLESTREAM: "SingleStream",
+            Scenario.MULTISTREAM: "MultiStream",
+            Scenario.SERVER: "Server",
+            Scenario.OFFLINE: "Offline",
+            Scenario.CONCURRENCY: "Concurrency",
+            Scenario.CONSTANT: "ConstantRate",
+        }[self]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LengthDist(_Model):
+    """A token-length distribution; a plain integer in a file or option means ``fixed``.
+
+    ``uniform`` draws integers in [min, max]; ``normal`` and ``lognormal`` take ``mean`` and ``std``
+    (of the lengths themselves, in tokens) and are clipped to [min, max].
+    """
+
+    kind: Literal["fixed", "uniform", "normal", "lognormal"] = "fixed"
+    mean: int = Field(128, ge=1)
+    std: float = Field(0.0, ge=0)
+    min: int = Field(1, ge=1)
+    max: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> LengthDist:
+        if self.max is not None and self.max < self.min:
+            raise ValueError(f"max ({self.max}) is below min ({self.min})")
+        if self.kind == "uniform" and self.max is None:
+            raise ValueError("a uniform length needs both min and max")
+        return self
+
+    @property
+    def upper(self) -> int:
+        return self.max if self.max is not None else max(self.mean * 4, self.mean + 1)
+
+
+def _length(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a token count or a {kind, mean, ...} mapping")
+    if isinstance(value, int):
+        return {"kind": "fixed", "mean": value}
+    if isinstance(value, str) and value.strip().isdigit():
+        return {"kind": "fixed", "mean": int(value)}
+    return value
+
+
+class Slo(_Model):
+    """Latency objectives (p99 bounds for validity; per-request bounds for goodput), milliseconds."""
+
+    ttft_ms: float | None = Field(None, gt=0)
+    tpot_ms: float | None = Field(None, gt=0)
+    e2e_ms: float | None = Field(None, gt=0)
+
+
+#: MLPerf LLM latency limits (p99 TTFT ms, p99 TPOT ms), from MLPERF.md.
+MLPERF_PRESETS: dict[str, tuple[float, float]] = {
+    "llama2-70b": (2000, 200),
+    "llama2-70b-interactive": (450, 40),
+    "mixtral-8x7b": (2000, 200),
+    "llama3_1-8b": (2000, 100),
+    "llama3_1-8b-interactive": (500, 30),
+    "llama3_1-405b": (6000, 175),
+    "llama3_1-405b-interactive": (4500, 80),
+    "deepseek-r1": (2000, 80),
+    "deepseek-r1-interactive": (1500, 15),
+    "gpt-oss-120b": (3000, 80),
+    "gpt-oss-120b-interactive": (2000, 15),
+}
+
+
+class Settings(_Model):
+    """Everything one run needs. Times in seconds unless the name says otherwise."""
+
+    scenario: Scenario
+    name: str | None = None
+    # --- target -----------------------------------------------------------------------------------
+    url: str | None = None  # None: start the built-in simulated server for the run
+    model: str | None = None  # None: the first model the endpoint lists
+    api_key_env: str | None = None  # name of the environment variable holding the API key
+    endpoint: Literal["completions", "chat"] = "completions"
+    stream: bool = True
+    ignore_eos: bool = True  # ask vLLM for exactly output_len tokens
+    headers: dict[str, str] = Field(default_factory=dict)
+    insecure: bool = False  # skip TLS verification
+    # --- load -------------------------------------------------------------------------------------
+    qps: float | None = Field(None, gt=0)  # server, constant
+    concurrency: int = Field(1, ge=1, le=100_000)  # concurrency scenario
+    samples_per_query: int = Field(8, ge=1, le=10_000)  # multistream
+    duration_s: float = Field(60.0, ge=0)  # minimum run duration (MLPerf min_duration)
+    num_requests: int = Field(100, ge=1)  # minimum query count (MLPerf min_query_count)
+    max_duration_s: float | None = Field(None, gt=0)  # hard stop for closed loops; default 10x duration
+    warmup: int = Field(0, ge=0)  # requests sent before the clock starts, excluded from every statistic
+    seed: int = Field(0, ge=0)
+    # --- data -------------------------------------------------------------------------------------
+    input_len: LengthDist = Field(default_factory=lambda: LengthDist(mean=128))
+    output_len: LengthDist = Field(default_factory=lambda: LengthDist(mean=128))
+    # distinct synthetic prompts; default: one per expected query (capped), so no prompt repeats and a
+    # server's prefix cache cannot flatter the run
+    dataset_size: int | None = Field(None, ge=1, le=1_000_000)
+    prompts_file: Path | None = None  # JSONL of {"prompt"|"messages", "output_len"}
+    tokenizer: str | None = None  # local tokenizer directory (tokenizer.json)
+    # --- objectives and MLPerf --------------------------------------------------------------------
+    preset: str | None = None  # an MLPerf key from MLPERF_PRESETS; fills slo
+    slo: Slo = Field(default_factory=Slo)
+    target_latency_percentile: float | None = Field(None, gt=0, lt=1)
+    # --- client -----------------------------------------------------------------------------------
+    request_timeout_s: float = Field(600.0, gt=0)  # whole request
+    idle_timeout_s: float = Field(120.0, gt=0)  # no bytes between chunks
+    max_connections: int | None = Field(None, ge=1)  # default: enough for the load, never queueing
+    # --- built-in simulated server (used when url is None) ------------------------------------------
+    sim: dict[str, Any] = Field(default_factory=dict)
+    # --- outputs ----------------------------------------------------------------------------------
+    out: Path | None = None
+    fail_on_invalid: bool = False
+    progress: bool = True
+
+    @field_validator("input_len", "output_len", mode="before")
+    @classmethod
+    def _lengths(cls, v: Any) -> Any:
+        return _length(v)
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str | None) -> str | None:
+        if v is not None and v not in MLPERF_PRESETS:
+            raise ValueError(f"unknown MLPerf preset {v!r}; known: {', '.join(MLPERF_PRESETS)}")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r} is not an http:// or https:// URL")
+        return v.rstrip("/").removesuffix("/v1")
+
+    @model_validator(mode="after")
+    def _scenario_needs(self) -> Settings:
+        if self.scenario in (Scenario.SERVER, Scenario.CONSTANT) and self.qps is None:
+            raise ValueError(f"the {self.scenario.value} scenario needs qps (requests per second)")
+        return self
+
+    # ---- derived values ----------------------------------------------------------------------------
+    @property
+    def effective_slo(self) -> Slo:
+        if self.preset is None:
+            return self.slo
+        ttft, tpot = MLPERF_PRESETS[self.preset]
+        return Slo(
+            ttft_ms=self.slo.ttft_ms or ttft, tpot_ms=self.slo.tpot_ms or tpot, e2e_ms=self.slo.e2e_ms
+        )
+
+    @property
+    def latency_percentile(self) -> float:
+        if self.target_latency_percentile is not None:
+            return self.target_latency_percentile
+        return 0.90 if self.scenario == Scenario.SINGLESTREAM else 0.99
+
+    @property
+    def hard_stop_s(self) -> float:
+        """Closed loops stop here even if the query count is not met (every loop is bounded)."""
+        if self.max_duration_s is not None:
+            return self.max_duration_s
+        return max(10 * self.duration_s, self.duration_s + 600)
+
+    @property
+    def in_flight_bound(self) -> int:
+        """The most requests this scenario can have outstanding at once (closed loops)."""
+        if self.scenario == Scenario.SINGLESTREAM:
+            return 1
+        if self.scenario == Scenario.MULTISTREAM:
+            return self.samples_per_query
+        if self.scenario == Scenario.CONCURRENCY:
+            return self.concurrency
+        return math.inf  # type: ignore[return-value]
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings as JSON-safe data for reports; never holds a secret (keys live only in env vars)."""
+        data = self.model_dump(mode="json")
+        data["headers"] = {k: ("***" if _secret_header(k) else v) for k, v in self.headers.items()}
+        return data
+
+
+def _secret_header(name: str) -> bool:
+    n = name.lower()
+    return n in ("authorization", "proxy-authorization", "cookie") or "key" in n or "token" in n
+
+
+# ---- loading ---------------------------------------------------------------------------------------
+
+
+def builtin_scenarios() -> list[str]:
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
+
+
+def scenario_source(name_or_path: str) -> Path:
+    """Resolve a built-in scenario name or a YAML path to a file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists() or "/" in name_or_path:
+        if not path.is_file():
+            raise ConfigError(
+                f"scenario file {name_or_path} does not exist. Give a YAML file path or one of the "
+                f"built-in scenarios: {', '.join(builtin_scenarios())}."
+            )
+        return path
+    builtin = BUILTIN_DIR / f"{name_or_path}.yaml"
+    if not builtin.is_file():
+        raise ConfigError(
+            f"unknown scenario {name_or_path!r}. Built-in scenarios: {', '.join(builtin_scenarios())}; "
+            "or give the path of a YAML scenario file."
+        )
+    return builtin
+
+
+def read_scenario_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read scenario file {path}: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(
+            f"scenario file {path} is not valid YAML{where}: {problem}. Fix the file's syntax "
+            "(indentation, a missing ':' or an unclosed quote are the usual causes)."
+        ) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"scenario file {path} must be a mapping of settings (key: value), not a {type(data).__name__}."
+        )
+    return data
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid settings in {source}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check its spelling; `loadgen run --help` lists the options)"
+        lines.append(f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def build_settings(data: dict[str, Any], source: str) -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_settings(scenario: str, overrides: dict[str, Any] | None = None) -> Settings:
+    """Built-in name or YAML path, plus overrides (CLI options; None values are ignored)."""
+    path = scenario_source(scenario)
+    data = read_scenario_file(path)
+    if "scenario" not in data:
+        data["scenario"] = path.stem if path.parent == BUILTIN_DIR else data.get("scenario")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    source = f"scenario {scenario!r}" if path.parent == BUILTIN_DIR else f"scenario file {path}"
+    if data.get("scenario") is None:
+        raise ConfigError(
+            f"{source} does not say which scenario to run: add `scenario:` with one of "
+            f"{', '.join(s.value for s in Scenario)}."
+        )
+    return build_settings(data, source + " (with command-line options)" if overrides else source)
