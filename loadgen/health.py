@@ -48,8 +48,7 @@ class LoopLagMonitor:
         while len(lags) < self._max:
             await asyncio.sleep(self._interval)
             fut: asyncio.Future[int] = loop.create_future()
-            t = time.perf_counter_ns()
-            loop.call_soon(lambda f=fut, t=t: f.done() or f.set_result(time.perf_counter_ns() - t))
+            loop.call_soon(_resolve_lag, fut, time.perf_counter_ns())
             lags.append(await fut)
 
     def stop(self) -> None:
@@ -62,6 +61,11 @@ class LoopLagMonitor:
     @property
     def lags_ns(self) -> np.ndarray:
         return np.asarray(self._lags, dtype=np.int64)
+
+
+def _resolve_lag(fut: asyncio.Future[int], queued_ns: int) -> None:
+    if not fut.done():
+        fut.set_result(time.perf_counter_ns() - queued_ns)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,205 @@
+"""The ``loadgen`` command line: parses options into settings and calls the library.
+
+Exit codes: 0 the run completed (whatever the verdict); 1 with ``--fail-on-invalid`` when the result
+is INVALID; 2 bad input (settings, files, target); 130 after SIGINT, 143 after SIGTERM (a partial
+report is written first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from loadgen.errors import ConfigError, LoadgenError
+from loadgen.report import Report, rebuild, render_console, write_outputs
+from loadgen.runner import RunControl, RunResult, run_async
+from loadgen.settings import Settings, load_settings
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Load tester for LLM serving endpoints with MLPerf LoadGen scenario semantics.",
+    pretty_exceptions_enable=False,
+)
+
+EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def _err(message: str) -> None:
+    typer.echo(f"loadgen: error: {message}", err=True)
+
+
+def _info(message: str) -> None:
+    typer.echo(f"loadgen: {message}", err=True)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def _parse_headers(values: list[str] | None) -> dict[str, str] | None:
+    if not values:
+        return None
+    headers = {}
+    for item in values:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise ConfigError(f"--header {item!r}: expected NAME:VALUE, e.g. --header 'X-Team: perf'.")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def execute(settings: Settings, control: RunControl) -> RunResult:
+    """Run with signal handling: first SIGINT/SIGTERM drains, the second aborts."""
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        loop = runner.get_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, control.interrupt, sig.name)
+        try:
+            return runner.run(run_async(settings, control=control, log=_info))
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+@app.command()
+def run(
+    scenario: Annotated[str, typer.Argument(help="built-in scenario name or a YAML scenario file")],
+    url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL; omitted: the built-in "
+                                                 "simulated server is started for the run")] = None,
+    model: Annotated[str | None, typer.Option(help="model name (default: the first one served)")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="environment variable holding the API key")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default: runs/<time>-<scenario>)")] = None,
+    qps: Annotated[float | None, typer.Option(help="target queries per second (server, constant)")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="virtual users (concurrency)")] = None,
+    duration: Annotated[float | None, typer.Option(help="minimum duration in seconds")] = None,
+    num_requests: Annotated[int | None, typer.Option(help="minimum number of queries")] = None,
+    input_len: Annotated[int | None, typer.Option(help="input tokens per prompt (fixed)")] = None,
+    output_len: Annotated[int | None, typer.Option(help="output tokens per request (fixed)")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of the schedule and the prompts")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="completions or chat")] = None,
+    no_stream: Annotated[bool, typer.Option("--no-stream", help="non-streaming requests")] = False,
+    warmup: Annotated[int | None, typer.Option(help="requests sent before the clock starts")] = None,
+    samples_per_query: Annotated[int | None, typer.Option(help="samples per query (multistream)")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="local tokenizer directory (tokenizer.json)")] = None,
+    prompts_file: Annotated[Path | None, typer.Option(help="JSONL prompts file")] = None,
+    ttft_ms: Annotated[float | None, typer.Option(help="p99 TTFT bound for validity (ms)")] = None,
+    tpot_ms: Annotated[float | None, typer.Option(help="p99 TPOT bound for validity (ms)")] = None,
+    preset: Annotated[str | None, typer.Option(help="MLPerf latency preset, e.g. llama3_1-8b")] = None,
+    header: Annotated[list[str] | None, typer.Option(help="extra request header NAME:VALUE")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="do not verify TLS certificates")] = False,
+    fail_on_invalid: Annotated[bool, typer.Option("--fail-on-invalid", help="exit 1 when INVALID")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress line")] = False,
+) -> None:
+    """Run a scenario and write report.json, summary.txt and requests.jsonl."""
+    try:
+        overrides: dict[str, Any] = {
+            "url": url, "model": model, "api_key_env": api_key_env, "out": out, "qps": qps,
+            "concurrency": concurrency, "duration_s": duration, "num_requests": num_requests,
+            "input_len": input_len, "output_len": output_len, "seed": seed, "endpoint": endpoint,
+            "warmup": warmup, "samples_per_query": samples_per_query, "tokenizer": tokenizer,
+            "prompts_file": prompts_file, "preset": preset, "headers": _parse_headers(header),
+            "stream": False if no_stream else None, "insecure": True if insecure else None,
+            "fail_on_invalid": True if fail_on_invalid else None, "progress": False if quiet else None,
+        }
+        settings = load_settings(scenario, overrides)
+        if ttft_ms is not None or tpot_ms is not None:
+            slo = settings.slo.model_copy(update={
+                k: v for k, v in (("ttft_ms", ttft_ms), ("tpot_ms", tpot_ms)) if v is not None
+            })
+            settings = settings.model_copy(update={"slo": slo})
+        if settings.insecure:
+            _info("WARNING: --insecure: TLS certificates are NOT verified")
+        control = RunControl()
+        result = execute(settings, control)
+    except LoadgenError as exc:
+        _err(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    except asyncio.CancelledError:
+        _err("interrupted before measuring started; nothing was measured")
+        raise typer.Exit(130) from None
+    typer.echo(render_console(result.report))
+    typer.echo(f"\nreport: {result.out_dir / 'report.json'}")
+    if result.interrupted:
+        raise typer.Exit(EXIT_SIGNAL.get(control.signal_name or "SIGINT", 130))
+    if settings.fail_on_invalid and not result.valid:
+        raise typer.Exit(1)
+
+
+@app.command()
+def sim(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port (0: any free port)")] = 8000,
+    model: Annotated[str, typer.Option(help="served model name")] = "sim-model",
+    ttft_ms: Annotated[float, typer.Option(help="time to first token at light load (ms)")] = 50.0,
+    itl_ms: Annotated[float, typer.Option(help="decode step time with one sequence (ms)")] = 10.0,
+    itl_slope: Annotated[float, typer.Option(help="step time growth per extra running sequence")] = 0.0,
+    prefill_ms_per_token: Annotated[float, typer.Option(help="extra TTFT per prompt token (ms)")] = 0.0,
+    max_seqs: Annotated[int, typer.Option(help="sequences decoded together; the rest queue")] = 256,
+    tokens_per_chunk: Annotated[int, typer.Option(help="tokens carried by each SSE chunk")] = 1,
+    seed: Annotated[int, typer.Option(help="seed of faults and generated words")] = 0,
+    api_key_env: Annotated[str | None, typer.Option(help="require the key in this variable")] = None,
+    fault: Annotated[list[str] | None, typer.Option(help="inject a fault, e.g. http_500:0.1")] = None,
+) -> None:
+    """Run the built-in simulated OpenAI-compatible server until Ctrl-C."""
+    import os
+
+    from servers.sim import SimConfig, parse_fault, serve
+
+    try:
+        faults = tuple(parse_fault(f) for f in fault or ())
+        key = os.environ.get(api_key_env) if api_key_env else None
+        if api_key_env and not key:
+            raise ConfigError(f"--api-key-env {api_key_env}: that environment variable is not set.")
+        cfg = SimConfig(
+            model=model, ttft_ms=ttft_ms, itl_ms=itl_ms, itl_slope=itl_slope,
+            prefill_ms_per_token=prefill_ms_per_token, max_seqs=max_seqs,
+            tokens_per_chunk=tokens_per_chunk, seed=seed, api_key=key, faults=faults,
+        )
+    except (ValueError, TypeError) as exc:
+        _err(str(exc))
+        raise typer.Exit(2) from None
+    except ConfigError as exc:
+        _err(str(exc))
+        raise typer.Exit(2) from None
+    try:
+        serve(cfg, host, port, ready=lambda u: typer.echo(f"loadgen sim listening on {u} (Ctrl-C stops)"))
+    except OSError as exc:
+        _err(f"cannot listen on {host}:{port}: {exc.strerror}. Choose another --port.")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def report(
+    path: Annotated[Path, typer.Argument(help="run folder, report.json or requests.jsonl")],
+) -> None:
+    """Print a run's summary; rebuild report.json from requests.jsonl when there is none."""
+    try:
+        result = rebuild(path)
+    except LoadgenError as exc:
+        _err(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    if isinstance(result, Report):
+        folder = path if path.is_dir() else path.parent
+        write_outputs(folder, result)
+        typer.echo(render_console(result.data))
+        typer.echo(f"\nrebuilt: {folder / 'report.json'}")
+    else:
+        typer.echo(render_console(result))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:  # Ctrl-C outside a run (e.g. during `loadgen sim` start-up)
+        sys.exit(130)

@@ -1,0 +1,237 @@
+"""Reports: ``report.json`` (the source of truth), ``summary.txt`` (MLPerf layout) and the console view.
+
+:func:`build_report` turns run metadata plus records into the report; :func:`rebuild` does the same from
+files on disk (a report folder, ``report.json`` or ``requests.jsonl`` with its ``run.json``), which is
+how ``loadgen report`` re-renders a run and how a crashed run gets its report after all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from loadgen import metrics, mlperf
+from loadgen.errors import ReportError
+from loadgen.records import RequestRecord, read_records
+from loadgen.settings import Scenario, Settings
+
+if TYPE_CHECKING:
+    from loadgen.health import ClientHealth
+    from loadgen.issuer import IssueStats
+
+SCHEMA_VERSION = 1
+_MLPERF_SCENARIO: dict[Scenario, mlperf.ScenarioName] = {
+    Scenario.SINGLESTREAM: "SingleStream",
+    Scenario.MULTISTREAM: "MultiStream",
+    Scenario.SERVER: "Server",
+    Scenario.CONSTANT: "Server",  # open loop with scheduled times: Server's rules apply as they are
+    Scenario.CONCURRENCY: "Server",  # closed loop; judged by Server's latency and early-stopping rules
+    Scenario.OFFLINE: "Offline",
+}
+
+
+@dataclass
+class Report:
+    data: dict[str, Any]
+    summary_text: str
+
+    @property
+    def valid(self) -> bool:
+        return bool(self.data["validity"]["valid"])
+
+
+def mlperf_params(settings: Settings, sut_name: str) -> mlperf.MlperfParams:
+    slo = settings.effective_slo
+    ns = 1_000_000
+    return mlperf.MlperfParams(
+        scenario=_MLPERF_SCENARIO[settings.scenario],
+        target_qps=settings.qps if settings.scenario in (Scenario.SERVER, Scenario.CONSTANT) else None,
+        ttft_bound_ns=int(slo.ttft_ms * ns) if slo.ttft_ms else None,
+        tpot_bound_ns=int(slo.tpot_ms * ns) if slo.tpot_ms else None,
+        min_duration_ns=int(settings.duration_s * 1e9),
+        min_query_count=settings.num_requests,
+        target_latency_percentile=settings.latency_percentile,
+        samples_per_query=settings.samples_per_query if settings.scenario == Scenario.MULTISTREAM else 1,
+        sut_name=sut_name,
+    )
+
+
+def build_report(
+    meta: dict[str, Any],
+    records: list[RequestRecord],
+    *,
+    settings: Settings,
+    health: ClientHealth | None = None,
+    stats: IssueStats | None = None,
+    interrupted: bool = False,
+) -> Report:
+    measured = [r for r in records if not r.warmup]
+    slo = settings.effective_slo
+    results = metrics.summarize(
+        measured, slo=metrics.Slo(ttft_ms=slo.ttft_ms, tpot_ms=slo.tpot_ms, e2e_ms=slo.e2e_ms)
+    )
+    server = meta.get("server") or {}
+    sut = f"{server.get('model') or settings.model or '?'} @ {server.get('url') or settings.url or '?'}"
+    limited = "; ".join(health.reasons) if health is not None and health.limited else None
+    ml = mlperf.evaluate(measured, mlperf_params(settings, sut), client_limited=limited)
+    reasons = list(ml.reasons)
+    stopped = stats.stopped_early if stats is not None else None
+    if interrupted:
+        reasons.append(f"the run was interrupted ({stopped or 'stopped early'}); results are partial")
+    elif stopped:
+        reasons.append(f"the run stopped early: {stopped}")
+    data = {
+        **meta,
+        "schema_version": SCHEMA_VERSION,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "interrupted": interrupted,
+        "stopped_early": stopped,
+        "results": results,
+        "validity": {"valid": ml.valid and not interrupted and not stopped, "reasons": reasons},
+        "mlperf": ml.to_dict(),
+        "client": health.to_dict() if health is not None else None,
+    }
+    summary = ml.summary_text()
+    if settings.scenario in (Scenario.CONCURRENCY, Scenario.CONSTANT):
+        summary = summary.replace(
+            "Scenario : Server",
+            f"Scenario : Server ({settings.scenario.mlperf_name}: not an MLPerf scenario; judged by "
+            "Server's rules)",
+            1,
+        )
+    return Report(data, summary)
+
+
+def write_outputs(out_dir: Path, report: Report) -> None:
+    """``report.json`` and ``summary.txt``; ``requests.jsonl`` was written during the run."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report.data.setdefault("files", {})
+    report.data["files"].update({
+        "report": "report.json", "summary": "summary.txt", "requests": "requests.jsonl",
+    })
+    (out_dir / "report.json").write_bytes(
+        orjson.dumps(report.data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    )
+    (out_dir / "summary.txt").write_text(report.summary_text)
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    try:
+        data = orjson.loads(path.read_bytes())
+    except OSError as exc:
+        raise ReportError(f"cannot read {path}: {exc.strerror}.") from exc
+    except orjson.JSONDecodeError as exc:
+        raise ReportError(f"{path} is not valid JSON ({exc}).") from exc
+    if not isinstance(data, dict):
+        raise ReportError(f"{path} is not a loadgen report (expected a JSON object).")
+    return data
+
+
+def rebuild(path: Path) -> Report | dict[str, Any]:
+    """Re-read a run: ``report.json`` as it is, or a fresh report from ``requests.jsonl`` + ``run.json``.
+
+    Returns the stored report dict for a ``report.json``; a new :class:`Report` when rebuilding.
+    """
+    if path.is_dir():
+        if (path / "report.json").is_file():
+            return load_json(path / "report.json")
+        path = path / "requests.jsonl"
+    if not path.exists():
+        raise ReportError(
+            f"{path} does not exist. Give a run folder, its report.json or its requests.jsonl."
+        )
+    if path.suffix == ".json":
+        data = load_json(path)
+        if "results" not in data:
+            raise ReportError(f"{path} is not a loadgen report (no `results`).")
+        return data
+    records = read_records(path)
+    run_json = path.parent / "run.json"
+    if not run_json.is_file():
+        raise ReportError(
+            f"{run_json} is missing: it holds the run's settings, which the report needs next to "
+            f"{path.name}. Copy it from the run folder."
+        )
+    meta = load_json(run_json)
+    try:
+        settings = Settings.model_validate(meta["settings"])
+    except (KeyError, ValueError) as exc:
+        raise ReportError(f"{run_json} has no usable settings ({exc}).") from exc
+    report = build_report(meta, records, settings=settings)
+    report.data["rebuilt_from"] = str(path.name)
+    return report
+
+
+# ---- console view ----------------------------------------------------------------------------------
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.{digits}f}"
+
+
+def render_console(data: dict[str, Any]) -> str:
+    """The human summary printed at the end of a run and by ``loadgen report``."""
+    s = data.get("settings", {})
+    r = data["results"]
+    server = data.get("server") or {}
+    scen = str(s.get("scenario", "?"))
+    head = f"loadgen {scen}"
+    if s.get("qps"):
+        head += f" @ {s['qps']:g} QPS"
+    if scen == "concurrency":
+        head += f" x{s.get('concurrency')}"
+    head += f" against {server.get('url', s.get('url'))} (model {server.get('model', s.get('model'))})"
+    lines = [head, "=" * len(head)]
+    lines.append(
+        f"requests: {r['requests_completed']} completed, {r['requests_failed']} failed in "
+        f"{_fmt(r.get('duration_s'))} s | {_fmt(r.get('requests_per_s'))} req/s | "
+        f"{_fmt(r.get('output_tokens_per_s'), 0)} output tok/s | {_fmt(r.get('total_tokens_per_s'), 0)} "
+        f"total tok/s"
+    )
+    if r.get("errors_by_class"):
+        errs = ", ".join(f"{k}: {v}" for k, v in sorted(r["errors_by_class"].items()))
+        lines.append(f"errors by class: {errs}")
+    lines.append("")
+    lines.append(f"{'(ms)':<24}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}{'p99.9':>10}")
+    rows = [
+        ("TTFT (from sent)", "ttft_ms"),
+        ("TTFT (from scheduled)", "ttft_from_scheduled_ms"),
+        ("ITL", "itl_ms"),
+        ("TPOT", "tpot_ms"),
+        ("E2E", "e2e_ms"),
+    ]
+    for label, key in rows:
+        d = r.get(key) or {}
+        lines.append(
+            f"{label:<24}{_fmt(d.get('mean')):>10}{_fmt(d.get('p50')):>10}{_fmt(d.get('p90')):>10}"
+            f"{_fmt(d.get('p99')):>10}{_fmt(d.get('p99_9')):>10}"
+        )
+    src = r.get("tokens_source") or {}
+    if src:
+        lines.append("output tokens counted from: " + ", ".join(f"{k} ({v})" for k, v in src.items() if v))
+    goodput = r.get("goodput")
+    if goodput:
+        lines.append(
+            f"goodput: {_fmt(goodput.get('requests_per_s'))} req/s met every SLO "
+            f"({_fmt(100 * (goodput.get('fraction') or 0), 1)}% of requests)"
+        )
+    client = data.get("client")
+    if client:
+        iss, lag = client["issue_delay_ms"], client["loop_lag_ms"]
+        lines.append(
+            f"client: issue delay p50/p99/max {_fmt(iss.get('p50'), 3)}/{_fmt(iss.get('p99'), 3)}/"
+            f"{_fmt(iss.get('max'), 3)} ms, loop lag p99 {_fmt(lag.get('p99'), 3)} ms, "
+            f"CPU {_fmt(client.get('cpu_cores'))} cores"
+            + (" -- CLIENT-LIMITED" if client.get("client_limited") else "")
+        )
+    lines.append("")
+    v = data["validity"]
+    lines.append("Result is : VALID" if v["valid"] else "Result is : INVALID")
+    lines.extend(f"  - {reason}" for reason in v["reasons"])
+    return "\n".join(lines)

@@ -1,0 +1,298 @@
+"""One run, end to end: ``run(settings) -> RunResult``. The CLI is a thin layer over this.
+
+Order of work (nothing before step 6 is measured):
+
+1. the output folder; ``run.json`` (settings, target, dataset) is written before any request, so a
+   crashed run can be rebuilt from it plus ``requests.jsonl``;
+2. the target: the built-in simulated server in its own process when no URL is given;
+3. the probe: reachable, authorised, model served (errors here exit 2 and lose nothing);
+4. the prompts (exact token counts where a tokenizer is known) and the trace, from the seed;
+5. warm-up requests, if asked for (recorded in ``warmup.jsonl``, excluded from every statistic);
+6. the measured trace from ``t0``, every record appended to ``requests.jsonl`` as it completes;
+7. metrics, MLPerf validity, client health -> ``report.json``, ``summary.txt``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+
+from loadgen import __version__
+from loadgen.client import Client, ClientOptions, make_session
+from loadgen.datasets import Dataset, from_jsonl, synthetic
+from loadgen.health import LoopLagMonitor, assess
+from loadgen.issuer import Issuer, IssueStats
+from loadgen.progress import Progress
+from loadgen.records import RecordWriter, RequestRecord
+from loadgen.report import build_report, write_outputs
+from loadgen.scenarios import Trace, build_trace, expected_queries, seeded_rngs
+from loadgen.settings import Scenario, Settings
+from loadgen.target import api_headers, probe
+from loadgen.tokens import LocalTokenizer, ServerTokenizer, TokenCounter, WordCounter
+
+MAX_SYNTHETIC_PROMPTS = 50_000
+DRAIN_GRACE_S = 30.0
+
+
+class RunObserver(Protocol):
+    """Something that watches requests live (the Prometheus exporter, for one)."""
+
+    def request_started(self) -> None: ...
+
+    def request_finished(self, record: RequestRecord) -> None: ...
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    report: dict[str, Any]
+
+    @property
+    def valid(self) -> bool:
+        return bool(self.report["validity"]["valid"])
+
+    @property
+    def interrupted(self) -> bool:
+        return bool(self.report.get("interrupted"))
+
+
+@dataclass
+class RunControl:
+    """Lets a signal handler stop a run: the first interrupt drains, the second aborts."""
+
+    grace_s: float = DRAIN_GRACE_S
+    interrupts: int = 0
+    signal_name: str | None = None
+    _issuer: Issuer | None = field(default=None, repr=False)
+    _main: asyncio.Task[Any] | None = field(default=None, repr=False)
+
+    def interrupt(self, signal_name: str = "SIGINT") -> None:
+        self.interrupts += 1
+        self.signal_name = self.signal_name or signal_name
+        issuer = self._issuer
+        if issuer is None:  # not measuring yet: nothing to keep, stop the preparation
+            if self._main is not None:
+                self._main.cancel()
+            return
+        if self.interrupts == 1:
+            issuer.stop(f"interrupted by {signal_name}: stopped issuing, draining in-flight requests")
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().call_later(
+                    self.grace_s, issuer.abort, f"{signal_name}: drain grace of {self.grace_s:g} s ended"
+                )
+        else:
+            issuer.abort(f"interrupted twice by {signal_name}: in-flight requests cancelled")
+
+    def stop(self, reason: str) -> None:
+        if self._issuer is not None:
+            self._issuer.stop(reason)
+
+
+def default_out_dir(settings: Settings) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{settings.scenario.value}"
+
+
+@contextlib.contextmanager
+def _target(settings: Settings) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """The endpoint's base URL; starts the simulated server when no URL is given."""
+    if settings.url is not None:
+        yield settings.url, None
+        return
+    from servers.sim import SimConfig, SimProcess  # only needed when we start it
+
+    cfg = SimConfig.from_dict(settings.sim)
+    with SimProcess(cfg) as sim:
+        yield sim.url, {"launched": "loadgen-sim", "config": cfg.to_dict()}
+
+
+def _counter(settings: Settings, base_url: str, model: str, headers: dict[str, str]) -> TokenCounter:
+    if settings.tokenizer:
+        return LocalTokenizer(settings.tokenizer)
+    server = ServerTokenizer(base_url, model, headers)
+    if server.available():
+        return server
+    return WordCounter(exact=False)
+
+
+def _dataset(settings: Settings, counter: TokenCounter, rngs: dict[str, np.random.Generator]) -> Dataset:
+    if settings.prompts_file is not None:
+        return from_jsonl(settings.prompts_file, settings, counter, rngs["lengths"])
+    size = settings.dataset_size or min(expected_queries(settings), MAX_SYNTHETIC_PROMPTS)
+    return synthetic(settings, size, counter, rngs)
+
+
+def _max_connections(settings: Settings, trace: Trace) -> int:
+    """Connection pool size: never smaller than what the scenario can have in flight."""
+    if settings.max_connections is not None:
+        return settings.max_connections
+    if trace.open_loop:
+        return 0  # aiohttp: 0 = no limit; an open loop must never wait for a connection
+    bound = settings.in_flight_bound
+    return int(bound) + 8 if math.isfinite(bound) else 0
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+
+
+async def run_async(
+    settings: Settings,
+    *,
+    control: RunControl | None = None,
+    observers: tuple[RunObserver, ...] = (),
+    log: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Run ``settings`` and write its report; see the module docstring for the order of work.
+
+    Raises :class:`loadgen.errors.LoadgenError` subclasses for bad input or an unusable target
+    (before anything is measured). Per-request failures are never raised; they are records.
+    """
+    control = control or RunControl()
+    control._main = asyncio.current_task()
+    say = log or (lambda _msg: None)
+    out_dir = Path(settings.out) if settings.out is not None else default_out_dir(settings)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_id = uuid.uuid4().hex[:12]
+    with _target(settings) as (base_url, launched):
+        headers = api_headers(settings.api_key_env, settings.headers)
+        opts = ClientOptions(
+            base_url=base_url, model=settings.model or "", endpoint=settings.endpoint,
+            stream=settings.stream, ignore_eos=settings.ignore_eos, headers=headers,
+            request_timeout_s=settings.request_timeout_s, idle_timeout_s=settings.idle_timeout_s,
+            insecure=settings.insecure,
+        )
+        rngs = seeded_rngs(settings.seed)
+        async with make_session(opts, 0) as probe_session:
+            server = await probe(probe_session, base_url, settings.model, headers, settings.api_key_env)
+        if launched:
+            server.update(launched)
+        model = server["model"]
+        opts = ClientOptions(**{**opts.__dict__, "model": model})
+        say(f"target {base_url} model {model}; preparing prompts")
+        counter = await asyncio.to_thread(_counter, settings, base_url, model, headers)
+        if isinstance(counter, WordCounter) and launched:
+            counter = WordCounter(exact=True)  # the simulated server counts words
+        dataset = await asyncio.to_thread(_dataset, settings, counter, rngs)
+        trace = build_trace(settings, len(dataset), rngs)
+        meta = {
+            "schema_version": 1,
+            "run_id": run_id,
+            "loadgen_version": __version__,
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "settings": settings.public_dict(),
+            "server": server,
+            "dataset": dataset.describe(),
+            "trace": {
+                "open_loop": trace.open_loop,
+                "planned_queries": trace.planned_queries,
+                "samples_per_query": trace.samples_per_query,
+                "streams": trace.streams,
+            },
+        }
+        _write_json(out_dir / "run.json", meta)
+        async with make_session(opts, _max_connections(settings, trace)) as session:
+            client = Client(session, opts, tokenizer=counter if settings.tokenizer else None)
+            if settings.warmup:
+                say(f"warm-up: {settings.warmup} requests (not measured)")
+                await _warmup(settings, client, dataset, trace, out_dir)
+            say(f"running {settings.scenario.mlperf_name}; results in {out_dir}")
+            records, stats, health = await _measure(
+                settings=settings, client=client, dataset=dataset, trace=trace, out_dir=out_dir,
+                control=control, observers=observers,
+            )
+    report = build_report(meta, records, settings=settings, health=health, stats=stats,
+                          interrupted=control.interrupts > 0 or stats.stopped_early is not None)
+    write_outputs(out_dir, report)
+    return RunResult(out_dir, report.data)
+
+
+async def _warmup(settings: Settings, client: Client, dataset: Dataset, trace: Trace, out_dir: Path) -> None:
+    streams = max(1, min(settings.warmup, trace.streams if not trace.open_loop else 8))
+    warm = Trace(
+        scenario=Scenario.CONCURRENCY, open_loop=False, offsets_ns=np.zeros(0, dtype=np.int64),
+        order=trace.order[: max(1, settings.warmup)].reshape(-1, trace.samples_per_query)[:, :1],
+        streams=streams, min_queries=settings.warmup, min_duration_ns=0,
+        hard_stop_ns=int(settings.request_timeout_s * 1e9 * max(1, settings.warmup)),
+    )
+    client.t0_ns = time.perf_counter_ns()
+    with RecordWriter(out_dir / "warmup.jsonl") as writer:
+        await Issuer(client, dataset, warm, writer.write, warmup=True).run()
+
+
+async def _measure(
+    *,
+    settings: Settings,
+    client: Client,
+    dataset: Dataset,
+    trace: Trace,
+    out_dir: Path,
+    control: RunControl,
+    observers: tuple[RunObserver, ...],
+) -> tuple[list[RequestRecord], IssueStats, Any]:
+    records: list[RequestRecord] = []
+    writer = RecordWriter(out_dir / "requests.jsonl")
+
+    def on_record(rec: RequestRecord) -> None:
+        writer.write(rec)
+        records.append(rec)
+        for obs in observers:
+            obs.request_finished(rec)
+
+    def on_start() -> None:
+        for obs in observers:
+            obs.request_started()
+
+    issuer = Issuer(client, dataset, trace, on_record, on_start if observers else None)
+    control._issuer = issuer
+    monitor = LoopLagMonitor()
+    progress = None
+    if settings.progress:
+        progress = Progress(issuer.stats, trace.planned_queries, settings.duration_s)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            client.t0_ns = time.perf_counter_ns()
+            monitor.start(tg)
+            progress_task = tg.create_task(progress.run()) if progress else None
+            try:
+                await issuer.run()
+            finally:
+                monitor.stop()
+                if progress_task is not None:
+                    progress_task.cancel()
+    finally:
+        control._issuer = None
+        writer.close()
+    delays = np.array([r.sent_ns - r.scheduled_ns for r in records if r.sent_ns], dtype=np.int64)
+    health = assess(delays, monitor.lags_ns, monitor.cpu_cores,
+                    check_issue_delay=settings.scenario != Scenario.OFFLINE)
+    return records, issuer.stats, health
+
+
+def run(
+    settings: Settings,
+    *,
+    control: RunControl | None = None,
+    observers: tuple[RunObserver, ...] = (),
+    log: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Synchronous wrapper of :func:`run_async` on a fresh event loop (uvloop when installed)."""
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(run_async(settings, control=control, observers=observers, log=log))
