@@ -6,6 +6,7 @@ Timing, capacity and the subprocess launcher are in test_sim_timing.py.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -103,7 +104,8 @@ def test_non_streaming_both_endpoints() -> None:
         assert len(comp["choices"][0]["text"].split()) == 6
         assert comp["choices"][0]["finish_reason"] == "length"
         assert comp["usage"] == {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10}
-        chat_req = {"model": "sim-model", "messages": [{"role": "user", "content": prompt(3)}], "max_tokens": 2}
+        chat_req = {"model": "sim-model", "messages": [{"role": "user", "content": prompt(3)}],
+                    "max_tokens": 2}
         async with s.post(url + "/v1/chat/completions", json=chat_req) as r:
             chat = await r.json()
         assert chat["object"] == "chat.completion"
@@ -292,7 +294,7 @@ def test_fault_disconnect_mid_stream() -> None:
 def test_fault_stall() -> None:
     out, _ = fault_run("stall:every=1,after=2,seconds=0.3")
     times = [t for t, _ in out["events"]]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(out["events"]) == 7 and out["events"][-1][1] == "[DONE]"
     assert 0.3 <= gaps[1] < 0.4  # chunk 2 → 3: stall + one step
     assert max(gaps[:1] + gaps[2:]) < 0.1
