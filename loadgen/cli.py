@@ -8,6 +8,7 @@ report is written first).
 from __future__ import annotations
 
 import asyncio
+import shlex
 import signal
 import sys
 from collections.abc import Callable
@@ -59,6 +60,19 @@ def _parse_headers(values: list[str] | None) -> dict[str, str] | None:
     return headers
 
 
+def _launch_block(
+    launch: str, model: str | None, args: list[str] | None, command: str | None
+) -> dict[str, Any]:
+    if launch != "vllm":
+        raise ConfigError(f"--launch {launch}: only `vllm` can be launched (or give --url).")
+    if not model:
+        raise ConfigError("--launch vllm needs --model (a model name or directory to serve).")
+    block: dict[str, Any] = {"launch": "vllm", "model": model, "args": list(args or ())}
+    if command:
+        block["command"] = shlex.split(command)
+    return block
+
+
 def execute(settings: Settings, control: RunControl) -> RunResult:
     """Run with signal handling: first SIGINT/SIGTERM drains, the second aborts."""
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
@@ -100,6 +114,13 @@ def run(
     insecure: Annotated[bool, typer.Option("--insecure", help="do not verify TLS certificates")] = False,
     fail_on_invalid: Annotated[bool, typer.Option("--fail-on-invalid", help="exit 1 when INVALID")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress line")] = False,
+    launch: Annotated[str | None, typer.Option(help="start this server for the run: vllm")] = None,
+    vllm_arg: Annotated[list[str] | None, typer.Option(help="extra vLLM argument (repeatable; "
+                                                           "--vllm-arg=--max-num-seqs=64)")] = None,
+    vllm_command: Annotated[str | None, typer.Option(help="launch command prefix, e.g. 'python -m "
+                                                          "vllm.entrypoints.openai.api_server'")] = None,
+    server_metrics_url: Annotated[str | None, typer.Option(help="Prometheus /metrics of the server "
+                                                                "('none': skip)")] = None,
 ) -> None:
     """Run a scenario and write report.json, summary.txt and requests.jsonl."""
     try:
@@ -112,6 +133,10 @@ def run(
             "stream": False if no_stream else None, "insecure": True if insecure else None,
             "fail_on_invalid": True if fail_on_invalid else None, "progress": False if quiet else None,
         }
+        overrides["server_metrics_url"] = server_metrics_url
+        if launch is not None:
+            overrides["server"] = _launch_block(launch, model, vllm_arg, vllm_command)
+            overrides["model"] = None  # --model named what to launch; the served name is probed
         settings = load_settings(scenario, overrides)
         if ttft_ms is not None or tpot_ms is not None:
             slo = settings.slo.model_copy(update={

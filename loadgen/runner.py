@@ -31,6 +31,7 @@ import orjson
 from loadgen import __version__
 from loadgen.client import Client, ClientOptions, make_session
 from loadgen.datasets import Dataset, from_jsonl, synthetic
+from loadgen.errors import ConfigError
 from loadgen.health import LoopLagMonitor, assess
 from loadgen.issuer import Issuer, IssueStats
 from loadgen.progress import Progress
@@ -104,15 +105,41 @@ def default_out_dir(settings: Settings) -> Path:
     return Path("runs") / f"{stamp}-{settings.scenario.value}"
 
 
+def launch_spec(settings: Settings) -> Any:
+    """The vLLM launch spec of ``settings.server`` (servers.vllm.VllmLaunchSpec)."""
+    from servers.vllm import VllmLaunchSpec
+
+    srv = settings.server
+    assert srv is not None
+    return VllmLaunchSpec(
+        model=srv.model, args=tuple(srv.args), command=tuple(srv.command), env=dict(srv.env),
+        startup_timeout_s=srv.startup_timeout_s, served_model_name=srv.served_model_name,
+    )
+
+
 @contextlib.contextmanager
-def _target(settings: Settings) -> Iterator[tuple[str, dict[str, Any] | None]]:
-    """The endpoint's base URL; starts the simulated server when no URL is given."""
+def _target(
+    settings: Settings, out_dir: Path, say: Callable[[str], None]
+) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """The endpoint's base URL: the given one, a vLLM loadgen launches, or the simulated server."""
     if settings.url is not None:
         yield settings.url, None
         return
+    if settings.server is not None:
+        from servers.vllm import VllmLauncher
+
+        with VllmLauncher(launch_spec(settings), log_path=out_dir / "server.log", progress=say) as vllm:
+            ident = vllm.identity()
+            ident["launched"] = "vllm"
+            ident["startup_s"] = vllm.startup_s
+            yield vllm.base_url, ident
+        return
     from servers.sim import SimConfig, SimProcess  # only needed when we start it
 
-    cfg = SimConfig.from_dict(settings.sim)
+    try:
+        cfg = SimConfig.from_dict(settings.sim)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"sim: {exc}. See `loadgen sim --help` for the simulator's settings.") from None
     with SimProcess(cfg) as sim:
         yield sim.url, {"launched": "loadgen-sim", "config": cfg.to_dict()}
 
@@ -165,7 +192,7 @@ async def run_async(
     out_dir = Path(settings.out) if settings.out is not None else default_out_dir(settings)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = uuid.uuid4().hex[:12]
-    with _target(settings) as (base_url, launched):
+    with _target(settings, out_dir, say) as (base_url, launched):
         headers = api_headers(settings.api_key_env, settings.headers)
         opts = ClientOptions(
             base_url=base_url, model=settings.model or "", endpoint=settings.endpoint,

