@@ -37,8 +37,17 @@ from typing import Any
 import aiohttp
 
 __all__ = [
-    "DEFAULT_COUNTERS", "DEFAULT_GAUGES", "DEFAULT_HISTOGRAMS", "NO_METRICS_NOTE", "Histogram", "Quantile",
-    "ServerMetricsScraper", "Snapshot", "counter_deltas", "histogram_delta", "histogram_quantile",
+    "DEFAULT_COUNTERS",
+    "DEFAULT_GAUGES",
+    "DEFAULT_HISTOGRAMS",
+    "NO_METRICS_NOTE",
+    "Histogram",
+    "Quantile",
+    "ServerMetricsScraper",
+    "Snapshot",
+    "counter_deltas",
+    "histogram_delta",
+    "histogram_quantile",
     "parse_exposition",
 ]
 
