@@ -134,10 +134,6 @@ class RequestArrays:
         return self.first_token >= 0
 
 
-def _arrays(data: RequestArrays | Iterable[RequestRecord]) -> RequestArrays:
-    return data if isinstance(data, RequestArrays) else RequestArrays.from_records(data)
-
-
 # ---- per-request metrics (nanoseconds) -----------------------------------------------------------------
 
 

@@ -665,10 +665,11 @@ def _headline(r: MlperfResult) -> list[str]:
         lines.append(f"{pct} percentile latency (ns) : {r.target_latency_ns}")
         if r.token_latencies:
             lines.append(f"{pct} first token percentile latency (ns) : {r.target_ttft_ns}")
-    elif scen == "Server":
+    elif scen == "Server" and r.token_latencies:
         lines.append(f"Completed samples per second    : {_f2(r.samples_per_s)}")
-        if r.token_latencies:
-            lines.append(f"Completed tokens per second: {_f2(r.tokens_per_s)}")
+        lines.append(f"Completed tokens per second: {_f2(r.tokens_per_s)}")
+    elif scen == "Server":  # LoadGen's headline without token latencies is the scheduled rate
+        lines.append(f"Scheduled samples per second : {_f2(r.scheduled_samples_per_s)}")
     else:
         lines.append(f"Samples per second: {_f2(r.samples_per_s)}")
         if r.token_latencies:
@@ -685,8 +686,10 @@ def _additional(r: MlperfResult) -> list[str]:
             f"QPS w/o loadgen overhead        : {_f2(r.samples_per_s_without_overhead)}",
             "",
         ]
-    elif scen == "Server":
+    elif scen == "Server" and r.token_latencies:
         lines += [f"Scheduled samples per second : {_f2(r.scheduled_samples_per_s)}", ""]
+    elif scen == "Server":
+        lines += [f"Completed samples per second    : {_f2(r.samples_per_s)}", ""]
     if scen == "MultiStream":
         lines.append("Per-query latency:  ")
         lines += _stat_lines(r.query_latency_ns, "")
