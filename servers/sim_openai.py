@@ -184,14 +184,17 @@ class SimApp:
         if isinstance(n, str):
             conn.send_json(400, _err(400, n, "BadRequestError"))
             return
-        if "messages" in body:
-            text = " ".join(str(m.get("content", "")) for m in body["messages"])
-            words = text.split() + ["<tmpl>"] * (n - len(text.split()))
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+            prompt = prompt[0]
+        if isinstance(prompt, list):  # already token ids
+            tokens = [int(t) for t in prompt]
         else:
-            p = body.get("prompt")
-            words = (p[0] if isinstance(p, list) and p and isinstance(p[0], str) else p) or ""
-            words = words.split() if isinstance(words, str) else [str(t) for t in words]
-        tokens = [zlib.crc32(w.encode()) % 32000 for w in words]
+            text = prompt if isinstance(prompt, str) else " ".join(
+                str(m.get("content", "")) for m in body.get("messages", ()))
+            # One id per word; chat-template tokens (and content parts) pad with id 1 up to the count.
+            tokens = [zlib.crc32(w.encode()) % 32000 for w in text.split()][:n]
+            tokens += [1] * (n - len(tokens))
         conn.send_json(200, {"count": len(tokens), "max_model_len": self.cfg.max_model_len,
                              "tokens": tokens, "token_strs": None})
 
