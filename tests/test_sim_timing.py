@@ -69,8 +69,13 @@ def test_light_load_ttft_and_itl_match_config() -> None:
             async with s.get(url + "/sim/stats") as r:
                 return ttfts, heads, itls, await r.json()
 
-    with SimProcess(cfg) as sim:
-        ttfts, heads, itls, stats = asyncio.run(main(sim.url))
+    # One retry, only when the server reports it was starved of CPU (other work on a shared machine):
+    # a simulator that is wrong fails both attempts, since its own lateness looks fine.
+    for _attempt in range(2):
+        with SimProcess(cfg) as sim:
+            ttfts, heads, itls, stats = asyncio.run(main(sim.url))
+        if stats["lateness_ms"]["p90"] < 1.0:
+            break
     assert statistics.median(heads) * 1e3 == pytest.approx(50.0, abs=1.0), (sorted(heads), stats)
     # From before aiohttp builds the request: + its send/receive path (~1 ms here), never less than 50.
     assert 50.0 <= statistics.median(ttfts) * 1e3 < 53.0
