@@ -94,6 +94,14 @@ class Client:
         self._tokenizer = tokenizer
         self.t0_ns = t0_ns
 
+    @property
+    def options(self) -> ClientOptions:
+        return self._opts
+
+    @property
+    def tokenizer(self) -> TokenCounter | None:
+        return self._tokenizer
+
     async def fill(self, rec: RequestRecord, sample: Sample) -> None:
         """Send ``sample`` and fill ``rec`` in place (sent/first/chunks/end/tokens/error).
 

@@ -72,15 +72,18 @@ def _resolve_lag(fut: asyncio.Future[int], queued_ns: int) -> None:
 class ClientHealth:
     issue_delay_ms: dict[str, float | None]
     loop_lag_ms: dict[str, float | None]
-    cpu_cores: float | None
+    cpu_cores: float | None  # the busiest worker's
     limited: bool
     reasons: list[str]
+    cpu_per_worker: list[float | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "issue_delay_ms": self.issue_delay_ms,
             "loop_lag_ms": self.loop_lag_ms,
             "cpu_cores": self.cpu_cores,
+            "cpu_cores_per_worker": self.cpu_per_worker,
+            "workers": len(self.cpu_per_worker) if self.cpu_per_worker else 1,
             "client_limited": self.limited,
             "reasons": self.reasons,
             "thresholds": {
@@ -103,7 +106,12 @@ def _pcts(values_ns: np.ndarray) -> dict[str, float | None]:
 
 
 def assess(
-    issue_delays_ns: np.ndarray, lags_ns: np.ndarray, cpu_cores: float | None, *, check_issue_delay: bool
+    issue_delays_ns: np.ndarray,
+    lags_ns: np.ndarray,
+    cpu_cores: float | None,
+    *,
+    check_issue_delay: bool,
+    cpu_per_worker: list[float | None] | None = None,
 ) -> ClientHealth:
     """The verdict. ``check_issue_delay`` is off for Offline, where everything is due at once."""
     issue = _pcts(issue_delays_ns)
@@ -121,4 +129,4 @@ def assess(
         )
     if cpu_cores is not None and cpu_cores > CPU_LIMIT_CORES:
         reasons.append(f"client CPU {cpu_cores:.2f} cores > {CPU_LIMIT_CORES} (one process is saturated)")
-    return ClientHealth(issue, lag, cpu_cores, bool(reasons), reasons)
+    return ClientHealth(issue, lag, cpu_cores, bool(reasons), reasons, cpu_per_worker)

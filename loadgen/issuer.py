@@ -68,7 +68,13 @@ class Issuer:
         on_start: Callable[[], None] | None = None,
         *,
         warmup: bool = False,
+        query_ids: list[int] | None = None,
+        id_offset: int = 0,
+        id_stride: int = 1,
     ) -> None:
+        """``query_ids`` maps a (split) trace's query positions to the original trace's query ids;
+        record indices and closed-loop query ids are ``id_offset + id_stride * k``, so several worker
+        processes that share one trace never reuse an id."""
         self._client = client
         self._dataset = dataset
         self._trace = trace
@@ -77,6 +83,9 @@ class Issuer:
         self._warmup = warmup
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._query_ids = query_ids
+        self._id_offset = id_offset
+        self._id_stride = id_stride
         self._next_index = 0
         self._queries_started = 0
         self.stats = IssueStats()
@@ -101,8 +110,8 @@ class Issuer:
     # ---- one request -----------------------------------------------------------------------------
     async def _request(self, query: int, sample: int, scheduled_ns: int) -> None:
         rec = RequestRecord(
-            index=self._next_index, sample=sample, query=query, scheduled_ns=scheduled_ns,
-            sent_ns=0, end_ns=0, warmup=self._warmup,
+            index=self._id_offset + self._id_stride * self._next_index, sample=sample, query=query,
+            scheduled_ns=scheduled_ns, sent_ns=0, end_ns=0, warmup=self._warmup,
         )
         self._next_index += 1
         st = self.stats
@@ -152,28 +161,32 @@ class Issuer:
         t0 = self._client.t0_ns
         trace = self._trace
         offsets = trace.offsets_ns.tolist()
-        for query, offset in enumerate(offsets):
+        ids = self._query_ids
+        for pos, offset in enumerate(offsets):
             if self._stop.is_set():
                 return
             await sleep_until(t0 + offset)
             if self._stop.is_set():
                 return
-            for sample in trace.samples_of(query).tolist():
+            query = ids[pos] if ids is not None else pos
+            for sample in trace.samples_of(pos).tolist():
                 self._spawn(tg, query, sample, offset)
             self.stats.last_issue_ns = offset
 
     async def _closed_stream(self, tg: asyncio.TaskGroup) -> None:
         t0 = self._client.t0_ns
         trace = self._trace
+        await sleep_until(t0)  # worker processes are told a common start slightly in the future
         while not self._stop.is_set():
             now = time.perf_counter_ns() - t0
-            query = self._queries_started
-            if query >= trace.min_queries and now >= trace.min_duration_ns:
+            pos = self._queries_started
+            if pos >= trace.min_queries and now >= trace.min_duration_ns:
                 return
             if now >= trace.hard_stop_ns:
                 self.stop(f"hard stop at {trace.hard_stop_ns / 1e9:g} s before the query count was met")
                 return
             self._queries_started += 1
+            query = self._id_offset + self._id_stride * pos
             self.stats.last_issue_ns = now
             tasks = [self._spawn(tg, query, s, now) for s in trace.samples_of(query).tolist()]
             await asyncio.wait(tasks)

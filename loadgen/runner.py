@@ -32,7 +32,7 @@ from loadgen import __version__
 from loadgen.client import Client, ClientOptions, make_session
 from loadgen.datasets import Dataset, from_jsonl, synthetic
 from loadgen.errors import ConfigError
-from loadgen.health import LoopLagMonitor, assess
+from loadgen.health import ClientHealth, LoopLagMonitor, assess
 from loadgen.issuer import Issuer, IssueStats
 from loadgen.progress import Progress
 from loadgen.records import RecordWriter, RequestRecord
@@ -41,6 +41,7 @@ from loadgen.scenarios import Trace, build_trace, expected_queries, seeded_rngs
 from loadgen.settings import Scenario, Settings
 from loadgen.target import api_headers, probe
 from loadgen.tokens import LocalTokenizer, ServerTokenizer, TokenCounter, WordCounter
+from loadgen.workers import WorkerJob, WorkerPool, auto_workers, split_trace
 
 MAX_SYNTHETIC_PROMPTS = 50_000
 DRAIN_GRACE_S = 30.0
@@ -229,15 +230,20 @@ async def run_async(
             },
         }
         _write_json(out_dir / "run.json", meta)
+        for stale in ("requests.jsonl", "warmup.jsonl", "report.json", "summary.txt"):
+            (out_dir / stale).unlink(missing_ok=True)  # a rerun into the same folder starts afresh
         async with make_session(opts, _max_connections(settings, trace)) as session:
             client = Client(session, opts, tokenizer=counter if settings.tokenizer else None)
             if settings.warmup:
                 say(f"warm-up: {settings.warmup} requests (not measured)")
                 await _warmup(settings, client, dataset, trace, out_dir)
             say(f"running {settings.scenario.mlperf_name}; results in {out_dir}")
+            workers = choose_workers(settings, trace)
+            meta["client_workers"] = workers
             records, stats, health = await _measure(
                 settings=settings, client=client, dataset=dataset, trace=trace, out_dir=out_dir,
-                control=control, observers=observers,
+                control=control, observers=observers, workers=workers,
+                max_connections=_max_connections(settings, trace),
             )
     report = build_report(meta, records, settings=settings, health=health, stats=stats,
                           interrupted=control.interrupts > 0 or stats.stopped_early is not None)
@@ -258,6 +264,18 @@ async def _warmup(settings: Settings, client: Client, dataset: Dataset, trace: T
         await Issuer(client, dataset, warm, writer.write, warmup=True).run()
 
 
+def choose_workers(settings: Settings, trace: Trace) -> int:
+    """``settings.workers``, or enough processes for the expected chunk rate and streams."""
+    if settings.workers is not None:
+        return settings.workers
+    if trace.open_loop and len(trace.offsets_ns) > 1 and trace.offsets_ns[-1] > 0:
+        rate = len(trace.offsets_ns) / (trace.offsets_ns[-1] / 1e9)
+        return auto_workers(rate * settings.output_len.mean, 0)
+    if trace.open_loop:  # Offline: everything at once
+        return auto_workers(0, len(trace.offsets_ns))
+    return auto_workers(0, trace.streams * trace.samples_per_query)
+
+
 async def _measure(
     *,
     settings: Settings,
@@ -267,15 +285,27 @@ async def _measure(
     out_dir: Path,
     control: RunControl,
     observers: tuple[RunObserver, ...],
-) -> tuple[list[RequestRecord], IssueStats, Any]:
+    workers: int = 1,
+    max_connections: int = 0,
+) -> tuple[list[RequestRecord], IssueStats, ClientHealth]:
     records: list[RequestRecord] = []
-    writer = RecordWriter(out_dir / "requests.jsonl")
+    path = out_dir / "requests.jsonl"
 
-    def on_record(rec: RequestRecord) -> None:
-        writer.write(rec)
+    def keep(rec: RequestRecord) -> None:
         records.append(rec)
         for obs in observers:
             obs.request_finished(rec)
+
+    if workers > 1:
+        return await _measure_workers(
+            settings, client=client, dataset=dataset, trace=trace, path=path, control=control,
+            workers=workers, max_connections=max_connections, keep=keep, records=records,
+        )
+    writer = RecordWriter(path)
+
+    def on_record(rec: RequestRecord) -> None:
+        writer.write(rec)
+        keep(rec)
 
     def on_start() -> None:
         for obs in observers:
@@ -301,10 +331,59 @@ async def _measure(
     finally:
         control._issuer = None
         writer.close()
-    delays = np.array([r.sent_ns - r.scheduled_ns for r in records if r.sent_ns], dtype=np.int64)
-    health = assess(delays, monitor.lags_ns, monitor.cpu_cores,
-                    check_issue_delay=settings.scenario != Scenario.OFFLINE)
+    health = _health(settings, records, monitor.lags_ns, [monitor.cpu_cores])
     return records, issuer.stats, health
+
+
+def _health(
+    settings: Settings, records: list[RequestRecord], lags_ns: np.ndarray, cpus: list[float | None]
+) -> ClientHealth:
+    delays = np.array([r.sent_ns - r.scheduled_ns for r in records if r.sent_ns], dtype=np.int64)
+    known = [c for c in cpus if c is not None]
+    return assess(delays, lags_ns, max(known) if known else None,
+                  check_issue_delay=settings.scenario != Scenario.OFFLINE, cpu_per_worker=cpus)
+
+
+async def _measure_workers(
+    settings: Settings,
+    *,
+    client: Client,
+    dataset: Dataset,
+    trace: Trace,
+    path: Path,
+    control: RunControl,
+    workers: int,
+    max_connections: int,
+    keep: Callable[[RequestRecord], None],
+    records: list[RequestRecord],
+) -> tuple[list[RequestRecord], IssueStats, ClientHealth]:
+    parts = split_trace(trace, workers)
+    per_worker_conns = max_connections // len(parts) + 8 if max_connections else 0
+    jobs = [
+        WorkerJob(worker=w, workers=len(parts), trace=sub, query_ids=ids, dataset=dataset,
+                  opts=client.options, max_connections=per_worker_conns, records_path=path,
+                  tokenizer=client.tokenizer)
+        for w, (sub, ids) in enumerate(parts)
+    ]
+    pool = WorkerPool(jobs)
+    control._issuer = pool  # type: ignore[assignment]
+    progress = None
+    if settings.progress:
+        progress = Progress(pool.stats, trace.planned_queries, settings.duration_s)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            progress_task = tg.create_task(progress.run()) if progress else None
+            try:
+                results = await pool.run(keep)
+            finally:
+                if progress_task is not None:
+                    progress_task.cancel()
+    finally:
+        control._issuer = None
+    client.t0_ns = pool.t0_ns
+    lags = np.concatenate([r.lags_ns for r in results]) if results else np.zeros(0, np.int64)
+    health = _health(settings, records, lags, [r.cpu_cores for r in results])
+    return records, pool.stats, health
 
 
 def run(

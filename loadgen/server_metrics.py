@@ -247,7 +247,8 @@ def cross_check(client_ttft_ms: Mapping[str, Any] | None, server_ttft: Histogram
 
 class ServerMetricsScraper:
     """Scrapes ``base_url + path`` once at start, every ``interval_s`` while ``stop`` is unset (absolute
-    schedule: ticks missed because a scrape was slow are skipped, not bunched), and once after.
+    schedule: ticks missed because a scrape was slow are skipped, not bunched), and once more
+    ``settle_s`` after ``stop`` is set.
 
     Never raises into the run for a failed scrape (HTTP error, timeout, unparsable text): it is counted
     in ``failed_scrapes`` and its first few reasons noted. A 404 or a refused connection on the *first*
@@ -270,6 +271,7 @@ class ServerMetricsScraper:
         histograms: Mapping[str, str] | None = None,
         clock_ns: Callable[[], int] = time.perf_counter_ns,
         max_samples: int = 100_000,
+        settle_s: float = 0.25,
     ) -> None:
         self.url = base_url.rstrip("/") + path
         self.interval_s = interval_s
@@ -280,6 +282,7 @@ class ServerMetricsScraper:
         self._clock_ns = clock_ns
         self.run_start_ns = clock_ns() if run_start_ns is None else run_start_ns
         self.max_samples = max_samples
+        self.settle_s = settle_s
         self.samples: list[dict[str, float | None]] = []
         self.before: Snapshot | None = None
         self.after: Snapshot | None = None
@@ -312,6 +315,9 @@ class ServerMetricsScraper:
                 break
             tick += 1
             await self._take(session)
+        # vLLM counts a request's tokens just after its last chunk has been sent: give the server a
+        # moment so the final scrape includes the requests that ended the run.
+        await asyncio.sleep(self.settle_s)
         self._final_failed = not await self._take(session)
 
     async def _take(self, session: aiohttp.ClientSession) -> bool:

@@ -1,0 +1,321 @@
+"""Worker processes: one trace, split across N processes, each with its own event loop.
+
+Why: one Python event loop reads a few tens of thousands of chunks per second before its own lateness
+shows up in TTFT and ITL. More load needs more cores, and more cores need more processes.
+
+How, so that N workers measure exactly what one would:
+
+- The trace is generated once, from the seed, in the parent (a Poisson process stays Poisson; workers
+  that each drew their own schedule would multiply the rate). :func:`split_trace` deals open-loop
+  queries round-robin (query ids kept) and closed-loop streams as evenly as possible.
+- Every worker measures against the same clock origin ``t0``: ``time.perf_counter_ns()`` is
+  CLOCK_MONOTONIC, one clock for every process on the host. The parent picks ``t0`` a little in the
+  future once all workers are ready, so they start together.
+- Each worker appends its records to the same ``requests.jsonl`` (``O_APPEND``; one ``write()`` per
+  line, so lines never interleave), which is also how the parent sees them live (it tails the file)
+  and what the final report is computed from: merged exactly as if one process had written them.
+
+The worker boundary is a picklable :class:`WorkerJob` in, records in a JSONL file plus one
+:class:`WorkerResult` out, and "stop"/"abort" messages in between — the same shape a Ray actor or a
+remote host would have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import math
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loadgen.client import Client, ClientOptions, make_session
+from loadgen.datasets import Dataset
+from loadgen.health import LoopLagMonitor
+from loadgen.issuer import Issuer, IssueStats
+from loadgen.records import RecordWriter, RequestRecord
+from loadgen.scenarios import Trace
+from loadgen.tokens import TokenCounter
+
+READY_TIMEOUT_S = 120.0
+START_MARGIN_NS = 300_000_000  # t0 this far after the last worker said ready
+TICK_S = 0.5
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """Everything one worker needs; picklable."""
+
+    worker: int
+    workers: int
+    trace: Trace
+    query_ids: list[int] | None  # open loop: original ids of this worker's queries
+    dataset: Dataset
+    opts: ClientOptions
+    max_connections: int
+    records_path: Path
+    tokenizer: TokenCounter | None = None
+
+
+@dataclass
+class WorkerResult:
+    worker: int
+    stats: IssueStats
+    lags_ns: np.ndarray
+    cpu_cores: float | None
+    error: str | None = None
+
+
+def split_trace(trace: Trace, n: int) -> list[tuple[Trace, list[int] | None]]:
+    """``n`` sub-traces whose union is ``trace``: open-loop queries round-robin (with their original
+    ids), closed-loop streams and query counts divided as evenly as possible."""
+    if n <= 1:
+        return [(trace, None)]
+    parts: list[tuple[Trace, list[int] | None]] = []
+    if trace.open_loop:
+        ids = np.arange(len(trace.offsets_ns))
+        for w in range(n):
+            mine = ids[w::n]
+            sub = dataclasses.replace(
+                trace, offsets_ns=trace.offsets_ns[mine], order=trace.order[mine],
+                min_queries=len(mine),
+            )
+            parts.append((sub, mine.tolist()))
+        return parts
+    n = min(n, trace.streams)
+    for w in range(n):
+        streams = trace.streams // n + (1 if w < trace.streams % n else 0)
+        share = math.ceil(trace.min_queries * streams / trace.streams)
+        parts.append((dataclasses.replace(trace, streams=streams, min_queries=share), None))
+    return parts
+
+
+def auto_workers(expected_chunks_per_s: float, streams: float, cores: int | None = None) -> int:
+    """Workers for a load: one per ~20,000 chunks/s or per 512 concurrent streams, at most the cores
+    left after one for the rest of the machine (the server may be local), at least one."""
+    cores = cores or len(os.sched_getaffinity(0))
+    need = max(math.ceil(expected_chunks_per_s / 20_000), math.ceil(streams / 512), 1)
+    return max(1, min(need, cores - 1))
+
+
+# ---- worker side -----------------------------------------------------------------------------------
+
+
+def worker_main(conn: Connection, job: WorkerJob) -> None:
+    """Entry point of a worker process (spawned)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it sends "stop"/"abort"
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        try:
+            result = runner.run(_worker(conn, job))
+        except Exception as exc:  # report the bug to the parent, which fails the run loudly
+            result = WorkerResult(job.worker, IssueStats(), np.zeros(0, np.int64), None,
+                                  f"{type(exc).__name__}: {exc}")
+    conn.send(("done", result))
+    conn.close()
+
+
+async def _worker(conn: Connection, job: WorkerJob) -> WorkerResult:
+    loop = asyncio.get_running_loop()
+    writer = RecordWriter(job.records_path)
+    async with make_session(job.opts, job.max_connections) as session:
+        client = Client(session, job.opts, tokenizer=job.tokenizer)
+        issuer = Issuer(
+            client, job.dataset, job.trace, writer.write, query_ids=job.query_ids,
+            id_offset=job.worker, id_stride=job.workers,
+        )
+        start: asyncio.Future[int] = loop.create_future()
+
+        def on_message() -> None:
+            try:
+                kind, arg = conn.recv()
+            except (EOFError, OSError):
+                issuer.abort("the parent process went away")
+                return
+            if kind == "start" and not start.done():
+                start.set_result(arg)
+            elif kind == "stop":
+                issuer.stop(arg)
+            elif kind == "abort":
+                issuer.abort(arg)
+
+        loop.add_reader(conn.fileno(), on_message)
+        conn.send(("ready", job.worker))
+        client.t0_ns = await start
+        monitor = LoopLagMonitor()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                monitor.start(tg)
+                ticker = tg.create_task(_tick(conn, issuer))
+                try:
+                    await issuer.run()
+                finally:
+                    monitor.stop()
+                    ticker.cancel()
+        finally:
+            loop.remove_reader(conn.fileno())
+            writer.close()
+    return WorkerResult(job.worker, issuer.stats, monitor.lags_ns, monitor.cpu_cores)
+
+
+async def _tick(conn: Connection, issuer: Issuer) -> None:
+    while True:
+        await asyncio.sleep(TICK_S)
+        st = issuer.stats
+        conn.send(("tick", (st.issued, st.in_flight)))
+
+
+# ---- parent side -----------------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerPool:
+    """Runs jobs in spawned processes; ``stop``/``abort`` reach every worker (RunControl calls them)."""
+
+    jobs: list[WorkerJob]
+    stats: IssueStats = field(default_factory=IssueStats)
+    _conns: list[Connection] = field(default_factory=list)
+    _procs: list[Any] = field(default_factory=list)
+    _issued: dict[int, tuple[int, int]] = field(default_factory=dict)
+    t0_ns: int = 0
+
+    def _send_all(self, kind: str, arg: Any) -> None:
+        for conn in self._conns:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send((kind, arg))
+
+    def stop(self, reason: str) -> None:
+        if self.stats.stopped_early is None:
+            self.stats.stopped_early = reason
+        self._send_all("stop", reason)
+
+    def abort(self, reason: str) -> None:
+        if self.stats.stopped_early is None:
+            self.stats.stopped_early = reason
+        self._send_all("abort", reason)
+
+    async def run(self, on_record: Callable[[RequestRecord], None]) -> list[WorkerResult]:
+        """Start the workers, release them together at a common ``t0``, tail their records into
+        ``on_record`` and return each worker's result (raises if a worker failed)."""
+        loop = asyncio.get_running_loop()
+        self._results: dict[int, WorkerResult] = {}
+        self._ready: set[int] = set()
+        self._all_ready: asyncio.Future[None] = loop.create_future()
+        self._all_done: asyncio.Future[None] = loop.create_future()
+        ctx = mp.get_context("spawn")
+        for job in self.jobs:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=worker_main, args=(child, job), daemon=True,
+                               name=f"loadgen-worker-{job.worker}")
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+            loop.add_reader(parent.fileno(), self._on_message, parent)
+        tail = _JsonlTail(self.jobs[0].records_path)
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                await self._all_ready
+            self.t0_ns = time.perf_counter_ns() + START_MARGIN_NS
+            self._send_all("start", self.t0_ns)
+            while not self._all_done.done():
+                await asyncio.wait([self._all_done], timeout=TICK_S)
+                self._absorb(tail, on_record)
+            self._all_done.result()
+        finally:
+            for conn in self._conns:
+                with contextlib.suppress(OSError, ValueError):
+                    loop.remove_reader(conn.fileno())
+            for proc in self._procs:
+                await asyncio.to_thread(proc.join, 10)
+                if proc.is_alive():
+                    proc.kill()
+        self._absorb(tail, on_record)
+        return self._merge()
+
+    def _on_message(self, conn: Connection) -> None:
+        try:
+            kind, arg = conn.recv()
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(conn.fileno())
+            if not self._all_done.done() and len(self._results) < len(self.jobs):
+                self._all_done.set_exception(RuntimeError("a worker process exited without a result"))
+            return
+        if kind == "ready":
+            self._ready.add(arg)
+            if len(self._ready) == len(self.jobs) and not self._all_ready.done():
+                self._all_ready.set_result(None)
+        elif kind == "tick":
+            self._issued[id(conn)] = arg
+        elif kind == "done":
+            self._results[arg.worker] = arg
+            asyncio.get_running_loop().remove_reader(conn.fileno())
+            if len(self._results) == len(self.jobs) and not self._all_done.done():
+                self._all_done.set_result(None)
+
+    def _merge(self) -> list[WorkerResult]:
+        results = [self._results[k] for k in sorted(self._results)]
+        failed = [r.error for r in results if r.error]
+        if failed:
+            raise RuntimeError(f"worker process failed: {failed[0]}")
+        merged = self.stats
+        for r in results:
+            merged.last_issue_ns = max(merged.last_issue_ns, r.stats.last_issue_ns)
+            merged.issue_ended_ns = max(merged.issue_ended_ns, r.stats.issue_ended_ns)
+            if r.stats.stopped_early and merged.stopped_early is None:
+                merged.stopped_early = r.stats.stopped_early
+        merged.issued = sum(r.stats.issued for r in results)
+        merged.in_flight = 0
+        return results
+
+    def _absorb(self, tail: _JsonlTail, on_record: Callable[[RequestRecord], None]) -> None:
+        st = self.stats
+        for rec in tail.read_new():
+            if rec.error_class is None:
+                st.completed += 1
+                st.output_tokens += rec.output_tokens
+            else:
+                st.failed += 1
+                st.errors[rec.error_class] = st.errors.get(rec.error_class, 0) + 1
+            on_record(rec)
+        issued = sum(i for i, _ in self._issued.values())
+        st.issued = max(issued, st.completed + st.failed)
+        st.in_flight = sum(f for _, f in self._issued.values())
+
+
+class _JsonlTail:
+    """Reads the complete lines appended to a JSONL file since the last call."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._pos = 0
+        self._partial = b""
+
+    def read_new(self) -> list[RequestRecord]:
+        import orjson
+
+        try:
+            with self._path.open("rb") as f:
+                f.seek(self._pos)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self._pos += len(data)
+        data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        return [RequestRecord.from_dict(orjson.loads(line)) for line in lines if line.strip()]
