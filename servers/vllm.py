@@ -152,7 +152,7 @@ class VllmLauncher:
 
     ``log_path`` receives the server's stdout and stderr (appended: relaunches keep earlier logs, each
     after a ``=== loadgen: launch ...`` header); None writes to a temporary file. ``progress`` receives
-    human-readable lines during startup and teardown (None: silent).
+    human-readable lines during startup (every ``progress_every_s``) and teardown (None: silent).
 
     Entry blocks until ``GET /health`` is 200 and raises :class:`LaunchError` otherwise (nothing is left
     running). Entry and exit are synchronous; ``async with`` runs them in a worker thread.
@@ -164,11 +164,14 @@ class VllmLauncher:
         *,
         log_path: Path | None = None,
         progress: Callable[[str], None] | None = None,
+        progress_every_s: float = _PROGRESS_EVERY_S,
     ) -> None:
         self.spec = spec
         self.log_path = log_path
+        self.progress_every_s = progress_every_s
         self._progress = progress or (lambda _line: None)
         self._proc: subprocess.Popen[bytes] | None = None
+        self._last_pid: int | None = None
         self._log: BinaryIO | None = None
         self._log_start = 0
         self._abort = threading.Event()
@@ -188,9 +191,10 @@ class VllmLauncher:
 
     @property
     def pid(self) -> int:
-        if self._proc is None:
-            raise RuntimeError("VllmLauncher: not started")
-        return self._proc.pid
+        """The server's pid (after exit: the last one, for reports)."""
+        if self._last_pid is None:
+            raise RuntimeError("VllmLauncher: never started")
+        return self._last_pid
 
     @property
     def pgid(self) -> int:
@@ -304,6 +308,7 @@ class VllmLauncher:
         except OSError as e:
             self._close_log()
             raise LaunchError(f"could not start vLLM: {e}\ncommand: {self.command_text}") from e
+        self._last_pid = self._proc.pid
         atexit.register(self._atexit_kill)
         try:
             self._wait_healthy(t0)
@@ -321,7 +326,7 @@ class VllmLauncher:
     def _wait_healthy(self, t0: float) -> None:
         assert self._proc is not None
         deadline = t0 + self.spec.startup_timeout_s
-        next_report = t0 + _PROGRESS_EVERY_S
+        next_report = t0 + self.progress_every_s
         while True:
             code = self._proc.poll()
             if code is not None:
@@ -339,7 +344,7 @@ class VllmLauncher:
                 tail = self.log_tail(1)
                 last = tail[-1][:200] if tail else "(nothing yet)"
                 self._progress(f"waiting for vLLM /health: {now - t0:.0f} s, last log line: {last}")
-                next_report += _PROGRESS_EVERY_S
+                next_report += self.progress_every_s
             time.sleep(_POLL_S)
 
     def _launch_error(self, what: str) -> LaunchError:
