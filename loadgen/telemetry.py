@@ -28,6 +28,7 @@ visible ..."``. An unexpected exception inside the sampling thread is re-raised 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -221,7 +222,8 @@ class GpuSampler:
         self.reason: str | None = "not started"
         self.devices: list[dict[str, Any]] = []
         self._handles: list[Any] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the sample arrays (readers vs the sampling thread)
+        self._sweep_lock = threading.Lock()  # one sweep at a time (thread vs sample_now)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
@@ -286,7 +288,7 @@ class GpuSampler:
         self._energy0 = [None] * n_gpu
         self._integral = [0.0] * n_gpu
         self._stop.clear()
-        self._sweep()
+        self.sample_now()
         self._thread = threading.Thread(target=self._loop, name="loadgen-gpu-sampler", daemon=True)
         self._thread.start()
         return True
@@ -299,12 +301,10 @@ class GpuSampler:
         self._stop.set()
         thread.join()
         if self._failure is None:
-            self._sweep()
+            self.sample_now()
         assert self._backend is not None
-        try:
+        with contextlib.suppress(NvmlError):  # nothing left to release that we could act on
             self._backend.shutdown()
-        except NvmlError:
-            pass  # nothing left to release that we could act on
         if self._failure is not None:
             raise self._failure
 
@@ -326,7 +326,7 @@ class GpuSampler:
         next_t = self._clock() + interval
         try:
             while not self._stop.wait(max(0, next_t - self._clock()) * 1e-9):
-                self._sweep()
+                self.sample_now()
                 # Absolute targets; after a stall (slow NVML) skip the missed ticks instead of bursting.
                 next_t = max(next_t + interval, self._clock())
         except BaseException as exc:  # surfaced by stop(): a failure here must not vanish
@@ -352,6 +352,14 @@ class GpuSampler:
                 self.errors += 1
         return row
 
+    def sample_now(self) -> None:
+        """Take one sample of every GPU now (also done by :meth:`start` and :meth:`stop`); call it at
+        a window's edges for exact boundaries. Blocks for the NVML calls (run it off the event loop)."""
+        if not self.available:
+            return
+        with self._sweep_lock:
+            self._sweep()
+
     def _sweep(self) -> None:
         t = self._clock()
         rows = [self._read(g, h) for g, h in enumerate(self._handles)]
@@ -367,7 +375,7 @@ class GpuSampler:
             self._times[self._n] = t
             self._values[self._n] = rows
             self._n += 1
-        readings = []
+        readings: list[tuple[str, float | None, float | None]] = []
         for g, row in enumerate(rows):
             power, energy = row[_POWER], row[_ENERGY]
             if prev is not None and prev_t is not None and math.isfinite(power) and math.isfinite(
@@ -409,7 +417,8 @@ class GpuSampler:
         covered = max(0, min(end, int(times[-1])) - max(start, int(times[0]))) * 1e-9
         gpus, methods = [], set()
         for g, dev in enumerate(self.devices):
-            gpu = self._gpu_result(g, times, values[:, g, :], start, end, covered, in_win, t0)
+            gpu = _gpu_summary(times, values[:, g, :], start=start, end=end, covered=covered, in_win=in_win,
+                               t0=t0)
             methods.add(gpu["energy_method"])
             gpus.append({**dev, **gpu})
         total_j = sum(g["energy_j"] for g in gpus)
@@ -423,29 +432,31 @@ class GpuSampler:
             "output_tokens_per_joule": output_tokens / total_j if output_tokens and total_j > 0 else None,
         }
         return {
-            "available": True, "reason": None, "interval_s": self.interval_s, "window_s": (end - start) * 1e-9,
+            "available": True, "reason": None, "interval_s": self.interval_s,
+            "window_s": (end - start) * 1e-9,
             "covered_s": covered, "sample_count": int(in_win.sum()), "errors": self.errors,
             "gpus": gpus, "total": total,
         }
 
-    def _gpu_result(self, g: int, times: npt.NDArray[np.int64], vals: npt.NDArray[np.float64], start: int,
-                    end: int, covered: float, in_win: npt.NDArray[np.bool_], t0: int) -> dict[str, Any]:
-        power = _window_curve(times, vals[:, _POWER], start, end)
-        integral = _trapezoid(*power) if power is not None else 0.0
-        energy = _window_curve(times, vals[:, _ENERGY], start, end)
-        counter = float(energy[1][-1] - energy[1][0]) if energy is not None else None
-        win = vals[in_win]
-        t_s, cols = _downsample((times[in_win] - t0) * 1e-9, win, MAX_SERIES_POINTS)
-        series = {"t_s": _json_list(t_s, 4)}
-        series.update({name: _json_list(cols[:, c]) for c, name in enumerate(FIELDS) if c != _ENERGY})
-        energy_j = counter if counter is not None else integral
-        peak = _series_stats(win[:, _POWER])["max"] if power is not None else None
-        return {
-            "energy_j": energy_j,
-            "energy_method": "counter" if counter is not None else "power_integral",
-            "energy_counter_j": counter,
-            "energy_integral_j": integral if power is not None else None,
-            "power_w": {"mean": energy_j / covered if covered > 0 else None, "peak": peak},
-            **{name: _series_stats(win[:, c]) for c, name in enumerate(FIELDS) if c > _ENERGY},
-            "samples": series,
-        }
+
+def _gpu_summary(times: npt.NDArray[np.int64], vals: npt.NDArray[np.float64], *, start: int, end: int,
+                 covered: float, in_win: npt.NDArray[np.bool_], t0: int) -> dict[str, Any]:
+    power = _window_curve(times, vals[:, _POWER], start, end)
+    integral = _trapezoid(*power) if power is not None else 0.0
+    energy = _window_curve(times, vals[:, _ENERGY], start, end)
+    counter = float(energy[1][-1] - energy[1][0]) if energy is not None else None
+    win = vals[in_win]
+    t_s, cols = _downsample(((times[in_win] - t0) * 1e-9).astype(np.float64), win, MAX_SERIES_POINTS)
+    series = {"t_s": _json_list(t_s, 4)}
+    series.update({name: _json_list(cols[:, c]) for c, name in enumerate(FIELDS) if c != _ENERGY})
+    energy_j = counter if counter is not None else integral
+    peak = _series_stats(win[:, _POWER])["max"] if power is not None else None
+    return {
+        "energy_j": energy_j,
+        "energy_method": "counter" if counter is not None else "power_integral",
+        "energy_counter_j": counter,
+        "energy_integral_j": integral if power is not None else None,
+        "power_w": {"mean": energy_j / covered if covered > 0 else None, "peak": peak},
+        **{name: _series_stats(win[:, c]) for c, name in enumerate(FIELDS) if c > _ENERGY},
+        "samples": series,
+    }
