@@ -283,6 +283,12 @@ class VllmLauncher:
         self.command_line = self.spec.command_line(self.port)
         host = self.spec.host if ":" not in self.spec.host else f"[{self.spec.host}]"
         self.base_url = f"http://{host}:{self.port}"
+        if _port_busy(self.spec.host, self.port):
+            # Otherwise another server's /health could pass for ours.
+            raise LaunchError(
+                f"cannot launch vLLM on {self.spec.host}:{self.port}: something already listens there "
+                f"(choose another port, or port=None for a free one)\ncommand: {self.command_text}"
+            )
 
         path = self._log_file()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -534,6 +540,13 @@ def _free_port(host: str) -> int:
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _port_busy(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        return s.connect_ex((host, port)) == 0
 
 
 # Local URLs only: a proxy from the environment must never sit between loadgen and its own server.

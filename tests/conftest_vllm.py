@@ -10,6 +10,9 @@ Use from a test module::
         require_vllm()
         with VllmLauncher(tiny_vllm_spec(tiny_model_dir), log_path=...) as vllm: ...
 
+Or take the session-wide server: ``def test_x(vllm_session_server): vllm_session_server.base_url``
+(import ``vllm_session_server`` and ``tiny_model_dir`` into the module).
+
 ``require_vllm()`` skips when ``.venv-vllm/bin/python`` is missing (run ``scripts/setup-vllm-cpu.sh``),
 but fails instead when ``LOADGEN_REQUIRE_VLLM=1`` (CI), so a broken setup cannot hide behind a skip.
 """
@@ -17,13 +20,14 @@ but fails instead when ``LOADGEN_REQUIRE_VLLM=1`` (CI), so a broken setup cannot
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from servers.vllm import VllmLaunchSpec
+from servers.vllm import VllmLauncher, VllmLaunchSpec
 from tests.tiny_model import write_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,3 +108,17 @@ def running(pids: set[int]) -> set[int]:
 def group_members(pgid: int) -> dict[int, str]:
     """Every process of group ``pgid`` (zombies included) → state."""
     return {pid: st[0] for pid, st in all_stats().items() if st[2] == pgid}
+
+
+@pytest.fixture(scope="session")
+def vllm_session_server(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VllmLauncher]:
+    """One real vLLM on the tiny model shared by every module that asks for it (each start costs about
+    70-80 s on 2 cores); torn down normally at the end of the session. Skips/fails as require_vllm()."""
+    require_vllm()
+    log = tmp_path_factory.mktemp("vllm-session") / "server.log"
+    with VllmLauncher(
+        tiny_vllm_spec(tiny_model_dir), log_path=log, progress=lambda s: print(s, file=sys.stderr)
+    ) as launcher:
+        yield launcher

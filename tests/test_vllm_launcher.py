@@ -387,3 +387,31 @@ def test_sigterm_reaches_the_whole_group(fake_spec: VllmLaunchSpec) -> None:
             time.sleep(0.05)
         assert running(tree) == set()
     _assert_all_gone(server.pgid, tree)
+
+
+def test_async_with_and_cancelled_startup(fake_spec: VllmLaunchSpec) -> None:
+    """``async with`` runs start/stop in a thread; a cancelled startup still leaves nothing behind."""
+
+    async def main() -> tuple[VllmLauncher, VllmLauncher]:
+        ok = VllmLauncher(fake_spec)
+        async with ok, aiohttp.ClientSession() as session, session.get(ok.base_url + "/health") as resp:
+            assert resp.status == 200
+        slow = VllmLauncher(fake_spec.with_args("--healthy-after", "999"))
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(2.0), slow:
+                pytest.fail("never healthy, so never entered")
+        return ok, slow
+
+    ok, slow = asyncio.run(main())
+    for launcher in (ok, slow):
+        assert not launcher.running
+        with pytest.raises(ProcessLookupError):
+            os.killpg(launcher.pgid, 0)
+
+
+def test_a_busy_fixed_port_is_refused(fake_spec: VllmLaunchSpec) -> None:
+    with VllmLauncher(fake_spec) as first:
+        second = VllmLauncher(dataclasses.replace(fake_spec, port=first.port))
+        with pytest.raises(LaunchError, match="already listens"):
+            second.start()
+        assert first.running
