@@ -137,7 +137,7 @@ def query(base: str, promql: str) -> list[dict]:
     return body["data"]["result"]
 
 
-def wait_for(base: str, promql: str, expected: dict[str, float], key: str | None, timeout: float = 20) -> list:
+def wait_for(base: str, promql: str, expected: dict, key: str | None, timeout: float = 20) -> list:
     """Poll until the query's values (by label ``key``) equal ``expected``; return the last result."""
     deadline = time.monotonic() + timeout
     got: dict = {}
