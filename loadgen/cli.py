@@ -115,6 +115,7 @@ def run(
     fail_on_invalid: Annotated[bool, typer.Option("--fail-on-invalid", help="exit 1 when INVALID")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress line")] = False,
     workers: Annotated[int | None, typer.Option(help="client processes (default: from the load)")] = None,
+    http_client: Annotated[str | None, typer.Option(help="streaming transport: fast or aiohttp")] = None,
     launch: Annotated[str | None, typer.Option(help="start this server for the run: vllm")] = None,
     vllm_arg: Annotated[list[str] | None, typer.Option(help="extra vLLM argument (repeatable; "
                                                            "--vllm-arg=--max-num-seqs=64)")] = None,
@@ -133,7 +134,7 @@ def run(
             "prompts_file": prompts_file, "preset": preset, "headers": _parse_headers(header),
             "stream": False if no_stream else None, "insecure": True if insecure else None,
             "fail_on_invalid": True if fail_on_invalid else None, "progress": False if quiet else None,
-            "workers": workers,
+            "workers": workers, "http_client": http_client,
         }
         overrides["server_metrics_url"] = server_metrics_url
         if launch is not None:

@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 
 from loadgen.datasets import Sample
+from loadgen.http1 import Http1Client, HttpBrokenError, HttpConnectError, Response
 from loadgen.protocol import PROTOCOLS
 from loadgen.records import RequestRecord
 from loadgen.sse import SseParser
@@ -51,6 +52,7 @@ class ClientOptions:
     request_timeout_s: float = 600.0
     idle_timeout_s: float = 120.0
     insecure: bool = False
+    transport: str = "fast"  # "fast" (loadgen.http1) or "aiohttp"
 
 
 def make_session(opts: ClientOptions, max_connections: int) -> aiohttp.ClientSession:
@@ -76,12 +78,96 @@ def make_session(opts: ClientOptions, max_connections: int) -> aiohttp.ClientSes
     )
 
 
+class StreamState:
+    """Turns the bytes of one response body into the fields of its record, as they arrive.
+
+    ``feed(data, now)`` is the per-read hot path shared by both transports: find event boundaries,
+    parse each event with orjson, append (timestamp, tokens) for chunks that carry generated text.
+    It returns False when the stream must stop (a malformed or error event).
+    """
+
+    __slots__ = (
+        "_keep_text", "_parser", "_prev", "_rec", "_text", "done", "finished", "last_ns", "pieces",
+        "usage",
+    )
+
+    def __init__(self, rec: RequestRecord, text: Any, keep_text: bool) -> None:
+        self._rec = rec
+        self._text = text
+        self._keep_text = keep_text
+        self._parser = SseParser()
+        self._prev = 0
+        self.pieces: list[str] = []
+        self.usage: dict[str, Any] | None = None
+        self.done = False
+        self.finished = False
+        self.last_ns = 0
+
+    def feed(self, data: bytes, now: int) -> bool:
+        self.last_ns = now
+        rec = self._rec
+        for name, payload in self._parser.feed(data):
+            if payload == b"[DONE]":
+                self.done = True
+                continue
+            try:
+                obj = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                rec.end_ns = now
+                _fail(rec, "malformed", f"event is not JSON: {payload[:80]!r}")
+                return False
+            if not isinstance(obj, dict):
+                rec.end_ns = now
+                _fail(rec, "malformed", f"event is not a JSON object: {payload[:80]!r}")
+                return False
+            if name == b"error" or "error" in obj or obj.get("object") == "error":
+                rec.end_ns = now
+                _fail(rec, "server_error", f"error event: {_error_message(payload)}")
+                return False
+            u = obj.get("usage")
+            if u:
+                self.usage = u
+            choices = obj.get("choices")
+            if not choices:
+                continue
+            choice = choices[0]
+            piece = self._text(choice)
+            if piece:
+                k = 1
+                if u and isinstance(u.get("completion_tokens"), int):  # continuous usage stats
+                    k = max(1, u["completion_tokens"] - self._prev)
+                    self._prev = u["completion_tokens"]
+                if rec.first_token_ns is None:
+                    rec.first_token_ns = now
+                rec.chunk_ns.append(now)
+                rec.chunk_tokens.append(k)
+                if self._keep_text:
+                    self.pieces.append(piece)
+            if choice.get("finish_reason"):
+                self.finished = True
+        return True
+
+    def finish(self, now: int) -> None:
+        rec = self._rec
+        if rec.end_ns == 0:
+            rec.end_ns = self.last_ns or now
+        if rec.error_class is None and not (self.done or self.finished):
+            pending = self._parser.pending
+            left = f" ({len(pending)} bytes of an unfinished event)" if pending else ""
+            _fail(rec, "incomplete", f"stream ended without [DONE] or finish_reason{left}")
+
+
 class Client:
-    """Sends one sample per call of :meth:`fill`; ``t0_ns`` is the run's clock origin."""
+    """Sends one sample per call of :meth:`fill`; ``t0_ns`` is the run's clock origin.
+
+    Transport: the fast HTTP/1.1 client (:mod:`loadgen.http1`) by default, or an aiohttp session
+    (``session``) when one is given — kept for comparison in the benchmark and for endpoints that need
+    what the fast client leaves out (proxies, HTTP/2 gateways).
+    """
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        session: aiohttp.ClientSession | None,
         opts: ClientOptions,
         t0_ns: int = 0,
         tokenizer: TokenCounter | None = None,
@@ -92,6 +178,7 @@ class Client:
         self._url = opts.base_url + self._proto.path
         self._headers = {"Content-Type": "application/json", **opts.headers}
         self._tokenizer = tokenizer
+        self._http = Http1Client(opts.base_url, insecure=opts.insecure) if session is None else None
         self.t0_ns = t0_ns
 
     @property
@@ -102,6 +189,10 @@ class Client:
     def tokenizer(self) -> TokenCounter | None:
         return self._tokenizer
 
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
     async def fill(self, rec: RequestRecord, sample: Sample) -> None:
         """Send ``sample`` and fill ``rec`` in place (sent/first/chunks/end/tokens/error).
 
@@ -111,7 +202,108 @@ class Client:
         body = orjson.dumps(self._proto.body(sample, opts.model, opts.stream, opts.ignore_eos))
         rec.requested_output_tokens = sample.output_tokens
         rec.input_tokens = sample.input_tokens
+        state = StreamState(rec, self._proto.text, self._tokenizer is not None)
+        try:
+            if self._http is not None:
+                await self._fill_fast(rec, body, state)
+            else:
+                await self._fill_aiohttp(rec, body, state)
+        except asyncio.CancelledError:
+            _fail(rec, "cancelled", "run stopped while in flight")
+            rec.end_ns = time.perf_counter_ns() - self.t0_ns
+            raise
+        if rec.end_ns == 0:
+            rec.end_ns = time.perf_counter_ns() - self.t0_ns
+        if rec.error_class is None or rec.error_class == "incomplete":
+            self._count_output(rec, state.usage, state.pieces)
+
+    # ---- fast transport ------------------------------------------------------------------------------
+    # The sink closure and the error mapping read best together in one place.
+    async def _fill_fast(  # noqa: PLR0915
+        self, rec: RequestRecord, body: bytes, state: StreamState
+    ) -> None:
+        opts = self._opts
         t0 = self.t0_ns
+        http = self._http
+        assert http is not None
+        mode = ""
+        raw: list[bytes] = []
+
+        def on_sent() -> None:
+            rec.sent_ns = time.perf_counter_ns() - t0
+
+        def sink(resp: Response, data: bytes, now: int) -> bool:
+            nonlocal mode
+            if not mode:
+                rec.status = resp.status
+                if resp.status != 200:
+                    mode = "error"
+                elif resp.content_type == "text/event-stream" and opts.stream:
+                    mode = "stream"
+                elif resp.content_type == "application/json":
+                    mode = "json"
+                else:
+                    rec.end_ns = now - t0
+                    _fail(rec, "content_type", f"unexpected Content-Type {resp.content_type!r}")
+                    return False
+            if mode == "stream":
+                return state.feed(data, now - t0)
+            raw.append(data)
+            state.last_ns = now - t0
+            return mode != "error" or sum(map(len, raw)) < _ERROR_BODY_LIMIT
+
+        loop = asyncio.get_running_loop()
+        idle = False
+        try:
+            async with asyncio.timeout(opts.request_timeout_s) as deadline:
+                watchdog = _IdleWatchdog(loop, opts.idle_timeout_s, state, deadline, t0)
+                try:
+                    resp = await http.request("POST", self._proto.path, body, self._headers, sink,
+                                              on_sent=on_sent)
+                finally:
+                    idle = watchdog.fired
+                    watchdog.cancel()
+        except TimeoutError:
+            if idle:
+                _fail(rec, "idle_timeout", f"no bytes for {opts.idle_timeout_s:g} s")
+            else:
+                _fail(rec, "timeout", f"request took longer than {opts.request_timeout_s:g} s")
+            return
+        except HttpConnectError as exc:
+            if rec.status is None:
+                _fail(rec, "connect", str(exc))
+            else:
+                _fail(rec, "disconnect", str(exc))
+            return
+        except HttpBrokenError as exc:
+            state.finish(time.perf_counter_ns() - t0)
+            rec.error_class = None if rec.error_class == "incomplete" else rec.error_class
+            _fail(rec, "disconnect", f"response broke off: {exc}")
+            return
+        self._conclude(rec, resp, mode, raw, state)
+
+    def _conclude(
+        self, rec: RequestRecord, resp: Response, mode: str, raw: list[bytes], state: StreamState
+    ) -> None:
+        rec.status = resp.status
+        end = state.last_ns or time.perf_counter_ns() - self.t0_ns
+        if mode == "error" or (not mode and resp.status != 200):
+            rec.end_ns = end
+            _fail(rec, "http_status", f"HTTP {resp.status}: {_error_message(b''.join(raw))}")
+        elif mode == "stream":
+            state.finish(end)
+        elif mode == "json":
+            rec.end_ns = end
+            self._parse_json(rec, b"".join(raw), state)
+        elif rec.error_class is None:
+            rec.end_ns = end
+            _fail(rec, "malformed", "empty response body")
+
+    # ---- aiohttp transport ---------------------------------------------------------------------------
+    async def _fill_aiohttp(self, rec: RequestRecord, body: bytes, state: StreamState) -> None:
+        opts = self._opts
+        t0 = self.t0_ns
+        assert self._session is not None
         rec.sent_ns = time.perf_counter_ns() - t0
         try:
             async with (
@@ -120,11 +312,18 @@ class Client:
             ):
                 rec.status = resp.status
                 if resp.status != 200:
-                    await self._http_error(rec, resp)
+                    raw = await resp.content.read(_ERROR_BODY_LIMIT)
+                    rec.end_ns = time.perf_counter_ns() - t0
+                    _fail(rec, "http_status", f"HTTP {resp.status}: {_error_message(raw)}")
                 elif resp.content_type == "text/event-stream":
-                    await self._read_stream(rec, resp, t0)
+                    async for data in resp.content.iter_any():
+                        if not state.feed(data, time.perf_counter_ns() - t0):
+                            break
+                    state.finish(time.perf_counter_ns() - t0)
                 elif resp.content_type == "application/json":
-                    await self._read_json(rec, resp, t0)
+                    raw = await resp.read()
+                    rec.end_ns = time.perf_counter_ns() - t0
+                    self._parse_json(rec, raw, state)
                 else:
                     _fail(rec, "content_type", f"unexpected Content-Type {resp.content_type!r}")
         except aiohttp.ServerTimeoutError:
@@ -140,82 +339,8 @@ class Client:
             _fail(rec, "malformed", f"bad HTTP response: {_short(exc)}")
         except aiohttp.ClientError as exc:
             _fail(rec, "connect", f"{type(exc).__name__}: {_short(exc)}")
-        except asyncio.CancelledError:
-            _fail(rec, "cancelled", "run stopped while in flight")
-            rec.end_ns = time.perf_counter_ns() - t0
-            raise
-        if rec.end_ns == 0:
-            rec.end_ns = time.perf_counter_ns() - t0
 
-    async def _http_error(self, rec: RequestRecord, resp: aiohttp.ClientResponse) -> None:
-        raw = await resp.content.read(_ERROR_BODY_LIMIT)
-        rec.end_ns = time.perf_counter_ns() - self.t0_ns
-        _fail(rec, "http_status", f"HTTP {resp.status}: {_error_message(raw)}")
-
-    # The per-chunk hot path stays in one function on purpose: no per-chunk calls beyond the parser.
-    async def _read_stream(  # noqa: PLR0912, PLR0915
-        self, rec: RequestRecord, resp: aiohttp.ClientResponse, t0: int
-    ) -> None:
-        parser = SseParser()
-        text = self._proto.text
-        chunk_ns = rec.chunk_ns
-        chunk_tokens = rec.chunk_tokens
-        keep_text = self._tokenizer is not None
-        pieces: list[str] = []
-        usage: dict[str, Any] | None = None
-        done = finished = False
-        prev_completion = 0
-        now = 0
-        async for data in resp.content.iter_any():
-            now = time.perf_counter_ns() - t0
-            for name, payload in parser.feed(data):
-                if payload == b"[DONE]":
-                    done = True
-                    continue
-                try:
-                    obj = orjson.loads(payload)
-                except orjson.JSONDecodeError:
-                    rec.end_ns = now
-                    _fail(rec, "malformed", f"event is not JSON: {payload[:80]!r}")
-                    return
-                if not isinstance(obj, dict):
-                    rec.end_ns = now
-                    _fail(rec, "malformed", f"event is not a JSON object: {payload[:80]!r}")
-                    return
-                if name == b"error" or "error" in obj or obj.get("object") == "error":
-                    rec.end_ns = now
-                    _fail(rec, "server_error", f"error event: {_error_message(payload)}")
-                    return
-                u = obj.get("usage")
-                if u:
-                    usage = u
-                choices = obj.get("choices")
-                if not choices:
-                    continue
-                choice = choices[0]
-                piece = text(choice)
-                if piece:
-                    k = 1
-                    if u and isinstance(u.get("completion_tokens"), int):  # continuous usage stats
-                        k = max(1, u["completion_tokens"] - prev_completion)
-                        prev_completion = u["completion_tokens"]
-                    if rec.first_token_ns is None:
-                        rec.first_token_ns = now
-                    chunk_ns.append(now)
-                    chunk_tokens.append(k)
-                    if keep_text:
-                        pieces.append(piece)
-                if choice.get("finish_reason"):
-                    finished = True
-        rec.end_ns = now or time.perf_counter_ns() - t0
-        if not (done or finished):
-            left = f" ({len(parser.pending)} bytes of an unfinished event)" if parser.pending else ""
-            _fail(rec, "incomplete", f"stream ended without [DONE] or finish_reason{left}")
-        self._count_output(rec, usage, pieces)
-
-    async def _read_json(self, rec: RequestRecord, resp: aiohttp.ClientResponse, t0: int) -> None:
-        raw = await resp.read()
-        rec.end_ns = time.perf_counter_ns() - t0
+    def _parse_json(self, rec: RequestRecord, raw: bytes, state: StreamState) -> None:
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -224,10 +349,10 @@ class Client:
         if not isinstance(obj, dict) or not obj.get("choices"):
             _fail(rec, "malformed", f"no choices in the response: {raw[:80]!r}")
             return
-        piece = self._proto.text(obj["choices"][0]) or ""
+        state.pieces.append(self._proto.text(obj["choices"][0]) or "")
+        state.usage = obj.get("usage")
         # Without streaming the first token is only seen with the last: TTFT equals E2E.
         rec.first_token_ns = rec.end_ns
-        self._count_output(rec, obj.get("usage"), [piece])
 
     def _count_output(self, rec: RequestRecord, usage: dict[str, Any] | None, pieces: list[str]) -> None:
         if usage and isinstance(usage.get("completion_tokens"), int):
@@ -241,6 +366,39 @@ class Client:
         else:
             rec.output_tokens = sum(rec.chunk_tokens)
             rec.tokens_source = "chunks"
+
+
+class _IdleWatchdog:
+    """Ends a request (through its deadline) when no body bytes arrived for ``idle_s``.
+
+    One timer per request, re-armed from the last arrival time, instead of resetting a timer on
+    every chunk.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, idle_s: float, state: StreamState,
+        deadline: asyncio.Timeout, t0: int,
+    ) -> None:
+        self._loop = loop
+        self._idle_ns = int(idle_s * 1e9)
+        self._state = state
+        self._deadline = deadline
+        self._t0 = t0
+        self._start = time.perf_counter_ns() - t0
+        self.fired = False
+        self._handle = loop.call_later(idle_s, self._check)
+
+    def _check(self) -> None:
+        now = time.perf_counter_ns() - self._t0
+        last = max(self._state.last_ns, self._start)
+        if now - last >= self._idle_ns:
+            self.fired = True
+            self._deadline.reschedule(self._loop.time())
+        else:
+            self._handle = self._loop.call_later((last + self._idle_ns - now) / 1e9, self._check)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 def _fail(rec: RequestRecord, cls: str, message: str) -> None:

@@ -199,7 +199,7 @@ async def run_async(
             base_url=base_url, model=settings.model or "", endpoint=settings.endpoint,
             stream=settings.stream, ignore_eos=settings.ignore_eos, headers=headers,
             request_timeout_s=settings.request_timeout_s, idle_timeout_s=settings.idle_timeout_s,
-            insecure=settings.insecure,
+            insecure=settings.insecure, transport=settings.http_client,
         )
         rngs = seeded_rngs(settings.seed)
         async with make_session(opts, 0) as probe_session:
@@ -233,18 +233,22 @@ async def run_async(
         for stale in ("requests.jsonl", "warmup.jsonl", "report.json", "summary.txt"):
             (out_dir / stale).unlink(missing_ok=True)  # a rerun into the same folder starts afresh
         async with make_session(opts, _max_connections(settings, trace)) as session:
-            client = Client(session, opts, tokenizer=counter if settings.tokenizer else None)
-            if settings.warmup:
-                say(f"warm-up: {settings.warmup} requests (not measured)")
-                await _warmup(settings, client, dataset, trace, out_dir)
-            say(f"running {settings.scenario.mlperf_name}; results in {out_dir}")
-            workers = choose_workers(settings, trace)
-            meta["client_workers"] = workers
-            records, stats, health = await _measure(
-                settings=settings, client=client, dataset=dataset, trace=trace, out_dir=out_dir,
-                control=control, observers=observers, workers=workers,
-                max_connections=_max_connections(settings, trace),
-            )
+            client = Client(session if opts.transport == "aiohttp" else None, opts,
+                            tokenizer=counter if settings.tokenizer else None)
+            try:
+                if settings.warmup:
+                    say(f"warm-up: {settings.warmup} requests (not measured)")
+                    await _warmup(settings, client, dataset, trace, out_dir)
+                say(f"running {settings.scenario.mlperf_name}; results in {out_dir}")
+                workers = choose_workers(settings, trace)
+                meta["client_workers"] = workers
+                records, stats, health = await _measure(
+                    settings=settings, client=client, dataset=dataset, trace=trace, out_dir=out_dir,
+                    control=control, observers=observers, workers=workers,
+                    max_connections=_max_connections(settings, trace),
+                )
+            finally:
+                await client.close()
     report = build_report(meta, records, settings=settings, health=health, stats=stats,
                           interrupted=control.interrupts > 0 or stats.stopped_early is not None)
     write_outputs(out_dir, report)

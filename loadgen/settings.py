@@ -174,6 +174,7 @@ class Settings(_Model):
     idle_timeout_s: float = Field(120.0, gt=0)  # no bytes between chunks
     max_connections: int | None = Field(None, ge=1)  # default: enough for the load, never queueing
     workers: int | None = Field(None, ge=1, le=256)  # client processes; None: chosen from the load
+    http_client: Literal["fast", "aiohttp"] = "fast"  # streaming transport (see loadgen.http1)
     # --- servers loadgen starts: vLLM (``server``), else the built-in simulator when url is None -----
     server: ServerLaunch | None = None
     server_metrics_url: str | None = None  # default: <url>/metrics; "none" turns scraping off

@@ -133,7 +133,8 @@ async def _worker(conn: Connection, job: WorkerJob) -> WorkerResult:
     loop = asyncio.get_running_loop()
     writer = RecordWriter(job.records_path)
     async with make_session(job.opts, job.max_connections) as session:
-        client = Client(session, job.opts, tokenizer=job.tokenizer)
+        client = Client(session if job.opts.transport == "aiohttp" else None, job.opts,
+                        tokenizer=job.tokenizer)
         issuer = Issuer(
             client, job.dataset, job.trace, writer.write, query_ids=job.query_ids,
             id_offset=job.worker, id_stride=job.workers,
@@ -169,6 +170,7 @@ async def _worker(conn: Connection, job: WorkerJob) -> WorkerResult:
         finally:
             loop.remove_reader(conn.fileno())
             writer.close()
+            await client.close()
     return WorkerResult(job.worker, issuer.stats, monitor.lags_ns, monitor.cpu_cores)
 
 
