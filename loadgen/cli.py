@@ -60,6 +60,15 @@ def _parse_headers(values: list[str] | None) -> dict[str, str] | None:
     return headers
 
 
+def _parse_gpus(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--gpus {text!r}: expected NVML indices such as 0,1.") from None
+
+
 def _launch_block(
     launch: str, model: str | None, args: list[str] | None, command: str | None
 ) -> dict[str, Any]:
@@ -116,6 +125,16 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress line")] = False,
     workers: Annotated[int | None, typer.Option(help="client processes (default: from the load)")] = None,
     http_client: Annotated[str | None, typer.Option(help="streaming transport: fast or aiohttp")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="serve live Prometheus metrics on this port "
+                                                        "(0: any free port)")] = None,
+    metrics_host: Annotated[str | None, typer.Option(help="address for --metrics-port "
+                                                         "(default 127.0.0.1)")] = None,
+    pushgateway: Annotated[str | None, typer.Option(help="push final metrics to this Pushgateway")] = None,
+    metrics_textfile: Annotated[Path | None, typer.Option(help="write final metrics for node_exporter's "
+                                                               "textfile collector")] = None,
+    gpus: Annotated[str | None, typer.Option(help="GPU indices to sample, e.g. 0,1 (default: "
+                                                  "CUDA_VISIBLE_DEVICES or all)")] = None,
+    no_gpu_telemetry: Annotated[bool, typer.Option("--no-gpu-telemetry", help="do not sample GPUs")] = False,
     launch: Annotated[str | None, typer.Option(help="start this server for the run: vllm")] = None,
     vllm_arg: Annotated[list[str] | None, typer.Option(help="extra vLLM argument (repeatable; "
                                                            "--vllm-arg=--max-num-seqs=64)")] = None,
@@ -134,7 +153,9 @@ def run(
             "prompts_file": prompts_file, "preset": preset, "headers": _parse_headers(header),
             "stream": False if no_stream else None, "insecure": True if insecure else None,
             "fail_on_invalid": True if fail_on_invalid else None, "progress": False if quiet else None,
-            "workers": workers, "http_client": http_client,
+            "workers": workers, "http_client": http_client, "metrics_port": metrics_port,
+            "metrics_host": metrics_host, "pushgateway": pushgateway, "metrics_textfile": metrics_textfile,
+            "gpus": _parse_gpus(gpus), "gpu_telemetry": False if no_gpu_telemetry else None,
         }
         overrides["server_metrics_url"] = server_metrics_url
         if launch is not None:

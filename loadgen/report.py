@@ -230,6 +230,23 @@ def render_console(data: dict[str, Any]) -> str:
             f"CPU {_fmt(client.get('cpu_cores'))} cores"
             + (" -- CLIENT-LIMITED" if client.get("client_limited") else "")
         )
+    cross = (data.get("server_metrics") or {}).get("cross_check") or {}
+    if cross.get("server_ttft_p50_ms") is not None:
+        lines.append(
+            f"server cross-check: client TTFT p50 {_fmt(cross['client_ttft_p50_ms'])} ms vs the server's own "
+            f"histogram {_fmt(cross['server_ttft_p50_ms'])} ms (difference {_fmt(cross['difference_ms'])} "
+            f"ms; the server's value is known to +/- {_fmt(cross['bucket_resolution_ms'], 1)} ms)"
+        )
+    elif (data.get("server_metrics") or {}).get("note"):
+        lines.append(f"server metrics: {data['server_metrics']['note']}")
+    tel = data.get("telemetry") or {}
+    if tel.get("available"):
+        total = tel.get("total") or {}
+        lines.append(
+            f"GPU: {_fmt(total.get('energy_j'), 0)} J over the run, mean power "
+            f"{_fmt((total.get('power_w') or {}).get('mean'), 0)} W, "
+            f"{_fmt(total.get('joules_per_output_token'), 4)} J/output token"
+        )
     lines.append("")
     v = data["validity"]
     lines.append("Result is : VALID" if v["valid"] else "Result is : INVALID")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import time
 import uuid
@@ -201,40 +202,16 @@ async def run_async(
             request_timeout_s=settings.request_timeout_s, idle_timeout_s=settings.idle_timeout_s,
             insecure=settings.insecure, transport=settings.http_client,
         )
-        rngs = seeded_rngs(settings.seed)
-        async with make_session(opts, 0) as probe_session:
-            server = await probe(probe_session, base_url, settings.model, headers, settings.api_key_env)
-        if launched:
-            server.update(launched)
-        model = server["model"]
-        opts = ClientOptions(**{**opts.__dict__, "model": model})
-        say(f"target {base_url} model {model}; preparing prompts")
-        counter = await asyncio.to_thread(_counter, settings, base_url, model, headers)
-        if isinstance(counter, WordCounter) and launched:
-            counter = WordCounter(exact=True)  # the simulated server counts words
-        dataset = await asyncio.to_thread(_dataset, settings, counter, rngs)
-        trace = build_trace(settings, len(dataset), rngs)
-        meta = {
-            "schema_version": 1,
-            "run_id": run_id,
-            "loadgen_version": __version__,
-            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "settings": settings.public_dict(),
-            "server": server,
-            "dataset": dataset.describe(),
-            "trace": {
-                "open_loop": trace.open_loop,
-                "planned_queries": trace.planned_queries,
-                "samples_per_query": trace.samples_per_query,
-                "streams": trace.streams,
-            },
-        }
+        opts, counter, dataset, trace, meta = await _prepare(settings, opts, launched, run_id, say)
+        model = opts.model
         _write_json(out_dir / "run.json", meta)
         for stale in ("requests.jsonl", "warmup.jsonl", "report.json", "summary.txt"):
             (out_dir / stale).unlink(missing_ok=True)  # a rerun into the same folder starts afresh
         async with make_session(opts, _max_connections(settings, trace)) as session:
             client = Client(session if opts.transport == "aiohttp" else None, opts,
                             tokenizer=counter if settings.tokenizer else None)
+            sidecars = Sidecars.start(settings, run_id, model, base_url, say)
+            observers = (*observers, *sidecars.observers)
             try:
                 if settings.warmup:
                     say(f"warm-up: {settings.warmup} requests (not measured)")
@@ -242,17 +219,139 @@ async def run_async(
                 say(f"running {settings.scenario.mlperf_name}; results in {out_dir}")
                 workers = choose_workers(settings, trace)
                 meta["client_workers"] = workers
-                records, stats, health = await _measure(
-                    settings=settings, client=client, dataset=dataset, trace=trace, out_dir=out_dir,
-                    control=control, observers=observers, workers=workers,
-                    max_connections=_max_connections(settings, trace),
-                )
+                stop_scraping = asyncio.Event()
+                async with asyncio.TaskGroup() as tg:
+                    if sidecars.scraper is not None:
+                        tg.create_task(sidecars.scraper.run(session, stop_scraping))
+                    try:
+                        records, stats, health = await _measure(
+                            settings=settings, client=client, dataset=dataset, trace=trace,
+                            out_dir=out_dir, control=control, observers=observers, workers=workers,
+                            max_connections=_max_connections(settings, trace),
+                        )
+                    finally:
+                        stop_scraping.set()
             finally:
                 await client.close()
+                sidecars.stop_sampling()
     report = build_report(meta, records, settings=settings, health=health, stats=stats,
                           interrupted=control.interrupts > 0 or stats.stopped_early is not None)
+    report.data.update(sidecars.results(report.data["results"], client.t0_ns))
     write_outputs(out_dir, report)
+    sidecars.finish(say)
     return RunResult(out_dir, report.data)
+
+
+@dataclass
+class Sidecars:
+    """What runs beside the load: the Prometheus exporter, the GPU sampler, the server scraper."""
+
+    settings: Settings
+    exporter: Any = None
+    sampler: Any = None
+    scraper: Any = None
+
+    @classmethod
+    def start(
+        cls, settings: Settings, run_id: str, model: str, base_url: str, say: Callable[[str], None]
+    ) -> Sidecars:
+        from loadgen.server_metrics import ServerMetricsScraper
+        from loadgen.telemetry import GpuSampler
+
+        cars = cls(settings)
+        if settings.metrics_port is not None or settings.pushgateway or settings.metrics_textfile:
+            from loadgen.exporter import Exporter
+
+            cars.exporter = Exporter(run_id, settings.scenario.value, model)
+            if settings.qps:
+                cars.exporter.set_target_qps(settings.qps)
+            if settings.metrics_port is not None:
+                port = cars.exporter.start_http(settings.metrics_host, settings.metrics_port)
+                say(f"Prometheus metrics on http://{settings.metrics_host}:{port}/metrics")
+        if settings.gpu_telemetry:
+            on_sample = cars.exporter.gpu_callback() if cars.exporter is not None else None
+            cars.sampler = GpuSampler(gpus=settings.gpus, on_sample=on_sample)
+            if not cars.sampler.start():
+                say(f"GPU telemetry unavailable: {cars.sampler.reason}")
+        metrics_url = settings.server_metrics_url
+        if metrics_url != "none":
+            base, path = base_url, "/metrics"
+            if metrics_url:
+                base, _, rest = metrics_url.rstrip("/").rpartition("/")
+                path = "/" + rest
+            cars.scraper = ServerMetricsScraper(base, path=path)
+        return cars
+
+    @property
+    def observers(self) -> tuple[RunObserver, ...]:
+        return (self.exporter,) if self.exporter is not None else ()
+
+    def stop_sampling(self) -> None:
+        if self.sampler is not None and self.sampler.available:
+            self.sampler.sample_now()
+            self.sampler.stop()
+
+    def results(self, results: dict[str, Any], t0_ns: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.scraper is not None:
+            out["server_metrics"] = self.scraper.result(results.get("ttft_ms"))
+        if self.sampler is not None:
+            end_ns = t0_ns + int((results.get("duration_s") or 0) * 1e9)
+            out["telemetry"] = self.sampler.result(
+                window_start_ns=t0_ns, window_end_ns=end_ns,
+                output_tokens=results.get("output_tokens_total"), t0_ns=t0_ns,
+            )
+        return out
+
+    def finish(self, say: Callable[[str], None]) -> None:
+        if self.exporter is None:
+            return
+        s = self.settings
+        if s.pushgateway and self.exporter.push(s.pushgateway):
+            say(f"pushed final metrics to the Pushgateway at {s.pushgateway}")
+        if s.metrics_textfile:
+            self.exporter.write_textfile(s.metrics_textfile)
+        self.exporter.stop()
+
+
+async def _prepare(
+    settings: Settings,
+    opts: ClientOptions,
+    launched: dict[str, Any] | None,
+    run_id: str,
+    say: Callable[[str], None],
+) -> tuple[ClientOptions, TokenCounter, Dataset, Trace, dict[str, Any]]:
+    """Probe the target, count tokens, build the prompts and the trace; nothing here is measured."""
+    base_url, headers = opts.base_url, opts.headers
+    rngs = seeded_rngs(settings.seed)
+    async with make_session(opts, 0) as probe_session:
+        server = await probe(probe_session, base_url, settings.model, headers, settings.api_key_env)
+    if launched:
+        server.update(launched)
+    model = server["model"]
+    opts = dataclasses.replace(opts, model=model)
+    say(f"target {base_url} model {model}; preparing prompts")
+    counter = await asyncio.to_thread(_counter, settings, base_url, model, headers)
+    if isinstance(counter, WordCounter) and launched:
+        counter = WordCounter(exact=True)  # the simulated server counts words
+    dataset = await asyncio.to_thread(_dataset, settings, counter, rngs)
+    trace = build_trace(settings, len(dataset), rngs)
+    meta = {
+        "schema_version": 1,
+        "run_id": run_id,
+        "loadgen_version": __version__,
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "settings": settings.public_dict(),
+        "server": server,
+        "dataset": dataset.describe(),
+        "trace": {
+            "open_loop": trace.open_loop,
+            "planned_queries": trace.planned_queries,
+            "samples_per_query": trace.samples_per_query,
+            "streams": trace.streams,
+        },
+    }
+    return opts, counter, dataset, trace, meta
 
 
 async def _warmup(settings: Settings, client: Client, dataset: Dataset, trace: Trace, out_dir: Path) -> None:

@@ -175,6 +175,13 @@ class Settings(_Model):
     max_connections: int | None = Field(None, ge=1)  # default: enough for the load, never queueing
     workers: int | None = Field(None, ge=1, le=256)  # client processes; None: chosen from the load
     http_client: Literal["fast", "aiohttp"] = "fast"  # streaming transport (see loadgen.http1)
+    # --- live metrics and telemetry ---------------------------------------------------------------
+    metrics_port: int | None = Field(None, ge=0, le=65535)  # serve Prometheus metrics during the run
+    metrics_host: str = "127.0.0.1"
+    pushgateway: str | None = None  # push the final values here at the end
+    metrics_textfile: Path | None = None  # node_exporter textfile collector output
+    gpu_telemetry: bool = True  # NVML sampling of local GPUs (absent GPU: noted, never an error)
+    gpus: list[int] | None = None  # NVML indices; default: CUDA_VISIBLE_DEVICES or all
     # --- servers loadgen starts: vLLM (``server``), else the built-in simulator when url is None -----
     server: ServerLaunch | None = None
     server_metrics_url: str | None = None  # default: <url>/metrics; "none" turns scraping off
