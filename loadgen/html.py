@@ -76,6 +76,8 @@ table { border-collapse: collapse; background: #fff; margin: 6px 0 10px; font-va
 th, td { border: 1px solid #d5d8de; padding: 4px 9px; text-align: right; }
 th { background: #eef0f4; } td.l, th.l { text-align: left; }
 tr.knee td { background: #fff4d6; } tr.bad td { color: #8a1020; }
+.scroll { overflow-x: auto; max-width: 100%; }
+.scroll table { font-size: 13px; } .scroll td { white-space: nowrap; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(600px, 1fr)); gap: 16px; }
 figure { margin: 0; background: #fff; border: 1px solid #d5d8de; border-radius: 6px; padding: 8px; }
 figure svg { width: 100%; height: auto; display: block; }
@@ -734,7 +736,8 @@ def _sweep_table(d: _SweepData, frontier_idx: set[int]) -> str:
         rows.append(cells)
         classes.append("knee" if p.get("index") == knee_idx else ("bad" if p.get("status") != "done" else ""))
     headers = ["#", "values", "status", "", *[h for h, _, _ in _ROW_COLUMNS], "server args", ""]
-    return "<h2>All points (latencies in ms)</h2>" + _table(headers, rows, left=4, row_classes=classes)
+    table = _table(headers, rows, left=4, row_classes=classes)
+    return f"<h2>All points (latencies in ms)</h2><div class='scroll'>{table}</div>"
 
 
 def render_sweep_html(sweep: dict[str, Any], reports: dict[int, dict[str, Any]]) -> str:
@@ -754,7 +757,7 @@ def render_sweep_html(sweep: dict[str, Any], reports: dict[int, dict[str, Any]])
         f"{k.removesuffix('_ms').upper()} p99 ≤ {v:g} ms" for k, v in slo.items() if _is_num(v)
     )
     head = [
-        f"<header><h1>loadgen sweep: {_e(sweep.get('scenario', '?'))} over {_e(params)}</h1>",
+        f"<header><h1>loadgen sweep: {_e(sweep.get('scenario', '?'))} scenario, swept over {_e(params)}</h1>",
         f"<p class='meta'>target <code>{_e(url)}</code> · model <code>{_e(model)}</code> · "
         f"{len(d.all)} points, {len(d.done)} done · SLO: {_e(slo_text or 'none')}</p>",
     ]

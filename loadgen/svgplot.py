@@ -89,12 +89,14 @@ def fmt_num(v: float) -> str:
 
 
 def linear_ticks(lo: float, hi: float, target: int = 6) -> list[float]:
-    """Round-numbered ticks (steps of 1, 2, 2.5 or 5 × 10^k) covering ``[lo, hi]``, about ``target``."""
+    """Round-numbered ticks inside ``[lo, hi]``: the step of 1, 2, 2.5 or 5 × 10^k that gives the count
+    closest to ``target``."""
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
         return [lo]
     raw = (hi - lo) / max(target - 1, 1)
     mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    intervals = target - 1
+    step = min((m * mag for m in (1, 2, 2.5, 5, 10)), key=lambda st: abs((hi - lo) / st - intervals))
     first = math.ceil(lo / step - 1e-9) * step
     ticks: list[float] = []
     t = float(first)
@@ -113,7 +115,7 @@ def log_ticks(lo: float, hi: float) -> list[float]:
         ticks = [t for t in ticks if lo <= t <= hi]
         if len(ticks) >= 3 and (len(ticks) <= 10 or mantissas == (1,)):
             return ticks
-    return [t for t in linear_ticks(lo, hi, 5) if t > 0]
+    return [t for t in linear_ticks(lo, hi, 6) if t > 0]
 
 
 def cdf(values: Sequence[float] | FloatArray, max_points: int = 1200) -> tuple[FloatArray, FloatArray]:
@@ -165,14 +167,14 @@ class _Scale:
 
 
 def _domain(values: list[float], axis: Axis) -> tuple[float, float]:
-    """Axis range over ``values``: a log axis pads by a few percent of its decades (at least 2 %); a
+    """Axis range over ``values``: a log axis pads by 4 % of its span in log space; a
     linear one snaps each end to a tick when that widens the range by at most a tenth, else pads 3 %."""
     vals = [v for v in values if math.isfinite(v) and (v > 0 or not axis.log)]
     if axis.log:
         lo, hi = (min(vals), max(vals)) if vals else (1.0, 10.0)
         if hi <= lo * 1.0001:
             lo, hi = lo / 1.5, hi * 1.5
-        pad = max((hi / lo) ** 0.04, 1.02)
+        pad = (hi / lo) ** 0.04
         lo, hi = lo / pad, hi * pad
     else:
         lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
