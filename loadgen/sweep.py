@@ -211,17 +211,18 @@ def _pct(results: dict[str, Any], key: str, p: str) -> float | None:
 
 
 def joules_per_output_token(report: dict[str, Any]) -> float | None:
-    """From the report's ``telemetry`` section: its ``joules_per_output_token``, else its energy in
-    joules (``energy_j`` / ``gpu_energy_j``) over the run's output tokens; None without telemetry."""
+    """GPU joules per output token from the report's ``telemetry`` section (``total``, as written by
+    :mod:`loadgen.telemetry`); None when the run had no GPU telemetry."""
     tel = report.get("telemetry")
-    if not isinstance(tel, dict):
+    if not isinstance(tel, dict) or tel.get("available") is False:
         return None
-    jpt = tel.get("joules_per_output_token")
+    total: dict[str, Any] = tel["total"] if isinstance(tel.get("total"), dict) else tel
+    jpt = total.get("joules_per_output_token")
     if isinstance(jpt, int | float):
         return float(jpt)
-    energy = tel.get("energy_j", tel.get("gpu_energy_j"))
+    energy = total.get("energy_j")
     tokens = (report.get("results") or {}).get("output_tokens_total")
-    if isinstance(energy, int | float) and tokens:
+    if isinstance(energy, int | float) and energy > 0 and tokens:
         return float(energy) / float(tokens)
     return None
 
