@@ -671,8 +671,9 @@ def _sweep_figures(d: _SweepData, slo: dict[str, Any]) -> list[str]:
                    Axis("achieved output tokens/s", zero=True),
                    Axis("TTFT p99 (ms)", log=_log_if_wide(ttft99), zero=not _log_if_wide(ttft99)))
     others = [i for i, f in enumerate(front) if not f]
-    pareto.add(Series("dominated points", [tput[i] for i in others], [ttft99[i] for i in others],
-                      style="scatter", color="#56B4E9", labels=[_point_label(d.done[i]) for i in others]))
+    if others:
+            pareto.add(Series("dominated points", [tput[i] for i in others], [ttft99[i] for i in others],
+                          style="scatter", color="#56B4E9", labels=[_point_label(d.done[i]) for i in others]))
     fr = sorted((i for i, f in enumerate(front) if f), key=lambda i: tput[i])
     pareto.add(Series("frontier (no point is both faster and higher)", [tput[i] for i in fr],
                       [ttft99[i] for i in fr], style="linepoints", color=PALETTE[1],

@@ -188,8 +188,14 @@ def _domain(values: list[float], axis: Axis) -> tuple[float, float]:
         span = hi - lo
         snap_lo = math.floor(lo / step + 1e-9) * step
         snap_hi = math.ceil(hi / step - 1e-9) * step
+        data_lo, data_hi = lo, hi
         lo = snap_lo if lo - snap_lo <= span / 10 else lo - span * 0.03
         hi = snap_hi if snap_hi - hi <= span / 10 else hi + span * 0.03
+        # keep data off the frame: a line at exactly the top or bottom would hide in the border
+        if hi - data_hi < span * 0.02:
+            hi = data_hi + span * 0.04
+        if lo != 0 and data_lo - lo < span * 0.02:
+            lo = data_lo - span * 0.04
     if axis.lo is not None:
         lo = axis.lo
     if axis.hi is not None:
@@ -272,12 +278,16 @@ class Chart:
         for i, s, x, y, ok in drawn:
             out.append(_series(s, s.color or PALETTE[i % len(PALETTE)], sx(x[ok]), sy(y[ok]), ok))
         out.append("</g>")
-        # point labels go outside the clip so they stay readable at the edges
+        # point labels go outside the clip so they stay readable at the edges; one that would overlap a
+        # label already placed tries the other side of its point, then is left out
+        placed: list[tuple[float, float, float, float]] = []
         for _i, s, x, y, ok in drawn:
             if s.labels is not None:
                 labels = [lab for lab, keep in zip(s.labels, ok, strict=True) if keep]
-                out += [_point_label(float(px), float(py), lab, f)
-                        for px, py, lab in zip(sx(x[ok]), sy(y[ok]), labels, strict=True)]
+                for px, py, lab in zip(sx(x[ok]), sy(y[ok]), labels, strict=True):
+                    text = _point_label(float(px), float(py), lab, f, placed)
+                    if text:
+                        out.append(text)
         if not any(ok.any() for *_, ok in drawn):
             out.append(
                 f"<text x='{f.left + f.w / 2:.1f}' y='{f.top + f.h / 2:.1f}' text-anchor='middle' "
@@ -427,11 +437,20 @@ def _series(s: Series, color: str, px: FloatArray, py: FloatArray, ok: npt.NDArr
     return "".join(parts)
 
 
-def _point_label(px: float, py: float, text: str, f: _Frame) -> str:
+def _point_label(px: float, py: float, text: str, f: _Frame,
+                 placed: list[tuple[float, float, float, float]]) -> str | None:
+    """A label beside a point, above it or else below it, where it overlaps no box in ``placed``
+    (x0, y0, x1, y1; appended to). ``None`` when neither side is free."""
+    width = 5.8 * len(text)
     anchor, dx = ("end", -7) if px > f.left + f.w * 0.75 else ("start", 7)
-    dy = -7 if py - f.top > 14 else 14
-    return (f"<text x='{px + dx:.1f}' y='{py + dy:.1f}' text-anchor='{anchor}' font-size='10' fill='#222' "
-            f"stroke='#fff' stroke-width='3' paint-order='stroke'>{escape(text)}</text>")
+    x0 = px + dx - width if anchor == "end" else px + dx
+    for dy in ((-7, 14) if py - f.top > 14 else (14, -7)):
+        box = (x0, py + dy - 10, x0 + width, py + dy + 2)
+        if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+            placed.append(box)
+            return (f"<text x='{px + dx:.1f}' y='{py + dy:.1f}' text-anchor='{anchor}' font-size='10' "
+                    f"fill='#222' stroke='#fff' stroke-width='3' paint-order='stroke'>{escape(text)}</text>")
+    return None
 
 
 def _marker(kind: str, x: float, y: float, r: float, color: str, *, ring: bool = False) -> str:
