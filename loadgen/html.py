@@ -484,6 +484,15 @@ def _gpu_figures(report: dict[str, Any]) -> list[str]:
     tele = report.get("telemetry")
     samples = tele.get("samples") if isinstance(tele, dict) else None
     series = _power_series(samples) if isinstance(samples, list) else {}
+    # loadgen.telemetry's own shape: per GPU, columnar {"t_s": [...], "power_w": [...], ...}
+    for gpu in (tele.get("gpus") or []) if isinstance(tele, dict) else []:
+        cols = gpu.get("samples") if isinstance(gpu, dict) else None
+        if isinstance(cols, dict) and all(isinstance(cols.get(k), list) for k in ("t_s", "power_w")):
+            pts = [(t, v) for t, v in zip(cols["t_s"], cols["power_w"], strict=False)
+                   if isinstance(t, int | float) and isinstance(v, int | float)]
+            if pts:
+                name = f"GPU {gpu.get('index', len(series))}"
+                series[name] = ([float(t) for t, _ in pts], [float(v) for _, v in pts])
     if not series:
         return []
     chart = Chart("GPU board power", Axis("time since run start (s)", zero=True),

@@ -112,11 +112,15 @@ def write_outputs(out_dir: Path, report: Report) -> None:
     report.data.setdefault("files", {})
     report.data["files"].update({
         "report": "report.json", "summary": "summary.txt", "requests": "requests.jsonl",
+        "html": "report.html",
     })
     (out_dir / "report.json").write_bytes(
         orjson.dumps(report.data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
     )
     (out_dir / "summary.txt").write_text(report.summary_text)
+    from loadgen.html import write_run_html  # the plots are only needed here
+
+    write_run_html(out_dir)
 
 
 def load_json(path: Path) -> dict[str, Any]:
