@@ -8,6 +8,7 @@ drawn from the settings' distributions with the run seed's ``lengths`` stream an
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,18 @@ from loadgen.tokens import TokenCounter, single_token_words
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One prompt. ``input_tokens`` is exact when the dataset's ``exact`` flag says so."""
+    """One prompt. ``input_tokens`` is exact when the dataset's ``exact`` flag says so.
+
+    ``group`` is the shared-prefix group of the prompt (None: no shared prefix); ``arrival_ns`` is the
+    due time from the run start that a trace or a timestamped file gave it (None: the scenario decides).
+    """
 
     prompt: str | None
     messages: tuple[dict[str, str], ...] | None
     input_tokens: int
     output_tokens: int
+    group: int | None = None
+    arrival_ns: int | None = None
 
     def as_messages(self) -> list[dict[str, str]]:
         if self.messages is not None:
@@ -103,6 +110,27 @@ def synthetic(
                 for s, c in zip(samples, counter.count([s.prompt or "" for s in samples]), strict=True)
             ]
     return Dataset(samples, counter.name, counter.exact)
+
+
+def word_prompt(words: np.ndarray, n_words: int, rng: np.random.Generator) -> str:
+    """``n_words`` random words of ``words`` (single-token pool words) joined by single spaces."""
+    return " ".join(words[rng.integers(0, len(words), size=n_words)])
+
+
+def verify_counts(samples: list[Sample], counter: TokenCounter) -> list[Sample]:
+    """Samples whose ``input_tokens`` agree with ``counter``.
+
+    Built prompts carry counts from the pool arithmetic (N pool words = N + overhead tokens); an exact
+    counter checks a few, and if any disagree every prompt is re-counted (so counts are never wrong).
+    """
+    if not counter.exact or not samples:
+        return samples
+    check = samples[: min(8, len(samples))]
+    got = counter.count([s.as_prompt() for s in check])
+    if all(s.input_tokens == g for s, g in zip(check, got, strict=True)):
+        return samples
+    counts = counter.count([s.as_prompt() for s in samples])
+    return [dataclasses.replace(s, input_tokens=c) for s, c in zip(samples, counts, strict=True)]
 
 
 def from_jsonl(path: Path, settings: Settings, counter: TokenCounter, rng: np.random.Generator) -> Dataset:

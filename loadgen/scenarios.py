@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from loadgen.arrivals import RateProfile, renewal_offsets
+from loadgen.datasets import Dataset
 from loadgen.settings import Scenario, Settings
 
 SEED_STREAMS = ("order", "schedule", "lengths", "prompts")
@@ -103,13 +105,48 @@ def expected_queries(settings: Settings) -> int:
     return settings.num_requests
 
 
-def build_trace(settings: Settings, dataset_size: int, rngs: dict[str, np.random.Generator]) -> Trace:
+def server_offsets(settings: Settings, rng: np.random.Generator) -> np.ndarray:
+    """The Server scenario's schedule: Poisson at ``qps``, or the ``arrival:`` block's process."""
+    qps = settings.qps or 0.0
+    arr = settings.arrival
+    if arr is None or (arr.burstiness == 1.0 and arr.ramp is None):
+        return poisson_offsets(qps, settings.num_requests, settings.duration_s, rng)
+    ramp = arr.ramp
+    profile = RateProfile(qps) if ramp is None else RateProfile(
+        qps, start_qps=ramp.start_qps, ramp_s=ramp.duration_s, steps=ramp.steps
+    )
+    return renewal_offsets(profile, arr.burstiness, settings.num_requests, settings.duration_s, rng)
+
+
+def replay_trace(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets and order of a replay: sample i is sent at its own ``arrival_ns``, in time order."""
+    arrivals = [s.arrival_ns for s in dataset.samples]
+    if not arrivals or any(a is None for a in arrivals):
+        raise ValueError("trace replay needs an arrival time on every sample (a timestamp column)")
+    times = np.array(arrivals, dtype=np.int64)
+    order = np.argsort(times, kind="stable")
+    return times[order], order.reshape(-1, 1)
+
+
+def build_trace(
+    settings: Settings,
+    dataset_size: int,
+    rngs: dict[str, np.random.Generator],
+    dataset: Dataset | None = None,
+) -> Trace:
+    """The run's trace. ``dataset`` is needed only for ``replay`` (its samples carry the times)."""
     sc = settings.scenario
     min_ns = int(settings.duration_s * _NS)
     hard_ns = int(settings.hard_stop_s * _NS)
+    if sc == Scenario.REPLAY:
+        if dataset is None:
+            raise ValueError("build_trace(replay) needs the dataset: its samples carry the arrival times")
+        offsets, order = replay_trace(dataset)
+        # a replay is complete when every row was sent: the trace itself is the minimum
+        last = int(offsets[-1]) if len(offsets) else 0
+        return Trace(sc, True, offsets, order, 1, len(offsets), last, max(hard_ns, last))
     if sc == Scenario.SERVER:
-        offsets = poisson_offsets(settings.qps or 0.0, settings.num_requests, settings.duration_s,
-                                  rngs["schedule"])
+        offsets = server_offsets(settings, rngs["schedule"])
     elif sc == Scenario.CONSTANT:
         offsets = constant_offsets(settings.qps or 0.0, settings.num_requests, settings.duration_s)
     elif sc == Scenario.OFFLINE:

@@ -29,10 +29,11 @@ class Scenario(StrEnum):
     OFFLINE = "offline"  # every sample issued at once
     CONCURRENCY = "concurrency"  # closed loop: N virtual users, each sends when its last one ends
     CONSTANT = "constant"  # open loop at a fixed interval of 1/qps
+    REPLAY = "replay"  # open loop at the arrival times of a trace file (see loadgen.traces)
 
     @property
     def open_loop(self) -> bool:
-        return self in (Scenario.SERVER, Scenario.OFFLINE, Scenario.CONSTANT)
+        return self in (Scenario.SERVER, Scenario.OFFLINE, Scenario.CONSTANT, Scenario.REPLAY)
 
     @property
     def mlperf_name(self) -> str:
@@ -43,6 +44,7 @@ class Scenario(StrEnum):
             Scenario.OFFLINE: "Offline",
             Scenario.CONCURRENCY: "Concurrency",
             Scenario.CONSTANT: "ConstantRate",
+            Scenario.REPLAY: "TraceReplay",
         }[self]
 
 
@@ -118,6 +120,109 @@ class ServerLaunch(_Model):
         return v
 
 
+class DatasetSpec(_Model):
+    """A prompt file (``dataset:``); see :mod:`loadgen.dataset_files` for the layouts.
+
+    Input lengths are re-counted with the token counter in use; samples outside
+    [min_input, max_input] or [min_output, max_output] are dropped, and ``num_samples`` of the rest are
+    drawn with the run seed (default: as many as the run needs, capped by what the file holds).
+    """
+
+    format: Literal["sharegpt", "jsonl", "csv"]
+    path: Path
+    min_input: int = Field(1, ge=1)
+    max_input: int | None = Field(None, ge=1)
+    min_output: int = Field(1, ge=1)
+    max_output: int | None = Field(None, ge=1)
+    num_samples: int | None = Field(None, ge=1, le=10_000_000)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> DatasetSpec:
+        if self.max_input is not None and self.max_input < self.min_input:
+            raise ValueError(f"max_input ({self.max_input}) is below min_input ({self.min_input})")
+        if self.max_output is not None and self.max_output < self.min_output:
+            raise ValueError(f"max_output ({self.max_output}) is below min_output ({self.min_output})")
+        return self
+
+
+class ReplaySpec(_Model):
+    """Trace replay (``replay:``, for ``scenario: replay``); see :mod:`loadgen.traces`.
+
+    ``format``/``path`` name a trace file (Azure LLM inference CSV or Mooncake JSONL); without them the
+    arrival times come from the ``dataset:`` file's ``timestamp`` column. The window
+    [start_s, start_s + duration_s) is in the trace's own seconds from its first row; then times are
+    divided by ``speedup``, or the gaps are scaled so the mean rate is ``target_qps`` (the burst shape
+    is kept). Lengths are clipped to [1, max_input] / [1, max_output] so every row of the window is sent.
+    """
+
+    format: Literal["azure", "mooncake"] | None = None
+    path: Path | None = None
+    speedup: float = Field(1.0, gt=0)
+    target_qps: float | None = Field(None, gt=0)
+    start_s: float = Field(0.0, ge=0)
+    duration_s: float | None = Field(None, gt=0)
+    max_input: int | None = Field(None, ge=1)
+    max_output: int | None = Field(None, ge=1)
+    block_size: int = Field(512, ge=1, le=1_000_000)  # Mooncake: tokens per hash id
+
+    @model_validator(mode="after")
+    def _check(self) -> ReplaySpec:
+        if (self.format is None) != (self.path is None):
+            raise ValueError("give both format and path of the trace file, or neither (dataset timestamps)")
+        if self.target_qps is not None and self.speedup != 1.0:
+            raise ValueError("give speedup or target_qps, not both")
+        return self
+
+
+class PrefixSpec(_Model):
+    """Shared prefixes (``prefix:``): ``groups`` distinct prefixes of ``length`` tokens, each prompt one
+    prefix followed by a unique suffix of ``suffix_len`` tokens (default: ``input_len``)."""
+
+    groups: int = Field(..., ge=1, le=1_000_000)
+    length: int = Field(..., ge=1)
+    suffix_len: LengthDist | None = None
+
+    @field_validator("suffix_len", mode="before")
+    @classmethod
+    def _suffix(cls, v: Any) -> Any:
+        return _length(v)
+
+
+class RampSpec(_Model):
+    """The rate rises from ``start_qps`` to the run's ``qps`` over ``duration_s`` — linearly, or in
+    ``steps`` equal steps — and stays at ``qps`` afterwards."""
+
+    start_qps: float = Field(..., gt=0)
+    duration_s: float = Field(..., gt=0)
+    steps: int | None = Field(None, ge=1, le=100_000)
+
+
+class ArrivalSpec(_Model):
+    """Arrival process of the open-loop ``server`` scenario (``arrival:``); see :mod:`loadgen.arrivals`.
+
+    ``burstiness`` is the shape of gamma-distributed gaps with the mean rate kept (as
+    ``vllm bench serve --burstiness``): 1 is Poisson, below 1 burstier, above 1 more regular.
+    """
+
+    burstiness: float = Field(1.0, gt=0, le=1000)
+    ramp: RampSpec | None = None
+
+
+class SessionSpec(_Model):
+    """Multi-turn chat sessions (``sessions:``): ``users`` conversations of ``turns`` turns each, with
+    exponential think time of mean ``think_time_s`` between a reply and the next user turn."""
+
+    users: int = Field(1, ge=1, le=100_000)
+    turns: int = Field(..., ge=1, le=10_000)
+    think_time_s: float = Field(0.0, ge=0)
+    user_len: LengthDist | None = None  # tokens of each user turn (default: input_len)
+
+    @field_validator("user_len", mode="before")
+    @classmethod
+    def _user_len(cls, v: Any) -> Any:
+        return _length(v)
+
+
 #: MLPerf LLM latency limits (p99 TTFT ms, p99 TPOT ms), from MLPERF.md.
 MLPERF_PRESETS: dict[str, tuple[float, float]] = {
     "llama2-70b": (2000, 200),
@@ -165,6 +270,11 @@ class Settings(_Model):
     dataset_size: int | None = Field(None, ge=1, le=1_000_000)
     prompts_file: Path | None = None  # JSONL of {"prompt"|"messages", "output_len"}
     tokenizer: str | None = None  # local tokenizer directory (tokenizer.json)
+    dataset: DatasetSpec | None = None  # a ShareGPT / JSONL / CSV prompt file
+    prefix: PrefixSpec | None = None  # synthetic prompts sharing prefixes (prefix-cache runs)
+    replay: ReplaySpec | None = None  # scenario replay: arrival times and lengths from a trace
+    arrival: ArrivalSpec | None = None  # server: gamma (bursty) gaps and rate ramps
+    sessions: SessionSpec | None = None  # multi-turn chat sessions
     # --- objectives and MLPerf --------------------------------------------------------------------
     preset: str | None = None  # an MLPerf key from MLPERF_PRESETS; fills slo
     slo: Slo = Field(default_factory=Slo)
@@ -175,6 +285,12 @@ class Settings(_Model):
     max_connections: int | None = Field(None, ge=1)  # default: enough for the load, never queueing
     workers: int | None = Field(None, ge=1, le=256)  # client processes; None: chosen from the load
     http_client: Literal["fast", "aiohttp"] = "fast"  # streaming transport (see loadgen.http1)
+    # extra attempts for connect failures and HTTP 429/503 (loadgen.client.RETRY_STATUSES); 0: none.
+    # Retries add load the schedule did not offer, so the report says they distort the offered load.
+    retries: int = Field(0, ge=0, le=10)
+    # stop issuing when more than this fraction of the last ERROR_WINDOW finished requests failed
+    # (loadgen.issuer.ErrorRateGuard); None: never stop for errors
+    max_error_rate: float | None = Field(None, gt=0, le=1)
     # --- live metrics and telemetry ---------------------------------------------------------------
     metrics_port: int | None = Field(None, ge=0, le=65535)  # serve Prometheus metrics during the run
     metrics_host: str = "127.0.0.1"
@@ -218,6 +334,28 @@ class Settings(_Model):
             raise ValueError(f"the {self.scenario.value} scenario needs qps (requests per second)")
         if self.server is not None and self.url is not None:
             raise ValueError("give either url (a running endpoint) or server (one to launch), not both")
+        sources = [n for n in ("prompts_file", "dataset", "prefix") if getattr(self, n) is not None]
+        if self.replay is not None and self.replay.path is not None:
+            sources.append("replay.path")
+        if len(sources) > 1:
+            raise ValueError(f"give one prompt source, not {' and '.join(sources)}")
+        if self.scenario == Scenario.REPLAY and not (
+            (self.replay is not None and self.replay.path is not None) or self.dataset is not None
+        ):
+            raise ValueError(
+                "the replay scenario needs a trace: replay: {format: azure|mooncake, path: FILE}, or a "
+                "dataset: file with timestamps"
+            )
+        if self.replay is not None and self.scenario != Scenario.REPLAY:
+            raise ValueError("replay: applies only to scenario: replay")
+        if self.arrival is not None and self.scenario != Scenario.SERVER:
+            raise ValueError("arrival: applies only to scenario: server (open-loop arrivals at qps)")
+        if self.arrival is not None and self.arrival.ramp is not None and self.qps is not None \
+                and self.arrival.ramp.start_qps > self.qps:
+            raise ValueError(
+                f"arrival.ramp.start_qps ({self.arrival.ramp.start_qps:g}) is above qps ({self.qps:g}); "
+                "a ramp rises to qps"
+            )
         return self
 
     # ---- derived values ----------------------------------------------------------------------------
