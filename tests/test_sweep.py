@@ -1,0 +1,197 @@
+"""Sweeps: parameter parsing, seeds, flag replacement, the knee rule, and a concurrency sweep on the
+simulator whose knee and saturated throughput its analytical model predicts."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from loadgen.cli_analysis import register
+from loadgen.errors import ConfigError
+from loadgen.runner import run
+from loadgen.settings import build_settings
+from loadgen.sweep import (
+    ROW_FIELDS,
+    find_knee,
+    grid,
+    parse_param,
+    parse_values,
+    point_seed,
+    point_settings,
+    replace_flag,
+    run_sweep,
+)
+from servers.sim_config import SimConfig, capacity_rps, service_time_s
+from servers.vllm import VllmLaunchSpec
+from tests.conftest import write_scenario
+
+
+def test_parse_values_lists_and_ranges() -> None:
+    assert parse_values("1,4,16,64") == [1, 4, 16, 64]
+    assert parse_values("5:40:5") == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert parse_values("0.5:1.5:0.5") == [0.5, 1.0, 1.5]
+    assert parse_values("1, 2:6:2") == [1, 2, 4, 6]
+    for bad in ("", "5:1:1", "1:5", "1:5:0", "a:b:c", "1:100000:1"):
+        with pytest.raises(ConfigError):
+            parse_values(bad)
+
+
+def test_parse_param_and_grid() -> None:
+    assert parse_param("concurrency=1,4").values == (1, 4)
+    assert parse_param("duration=5").name == "duration_s"
+    sa = parse_param("--max-num-seqs=8,32", server_arg=True)
+    assert sa.server_arg and sa.values == ("8", "32")
+    for bad in ("concurency=1,2", "out=/tmp", "concurrency"):
+        with pytest.raises(ConfigError):
+            parse_param(bad)
+    with pytest.raises(ConfigError, match="flag"):
+        parse_param("max-num-seqs=8", server_arg=True)
+    points = grid([parse_param("qps=1,2"), parse_param("output_len=16,32")])
+    assert points == [{"qps": 1, "output_len": 16}, {"qps": 1, "output_len": 32},
+                      {"qps": 2, "output_len": 16}, {"qps": 2, "output_len": 32}]
+
+
+def test_point_seeds_are_distinct_and_reproducible() -> None:
+    seeds = [point_seed(0, i) for i in range(100)]
+    assert len(set(seeds)) == 100
+    assert seeds == [point_seed(0, i) for i in range(100)]
+    assert point_seed(1, 0) != point_seed(0, 0)
+
+
+@pytest.mark.parametrize("args", [
+    (), ("--max-num-seqs", "4"), ("--max-num-seqs=4",), ("--enforce-eager", "--max-num-seqs", "4", "--x"),
+    ("--max-num-seqs", "--enforce-eager"), ("--max-num-seqs-extra", "1"),
+])
+def test_replace_flag_matches_the_launcher(args: tuple[str, ...]) -> None:
+    expected = VllmLaunchSpec(model="m", args=args).with_flag("--max-num-seqs", 64).args
+    assert tuple(replace_flag(args, "--max-num-seqs", 64)) == expected
+
+
+def test_point_settings(tmp_path: Path) -> None:
+    base = build_settings({"scenario": "concurrency", "seed": 3, "server": {
+        "model": "m", "args": ["--max-num-seqs", "4", "--load-format", "dummy"]}}, "t")
+    s = point_settings(base, {"input_len": 256, "--max-num-seqs": "32"}, 2, tmp_path)
+    assert s.input_len.mean == 256 and s.input_len.kind == "fixed"
+    assert s.server is not None and s.server.args == ["--load-format", "dummy", "--max-num-seqs", "32"]
+    assert s.seed == point_seed(3, 2)
+    assert s.out == tmp_path / "point-002-input_len=256,max-num-seqs=32"
+    with pytest.raises(ConfigError, match="server:"):
+        point_settings(base.model_copy(update={"server": None}), {"--max-num-seqs": "8"}, 0, tmp_path)
+    with pytest.raises(ConfigError, match="concurrency"):
+        point_settings(base, {"concurrency": 0}, 0, tmp_path)
+
+
+def _row(thr: float, ttft: float) -> dict[str, Any]:
+    return {"requests_per_s": thr, "ttft_p99_ms": ttft}
+
+
+def test_find_knee_rule() -> None:
+    # Throughput doubles then flattens (+2%) while TTFT p99 jumps (+300%): knee at index 2.
+    rows = [_row(10, 20), _row(20, 21), _row(40, 22), _row(40.8, 88), _row(41, 200)]
+    knee = find_knee(rows)
+    assert knee is not None and knee["index"] == 2
+    assert "+2.0%" in knee["reason"] and "+300.0%" in knee["reason"]
+    # Flat throughput but TTFT rising only 40%: no knee; rising throughput with TTFT jump: no knee.
+    assert find_knee([_row(10, 20), _row(10.5, 28)]) is None
+    assert find_knee([_row(10, 20), _row(12, 40)]) is None
+    # Failed points (None) are skipped: the comparison is with the next usable point.
+    knee = find_knee([_row(10, 20), None, _row(10.2, 50)])
+    assert knee is not None and knee["index"] == 0
+    assert find_knee([]) is None and find_knee([_row(10, 20)]) is None
+
+
+# ---- on the simulator --------------------------------------------------------------------------------
+
+SIM = {"ttft_ms": 20.0, "itl_ms": 10.0, "max_seqs": 8, "tokens_per_chunk": 4}
+OUT_LEN = 16
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    app.command("noop")(lambda: None)
+    register(app)
+    return app
+
+
+def test_concurrency_sweep_knee_at_max_seqs(tmp_path: Path) -> None:
+    """The simulator holds ``max_seqs`` = 8 sequences; each holds its slot for
+    S = (20 + 15 × 10) ms = 170 ms, so capacity = 8 / 0.17 s = 47.1 req/s. A closed loop of c users gets
+    c / S req/s with TTFT ≈ 20 ms while c ≤ 8; past 8 the extra users queue for whole service times
+    (c = 16: TTFT ≈ 20 + 170 ms) and throughput stays at capacity. So the knee is the c = 8 point
+    (index 1 of 4, 8, 16, 32). S is long next to the scheduling hiccups of 2 shared cores (tens of ms),
+    so a hiccup in the c = 8 tail cannot hide the jump to c = 16."""
+    cfg = SimConfig(**SIM)  # type: ignore[arg-type]
+    cap = capacity_rps(cfg, 16, OUT_LEN)
+    assert service_time_s(cfg, 16, OUT_LEN, 8) == pytest.approx(0.170)
+    scen = write_scenario(tmp_path / "conc.yaml", scenario="concurrency", num_requests=48, duration_s=0.3,
+                          input_len=16, output_len=OUT_LEN, sim=SIM)
+    out = tmp_path / "sweep"
+    res = CliRunner().invoke(_app(), ["sweep", str(scen), "--param", "concurrency=4,8,16,32",
+                                      "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "sweep.json").read_text())
+    assert data["kind"] == "sweep" and data["parameters"] == ["concurrency"]
+    assert [p["status"] for p in data["points"]] == ["done"] * 4
+    assert data["knee"] is not None and data["knee"]["index"] == 1, res.output
+    rows = [p["row"] for p in data["points"]]
+    assert set(rows[0]) == set(ROW_FIELDS)
+    assert rows[1]["concurrency"] == 8 and rows[1]["offered_qps"] is None
+    # Below the knee throughput = c / S; at and past it ≈ capacity.
+    assert rows[0]["requests_per_s"] == pytest.approx(4 / 0.170, rel=0.10)
+    for r in rows[1:]:
+        assert r["requests_per_s"] == pytest.approx(cap, rel=0.10)
+    assert rows[2]["ttft_p50_ms"] == pytest.approx(20 + 170, rel=0.15)
+    # Each point has its own seed and folder; the CSV has one line per point.
+    assert len({p["seed"] for p in data["points"]}) == 4
+    assert (out / data["points"][0]["out_dir"] / "report.json").is_file()
+    with (out / "sweep.csv").open() as f:
+        lines = list(csv.DictReader(f))
+    assert [int(r["concurrency"]) for r in lines] == [4, 8, 16, 32]
+    assert "knee: point 1" in res.output
+
+
+def test_sweep_resumes(tmp_path: Path) -> None:
+    base = build_settings({"scenario": "concurrency", "num_requests": 6, "duration_s": 0, "input_len": 8,
+                           "output_len": 4, "progress": False, "sim": {"ttft_ms": 2, "itl_ms": 1}}, "t")
+    params = [parse_param("concurrency=1,2,3")]
+    calls: list[int] = []
+
+    def counting(s: Any) -> Any:
+        calls.append(s.concurrency)
+        return run(s)
+
+    first = run_sweep(base, params, tmp_path, run_point=counting)
+    assert first.complete and calls == [1, 2, 3]
+    # Same sweep again: nothing runs. Then spoil point 1's report (interrupted): only it reruns.
+    run_sweep(base, params, tmp_path, run_point=counting)
+    assert calls == [1, 2, 3]
+    rep = tmp_path / first.points[1]["out_dir"] / "report.json"
+    data = json.loads(rep.read_text())
+    rep.write_text(json.dumps({**data, "interrupted": True}))
+    again = run_sweep(base, params, tmp_path, run_point=counting)
+    assert calls == [1, 2, 3, 2] and again.complete
+    # The rerun started from empty records (the runner appends to requests.jsonl).
+    assert len((rep.parent / "requests.jsonl").read_text().splitlines()) == 6
+    # Another sweep into the same folder is refused; a changed setting reruns the points.
+    with pytest.raises(ConfigError, match="different sweep"):
+        run_sweep(base, [parse_param("concurrency=1,2")], tmp_path, run_point=counting)
+    run_sweep(base.model_copy(update={"num_requests": 7}), params, tmp_path, run_point=counting)
+    assert calls[4:] == [1, 2, 3]
+
+
+def test_sweep_failed_point_is_recorded(tmp_path: Path) -> None:
+    base = build_settings({"scenario": "concurrency", "url": "http://127.0.0.1:9", "progress": False}, "t")
+
+    def failing(s: Any) -> Any:
+        raise ConfigError("target unreachable (test)")
+
+    res = run_sweep(base, [parse_param("concurrency=1,2")], tmp_path, run_point=failing)
+    assert [p["status"] for p in res.points] == ["failed", "failed"]
+    assert res.points[0]["error"] == "target unreachable (test)"
+    assert res.data["knee"] is None
