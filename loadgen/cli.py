@@ -142,6 +142,15 @@ def run(
                                                           "vllm.entrypoints.openai.api_server'")] = None,
     server_metrics_url: Annotated[str | None, typer.Option(help="Prometheus /metrics of the server "
                                                                 "('none': skip)")] = None,
+    request_timeout: Annotated[float | None, typer.Option(help="seconds one request may take in all "
+                                                               "(error class timeout)")] = None,
+    idle_timeout: Annotated[float | None, typer.Option(help="seconds without a byte mid-response "
+                                                            "(error class idle_timeout)")] = None,
+    retries: Annotated[int | None, typer.Option(help="retry connect failures and HTTP 429/503 up to N "
+                                                     "times (default 0; distorts the offered load)")] = None,
+    max_error_rate: Annotated[float | None, typer.Option(help="stop issuing when more than this fraction "
+                                                              "of the last 100 finished requests "
+                                                              "failed, e.g. 0.5")] = None,
 ) -> None:
     """Run a scenario and write report.json, summary.txt and requests.jsonl."""
     try:
@@ -158,6 +167,8 @@ def run(
             "gpus": _parse_gpus(gpus), "gpu_telemetry": False if no_gpu_telemetry else None,
         }
         overrides["server_metrics_url"] = server_metrics_url
+        overrides.update(request_timeout_s=request_timeout, idle_timeout_s=idle_timeout, retries=retries,
+                         max_error_rate=max_error_rate)
         if launch is not None:
             overrides["server"] = _launch_block(launch, model, vllm_arg, vllm_command)
             overrides["model"] = None  # --model named what to launch; the served name is probed

@@ -29,13 +29,21 @@ ERROR_CLASSES: dict[str, str] = {
     "http_status": "the server answered with a non-200 HTTP status",
     "timeout": "the whole request took longer than request_timeout_s",
     "idle_timeout": "no bytes arrived for idle_timeout_s in the middle of a response",
-    "disconnect": "the connection broke after the response had started",
+    "disconnect": "the connection broke after the response had started (a reset, or a close in the "
+                  "middle of an HTTP chunk or before the terminating zero-length chunk)",
     "malformed": "an event or body that is not valid JSON, or not an OpenAI response",
     "server_error": "the server sent an error event inside the stream",
     "content_type": "the response was neither an event stream nor JSON",
-    "incomplete": "the stream ended without [DONE] or a finish_reason (truncated)",
+    "incomplete": "the HTTP response ended cleanly but the event stream lacked [DONE] and a "
+                  "finish_reason (the server truncated its own stream)",
     "cancelled": "the run was stopped while this request was in flight",
 }
+
+#: Failures that ``--retries`` sends again: nothing reached the model (no connection or response head),
+#: or the server said "not now" (429 Too Many Requests, 503 Service Unavailable). A 500, a timeout or
+#: anything after the stream started is never retried: the server may have done the work.
+RETRY_STATUSES = frozenset({429, 503})
+RETRY_BACKOFF_S = 0.05  # first retry after 50 ms, doubling per attempt, at most 1 s
 
 _READ_BUFSIZE = 1 << 20  # aiohttp's 64 KiB default stalls long responses (vllm#39963)
 _ERROR_BODY_LIMIT = 2048
@@ -53,6 +61,7 @@ class ClientOptions:
     idle_timeout_s: float = 120.0
     insecure: bool = False
     transport: str = "fast"  # "fast" (loadgen.http1) or "aiohttp"
+    retries: int = 0  # extra attempts for retryable failures (see RETRY_STATUSES); 0: never retry
 
 
 def make_session(opts: ClientOptions, max_connections: int) -> aiohttp.ClientSession:
@@ -197,21 +206,34 @@ class Client:
         """Send ``sample`` and fill ``rec`` in place (sent/first/chunks/end/tokens/error).
 
         Cancellation marks ``rec`` as ``cancelled`` with the data measured so far and re-raises.
+        With ``retries``, a retryable failure (:func:`retryable`) is sent again after a short backoff;
+        ``rec.retries`` counts the extra attempts and the latencies count from the first attempt's send.
         """
         opts = self._opts
         body = orjson.dumps(self._proto.body(sample, opts.model, opts.stream, opts.ignore_eos))
         rec.requested_output_tokens = sample.output_tokens
         rec.input_tokens = sample.input_tokens
-        state = StreamState(rec, self._proto.text, self._tokenizer is not None)
-        try:
-            if self._http is not None:
-                await self._fill_fast(rec, body, state)
-            else:
-                await self._fill_aiohttp(rec, body, state)
-        except asyncio.CancelledError:
-            _fail(rec, "cancelled", "run stopped while in flight")
-            rec.end_ns = time.perf_counter_ns() - self.t0_ns
-            raise
+        first_sent = 0
+        while True:
+            state = StreamState(rec, self._proto.text, self._tokenizer is not None)
+            try:
+                if self._http is not None:
+                    await self._fill_fast(rec, body, state)
+                else:
+                    await self._fill_aiohttp(rec, body, state)
+                first_sent = first_sent or rec.sent_ns
+                if rec.retries >= opts.retries or not retryable(rec):
+                    break
+                rec.status = rec.error_class = rec.error = None  # forget the failed attempt
+                rec.end_ns = 0
+                rec.retries += 1
+                await asyncio.sleep(min(RETRY_BACKOFF_S * 2 ** (rec.retries - 1), 1.0))
+            except asyncio.CancelledError:
+                rec.sent_ns = first_sent or rec.sent_ns
+                _fail(rec, "cancelled", "run stopped while in flight")
+                rec.end_ns = time.perf_counter_ns() - self.t0_ns
+                raise
+        rec.sent_ns = first_sent
         if rec.end_ns == 0:
             rec.end_ns = time.perf_counter_ns() - self.t0_ns
         if rec.error_class is None or rec.error_class == "incomplete":
@@ -399,6 +421,13 @@ class _IdleWatchdog:
 
     def cancel(self) -> None:
         self._handle.cancel()
+
+
+def retryable(rec: RequestRecord) -> bool:
+    """True for failures that ``--retries`` sends again: ``connect``, and HTTP 429 or 503."""
+    return rec.error_class == "connect" or (
+        rec.error_class == "http_status" and rec.status in RETRY_STATUSES
+    )
 
 
 def _fail(rec: RequestRecord, cls: str, message: str) -> None:

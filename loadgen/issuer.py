@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -54,6 +55,41 @@ class IssueStats:
     last_issue_ns: int = 0  # relative to t0
     issue_ended_ns: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+
+
+class ErrorRateGuard:
+    """Says when to stop issuing because too many requests fail (``--max-error-rate``).
+
+    The error rate is the failed fraction of the last ``window`` (100) finished requests, judged once
+    ``min_count`` (20) have finished, so a broken endpoint stops a run within seconds and a single early
+    failure cannot. Cancelled requests do not count (the run was being stopped anyway).
+    """
+
+    def __init__(self, max_rate: float, window: int = 100, min_count: int = 20) -> None:
+        self.max_rate = max_rate
+        self.min_count = min(min_count, window)
+        self._window: deque[bool] = deque(maxlen=window)
+        self._failed = 0
+        self.tripped: str | None = None
+
+    def add(self, rec: RequestRecord) -> str | None:
+        """Account one finished request; returns the reason to stop, once, when the rate is exceeded."""
+        if rec.warmup or rec.error_class == "cancelled" or self.tripped is not None:
+            return None
+        win = self._window
+        if len(win) == win.maxlen:
+            self._failed -= win[0]
+        failed = rec.error_class is not None
+        win.append(failed)
+        self._failed += failed
+        rate = self._failed / len(win)
+        if len(win) >= self.min_count and rate > self.max_rate:
+            self.tripped = (
+                f"error rate {rate:.0%} over the last {len(win)} finished requests exceeded "
+                f"--max-error-rate {self.max_rate:g}; issuing stopped early"
+            )
+            return self.tripped
+        return None
 
 
 class Issuer:

@@ -34,7 +34,8 @@ from loadgen.client import Client, ClientOptions, make_session
 from loadgen.datasets import Dataset, from_jsonl, synthetic
 from loadgen.errors import ConfigError
 from loadgen.health import ClientHealth, LoopLagMonitor, assess
-from loadgen.issuer import Issuer, IssueStats
+from loadgen.issuer import ErrorRateGuard, Issuer, IssueStats
+from loadgen.limits import ensure_descriptors
 from loadgen.progress import Progress
 from loadgen.records import RecordWriter, RequestRecord
 from loadgen.report import build_report, write_outputs
@@ -172,6 +173,26 @@ def _max_connections(settings: Settings, trace: Trace) -> int:
     return int(bound) + 8 if math.isfinite(bound) else 0
 
 
+def _open_at_once(trace: Trace) -> int | None:
+    """The most connections the trace can hold open at once; None when the server decides (open loop)."""
+    if not trace.open_loop:
+        return trace.streams * trace.samples_per_query
+    if len(trace.offsets_ns) and not trace.offsets_ns.any():  # Offline: everything at t0
+        return len(trace.offsets_ns) * trace.samples_per_query
+    return None
+
+
+def _note_retries(data: dict[str, Any], records: list[RequestRecord]) -> None:
+    """``retries_total`` in the results, and a validity reason when any request was retried."""
+    total = sum(r.retries for r in records if not r.warmup)
+    data["results"]["retries_total"] = total
+    if total:
+        data["validity"]["reasons"].append(
+            f"{total} retries were sent (--retries): they add requests the schedule did not offer, so the "
+            "offered load is distorted; latencies of retried requests count from their first attempt."
+        )
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
 
@@ -200,9 +221,10 @@ async def run_async(
             base_url=base_url, model=settings.model or "", endpoint=settings.endpoint,
             stream=settings.stream, ignore_eos=settings.ignore_eos, headers=headers,
             request_timeout_s=settings.request_timeout_s, idle_timeout_s=settings.idle_timeout_s,
-            insecure=settings.insecure, transport=settings.http_client,
+            insecure=settings.insecure, transport=settings.http_client, retries=settings.retries,
         )
         opts, counter, dataset, trace, meta = await _prepare(settings, opts, launched, run_id, say)
+        ensure_descriptors(_open_at_once(trace))
         model = opts.model
         _write_json(out_dir / "run.json", meta)
         for stale in ("requests.jsonl", "warmup.jsonl", "report.json", "summary.txt"):
@@ -234,8 +256,11 @@ async def run_async(
             finally:
                 await client.close()
                 sidecars.stop_sampling()
+    # A signal interrupts a run (exit 130/143); a hard stop or --max-error-rate only ends it early
+    # (stopped_early: a validity reason, exit 0).
     report = build_report(meta, records, settings=settings, health=health, stats=stats,
-                          interrupted=control.interrupts > 0 or stats.stopped_early is not None)
+                          interrupted=control.interrupts > 0)
+    _note_retries(report.data, records)
     report.data.update(sidecars.results(report.data["results"], client.t0_ns))
     write_outputs(out_dir, report)
     sidecars.finish(say)
@@ -393,11 +418,14 @@ async def _measure(
 ) -> tuple[list[RequestRecord], IssueStats, ClientHealth]:
     records: list[RequestRecord] = []
     path = out_dir / "requests.jsonl"
+    guard = ErrorRateGuard(settings.max_error_rate) if settings.max_error_rate is not None else None
 
     def keep(rec: RequestRecord) -> None:
         records.append(rec)
         for obs in observers:
             obs.request_finished(rec)
+        if guard is not None and (reason := guard.add(rec)) is not None:
+            control.stop(reason)
 
     if workers > 1:
         return await _measure_workers(
