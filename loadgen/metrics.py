@@ -164,7 +164,8 @@ def tpot_ns(arrays: RequestArrays) -> FloatArray:
     return span / (arrays.output_tokens[mask] - 1).astype(np.float64)
 
 
-def _request_itl(record: RequestRecord) -> FloatArray:
+def request_itl_ns(record: RequestRecord) -> FloatArray:
+    """One request's inter-token samples, ns (see :func:`itl_ns`)."""
     times = np.asarray(record.chunk_ns, dtype=np.int64)
     if times.size < 2:
         return np.empty(0, dtype=np.float64)
@@ -185,7 +186,7 @@ def itl_ns(records: Iterable[RequestRecord]) -> FloatArray:
     with one that streams them singly. The first chunk contributes nothing (its wait is TTFT); a chunk
     recorded with 0 tokens counts as 1.
     """
-    parts = [_request_itl(r) for r in records if r.ok and not r.warmup]
+    parts = [request_itl_ns(r) for r in records if r.ok and not r.warmup]
     return np.concatenate(parts) if parts else np.empty(0, dtype=np.float64)
 
 
@@ -246,7 +247,7 @@ def _meets_slo(records: Sequence[RequestRecord], arrays: RequestArrays, slo: Slo
     if slo.itl_ms is not None:
         bound = slo.itl_ms * _NS_PER_MS
         worst = np.fromiter(
-            (float(gaps.max()) if (gaps := _request_itl(r)).size else 0.0 for r in records),
+            (float(gaps.max()) if (gaps := request_itl_ns(r)).size else 0.0 for r in records),
             dtype=np.float64,
             count=len(records),
         )
@@ -254,7 +255,9 @@ def _meets_slo(records: Sequence[RequestRecord], arrays: RequestArrays, slo: Slo
     return good
 
 
-def summarize(records: Iterable[RequestRecord], *, slo: Slo | None = None) -> dict[str, Any]:
+def summarize(
+    records: Iterable[RequestRecord], *, slo: Slo | None = None, itl: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The ``results`` object of ``report.json``: distributions in ms, counts, rates and goodput.
 
     Rates divide by ``duration_s`` = the last measured request's end (run start is 0), in seconds:
@@ -262,7 +265,9 @@ def summarize(records: Iterable[RequestRecord], *, slo: Slo | None = None) -> di
     ``input_tokens_per_s`` = the completed requests' output / input tokens / duration_s;
     ``total_tokens_per_s`` is their sum. ``goodput`` (only with ``slo``) counts completed requests that
     met every bound given (see :class:`Slo`); its ``fraction`` is over completed requests. Numbers that
-    cannot be computed (no request, zero duration) are ``None``, never NaN.
+    cannot be computed (no request, zero duration) are ``None``, never NaN. ``itl`` is the ITL
+    distribution when the caller pooled the gaps already (records compacted to bound memory, see
+    :mod:`loadgen.gaps`); otherwise it is computed from the records' chunk times.
     """
     measured = [r for r in records if not r.warmup]
     arrays = RequestArrays.from_records(measured)
@@ -284,7 +289,7 @@ def summarize(records: Iterable[RequestRecord], *, slo: Slo | None = None) -> di
     results: dict[str, Any] = {
         "ttft_ms": distribution(ttft_ns(arrays, "sent")),
         "ttft_from_scheduled_ms": distribution(ttft_ns(arrays, "scheduled")),
-        "itl_ms": distribution(itl_ns(measured)),
+        "itl_ms": itl if itl is not None else distribution(itl_ns(measured)),
         "tpot_ms": distribution(tpot_ns(arrays)),
         "e2e_ms": distribution(e2e_ns(arrays, "sent")),
         "e2e_from_scheduled_ms": distribution(e2e_ns(arrays, "scheduled")),

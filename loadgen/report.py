@@ -16,7 +16,8 @@ import orjson
 
 from loadgen import metrics, mlperf
 from loadgen.errors import ReportError
-from loadgen.records import RequestRecord, read_records
+from loadgen.gaps import GapStore, compact
+from loadgen.records import RequestRecord, iter_records
 from loadgen.settings import Scenario, Settings
 
 if TYPE_CHECKING:
@@ -68,11 +69,13 @@ def build_report(
     health: ClientHealth | None = None,
     stats: IssueStats | None = None,
     interrupted: bool = False,
+    itl: dict[str, Any] | None = None,
 ) -> Report:
+    """``itl``: the ITL distribution pooled while records were compacted (see loadgen.gaps)."""
     measured = [r for r in records if not r.warmup]
     slo = settings.effective_slo
     results = metrics.summarize(
-        measured, slo=metrics.Slo(ttft_ms=slo.ttft_ms, tpot_ms=slo.tpot_ms, e2e_ms=slo.e2e_ms)
+        measured, slo=metrics.Slo(ttft_ms=slo.ttft_ms, tpot_ms=slo.tpot_ms, e2e_ms=slo.e2e_ms), itl=itl
     )
     server = meta.get("server") or {}
     sut = f"{server.get('model') or settings.model or '?'} @ {server.get('url') or settings.url or '?'}"
@@ -153,7 +156,11 @@ def rebuild(path: Path) -> Report | dict[str, Any]:
         if "results" not in data:
             raise ReportError(f"{path} is not a loadgen report (no `results`).")
         return data
-    records = read_records(path)
+    gaps = GapStore()
+    records = []
+    for rec in iter_records(path):
+        gaps.add_record(rec)
+        records.append(compact(rec))
     run_json = path.parent / "run.json"
     if not run_json.is_file():
         raise ReportError(
@@ -165,7 +172,7 @@ def rebuild(path: Path) -> Report | dict[str, Any]:
         settings = Settings.model_validate(meta["settings"])
     except (KeyError, ValueError) as exc:
         raise ReportError(f"{run_json} has no usable settings ({exc}).") from exc
-    report = build_report(meta, records, settings=settings)
+    report = build_report(meta, records, settings=settings, itl=gaps.distribution())
     report.data["rebuilt_from"] = str(path.name)
     return report
 
