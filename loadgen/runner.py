@@ -33,6 +33,7 @@ from loadgen import __version__
 from loadgen.client import Client, ClientOptions, make_session
 from loadgen.datasets import Dataset, from_jsonl, synthetic
 from loadgen.errors import ConfigError
+from loadgen.gaps import GapStore, compact
 from loadgen.health import ClientHealth, LoopLagMonitor, assess
 from loadgen.issuer import ErrorRateGuard, Issuer, IssueStats
 from loadgen.limits import ensure_descriptors
@@ -233,6 +234,7 @@ async def run_async(
             client = Client(session if opts.transport == "aiohttp" else None, opts,
                             tokenizer=counter if settings.tokenizer else None)
             sidecars = Sidecars.start(settings, run_id, model, base_url, say)
+            gaps = GapStore()
             observers = (*observers, *sidecars.observers)
             try:
                 if settings.warmup:
@@ -249,7 +251,7 @@ async def run_async(
                         records, stats, health = await _measure(
                             settings=settings, client=client, dataset=dataset, trace=trace,
                             out_dir=out_dir, control=control, observers=observers, workers=workers,
-                            max_connections=_max_connections(settings, trace),
+                            max_connections=_max_connections(settings, trace), gaps=gaps,
                         )
                     finally:
                         stop_scraping.set()
@@ -259,7 +261,7 @@ async def run_async(
     # A signal interrupts a run (exit 130/143); a hard stop or --max-error-rate only ends it early
     # (stopped_early: a validity reason, exit 0).
     report = build_report(meta, records, settings=settings, health=health, stats=stats,
-                          interrupted=control.interrupts > 0)
+                          interrupted=control.interrupts > 0, itl=gaps.distribution())
     _note_retries(report.data, records)
     report.data.update(sidecars.results(report.data["results"], client.t0_ns))
     write_outputs(out_dir, report)
@@ -415,17 +417,20 @@ async def _measure(
     observers: tuple[RunObserver, ...],
     workers: int = 1,
     max_connections: int = 0,
+    gaps: GapStore,
 ) -> tuple[list[RequestRecord], IssueStats, ClientHealth]:
     records: list[RequestRecord] = []
     path = out_dir / "requests.jsonl"
     guard = ErrorRateGuard(settings.max_error_rate) if settings.max_error_rate is not None else None
 
     def keep(rec: RequestRecord) -> None:
-        records.append(rec)
+        # Written in full already; in memory only what the report needs (bounded memory).
         for obs in observers:
             obs.request_finished(rec)
         if guard is not None and (reason := guard.add(rec)) is not None:
             control.stop(reason)
+        gaps.add_record(rec)
+        records.append(compact(rec))
 
     if workers > 1:
         return await _measure_workers(
