@@ -148,3 +148,14 @@ def test_invalid_blocks_are_reported_with_their_path(data, where):
 def test_cross_field_rules(data, needle):
     with pytest.raises(ConfigError, match=needle):
         build_settings(data, "test")
+
+
+@pytest.mark.parametrize("name", ["sharegpt", "prompts_csv", "replay_azure", "replay_mooncake",
+                                  "prefix_cache", "bursty", "ramp", "chat_sessions"])
+def test_example_scenario_files_validate(name):
+    from pathlib import Path
+
+    from loadgen.settings import load_settings
+
+    path = Path(__file__).resolve().parents[1] / "scenarios" / f"{name}.yaml"
+    assert load_settings(str(path)).scenario.value in ("server", "offline", "replay", "concurrency")
