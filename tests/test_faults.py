@@ -152,7 +152,7 @@ def test_retries_resend_429_and_503_and_are_counted(tmp_path):
 
 
 def test_retries_never_resend_a_500(tmp_path):
-    _, report, recs = run_with_fault(tmp_path, {"kind": "http_500", "every": EVERY}, "--retries", "3")
+    _, report, _ = run_with_fault(tmp_path, {"kind": "http_500", "every": EVERY}, "--retries", "3")
     assert report["results"]["errors_by_class"] == {"http_status": FAULTED}
     assert report["results"]["retries_total"] == 0
 
