@@ -47,7 +47,10 @@ def _info(message: str) -> None:
 
 def _settings(scenario: str, overrides: dict[str, Any], ttft_ms: float | None, tpot_ms: float | None
               ) -> Settings:
-    settings = load_settings(scenario, overrides)
+    return _with_slo(load_settings(scenario, overrides), ttft_ms, tpot_ms)
+
+
+def _with_slo(settings: Settings, ttft_ms: float | None, tpot_ms: float | None) -> Settings:
     if ttft_ms is not None or tpot_ms is not None:
         slo = settings.slo.model_copy(update={
             k: v for k, v in (("ttft_ms", ttft_ms), ("tpot_ms", tpot_ms)) if v is not None
@@ -91,17 +94,18 @@ def sweep(
     quiet: _Quiet = False,
 ) -> None:
     """Run a scenario once per point of a parameter grid; write sweep.json, sweep.csv, a folder per point."""
-    from loadgen.sweep import parse_param, render_table, run_sweep
+    from loadgen.sweep import load_sweep_scenario, parse_param, render_table, run_sweep
 
     out_dir = out or _default_out("sweep")
     try:
-        params = [parse_param(p) for p in param or ()] + [parse_param(p, server_arg=True)
-                                                          for p in server_arg or ()]
-        settings = _settings(scenario, {
+        given = [parse_param(p) for p in param or ()] + [parse_param(p, server_arg=True)
+                                                         for p in server_arg or ()]
+        settings, params = load_sweep_scenario(scenario, {
             "url": url, "model": model, "duration_s": duration, "num_requests": num_requests, "seed": seed,
             "qps": qps, "concurrency": concurrency, "input_len": input_len, "output_len": output_len,
             "preset": preset, "progress": False if quiet else None,
-        }, ttft_ms, tpot_ms)
+        }, given)
+        settings = _with_slo(settings, ttft_ms, tpot_ms)
         result = run_sweep(settings, params, out_dir, scenario=scenario, run_point=_execute, log=_info)
     except LoadgenError as exc:
         _err(str(exc))

@@ -44,7 +44,14 @@ import numpy as np
 import orjson
 
 from loadgen.errors import ConfigError, LoadgenError
-from loadgen.settings import Scenario, Settings, build_settings
+from loadgen.settings import (
+    BUILTIN_DIR,
+    Scenario,
+    Settings,
+    build_settings,
+    read_scenario_file,
+    scenario_source,
+)
 
 SCHEMA_VERSION = 1
 MAX_POINTS = 1000
@@ -153,6 +160,34 @@ def grid(params: Sequence[SweepParam]) -> list[dict[str, Any]]:
     if total > MAX_POINTS:
         raise ConfigError(f"the sweep has {total} points; at most {MAX_POINTS}")
     return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(p.values for p in params))]
+
+
+def load_sweep_scenario(
+    scenario: str, overrides: dict[str, Any] | None = None, extra: Sequence[SweepParam] = ()
+) -> tuple[Settings, list[SweepParam]]:
+    """A scenario file that may carry its own ``sweep:`` block, plus CLI overrides and parameters.
+
+    ``sweep:`` maps a settings name to a list or a spec string (``concurrency: [1, 4, 16]``,
+    ``qps: "5:40:5"``) and a server flag to its values (``--max-num-seqs: [8, 32]``). Parameters in
+    ``extra`` (``--param``/``--server-arg``) replace the file's parameter of the same name.
+    """
+    path = scenario_source(scenario)
+    data = read_scenario_file(path)
+    block = data.pop("sweep", None) or {}
+    if not isinstance(block, dict):
+        raise ConfigError(f"{path}: `sweep:` must map parameter names to values, e.g. concurrency: [1, 4]")
+    params: list[SweepParam] = []
+    for name, values in block.items():
+        spec = ",".join(str(v) for v in values) if isinstance(values, list) else str(values)
+        params.append(parse_param(f"{name}={spec}", server_arg=str(name).startswith("-")))
+    given = {p.name for p in extra}
+    params = [p for p in params if p.name not in given] + list(extra)
+    if "scenario" not in data and path.parent == BUILTIN_DIR:
+        data["scenario"] = path.stem
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if data.get("scenario") is None:
+        raise ConfigError(f"{path} does not say which scenario to run: add `scenario:`")
+    return build_settings(data, f"scenario file {path}"), params
 
 
 def point_seed(base_seed: int, index: int) -> int:

