@@ -202,6 +202,12 @@ class Client:
         if self._http is not None:
             await self._http.close()
 
+    async def preconnect(self, n: int) -> int:
+        """Open ``n`` connections ahead of the run (fast transport only); returns how many are open."""
+        if self._http is None or n <= 0:
+            return 0
+        return await self._http.preconnect(n)
+
     async def fill(self, rec: RequestRecord, sample: Sample) -> None:
         """Send ``sample`` and fill ``rec`` in place (sent/first/chunks/end/tokens/error).
 

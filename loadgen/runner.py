@@ -44,7 +44,7 @@ from loadgen.scenarios import Trace, build_trace, expected_queries, seeded_rngs
 from loadgen.settings import Scenario, Settings
 from loadgen.target import api_headers, probe
 from loadgen.tokens import LocalTokenizer, ServerTokenizer, TokenCounter, WordCounter
-from loadgen.workers import WorkerJob, WorkerPool, auto_workers, split_trace
+from loadgen.workers import WorkerJob, WorkerPool, auto_workers, preconnect_count, split_trace
 
 MAX_SYNTHETIC_PROMPTS = 50_000
 DRAIN_GRACE_S = 30.0
@@ -449,6 +449,7 @@ async def _measure(
 
     issuer = Issuer(client, dataset, trace, on_record, on_start if observers else None)
     control._issuer = issuer
+    await client.preconnect(preconnect_count(trace))
     monitor = LoopLagMonitor()
     progress = None
     if settings.progress:
@@ -498,7 +499,7 @@ async def _measure_workers(
     jobs = [
         WorkerJob(worker=w, workers=len(parts), trace=sub, query_ids=ids, dataset=dataset,
                   opts=client.options, max_connections=per_worker_conns, records_path=path,
-                  tokenizer=client.tokenizer)
+                  tokenizer=client.tokenizer, preconnect=preconnect_count(sub))
         for w, (sub, ids) in enumerate(parts)
     ]
     pool = WorkerPool(jobs)

@@ -64,6 +64,7 @@ class WorkerJob:
     max_connections: int
     records_path: Path
     tokenizer: TokenCounter | None = None
+    preconnect: int = 0  # connections to open before the start
 
 
 @dataclass
@@ -97,6 +98,18 @@ def split_trace(trace: Trace, n: int) -> list[tuple[Trace, list[int] | None]]:
         share = math.ceil(trace.min_queries * streams / trace.streams)
         parts.append((dataclasses.replace(trace, streams=streams, min_queries=share), None))
     return parts
+
+
+def preconnect_count(trace: Trace) -> int:
+    """Connections worth opening before t0: the streams of a closed loop; for an open loop about a
+    quarter second of arrivals (at least 8, at most 256)."""
+    if not trace.open_loop:
+        return min(trace.streams * trace.samples_per_query, 1024)
+    n = len(trace.offsets_ns)
+    span_s = float(trace.offsets_ns[-1]) / 1e9 if n else 0.0
+    if span_s <= 0:
+        return min(n, 256)
+    return int(min(n, max(8, n / span_s / 4), 256))
 
 
 def auto_workers(expected_chunks_per_s: float, streams: float, cores: int | None = None) -> int:
@@ -155,6 +168,7 @@ async def _worker(conn: Connection, job: WorkerJob) -> WorkerResult:
                 issuer.abort(arg)
 
         loop.add_reader(conn.fileno(), on_message)
+        await client.preconnect(job.preconnect)
         conn.send(("ready", job.worker))
         client.t0_ns = await start
         monitor = LoopLagMonitor()

@@ -71,10 +71,12 @@ class SimServer:
     use :class:`SimProcess`.
     """
 
-    def __init__(self, cfg: SimConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, cfg: SimConfig | None = None, host: str = "127.0.0.1", port: int = 0,
+                 reuse_port: bool = False) -> None:
         self.cfg = cfg or SimConfig()
         self.host = host
         self.port = port
+        self.reuse_port = reuse_port  # several processes on one port (SO_REUSEPORT), for more cores
         self.url = ""
         self._app: SimApp | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -96,7 +98,8 @@ class SimServer:
         loop = asyncio.get_running_loop()
         self._app = SimApp(self.cfg, loop)
         try:
-            self._server = await loop.create_server(self._protocol, self.host, self.port, backlog=4096)
+            self._server = await loop.create_server(self._protocol, self.host, self.port, backlog=4096,
+                                                    reuse_port=self.reuse_port or None)
         except BaseException:
             self._app.close()
             raise
@@ -136,7 +139,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def serve(cfg: SimConfig, host: str = "127.0.0.1", port: int = 0, *,
-          ready: Callable[[str], None] | None = None) -> None:
+          ready: Callable[[str], None] | None = None, reuse_port: bool = False) -> None:
     """Run the simulated server until SIGINT or SIGTERM (main thread only); ``ready(base_url)`` is called
     once it listens. Uses uvloop when importable."""
 
@@ -145,7 +148,7 @@ def serve(cfg: SimConfig, host: str = "127.0.0.1", port: int = 0, *,
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with SimServer(cfg, host, port) as url:
+        async with SimServer(cfg, host, port, reuse_port=reuse_port) as url:
             if ready is not None:
                 ready(url)
             await stop.wait()
@@ -163,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--cpu", type=int, default=None, help="pin to this CPU (os.sched_setaffinity)")
+    parser.add_argument("--reuse-port", action="store_true", help="share the port with other processes")
     args = parser.parse_args(argv)
     try:
         cfg = SimConfig.from_dict(json.loads(args.config_json))
@@ -175,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     def ready(url: str) -> None:
         print(json.dumps({"url": url, "pid": os.getpid()}), flush=True)
 
-    serve(cfg, args.host, args.port, ready=ready)
+    serve(cfg, args.host, args.port, ready=ready, reuse_port=args.reuse_port)
     return 0
 
 
@@ -188,9 +192,10 @@ class SimProcess:
     """
 
     def __init__(self, cfg: SimConfig | None = None, host: str = "127.0.0.1", port: int = 0,
-                 cpu: int | None = None, start_timeout: float = 15.0) -> None:
+                 cpu: int | None = None, start_timeout: float = 15.0, *, reuse_port: bool = False) -> None:
         self.cfg = cfg or SimConfig()
         self.host, self.port, self.cpu, self.start_timeout = host, port, cpu, start_timeout
+        self.reuse_port = reuse_port
         self.url = ""
         self.pid = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -201,6 +206,8 @@ class SimProcess:
                "--host", self.host, "--port", str(self.port)]
         if self.cpu is not None:
             cmd += ["--cpu", str(self.cpu)]
+        if self.reuse_port:
+            cmd += ["--reuse-port"]
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

@@ -268,3 +268,18 @@ def test_scraper_skips_when_connection_is_refused() -> None:
 
     res = asyncio.run(main())
     assert res["note"] == NO_METRICS_NOTE
+
+
+def test_selected_parser_agrees_with_the_full_parser():
+    from loadgen.server_metrics import DEFAULT_COUNTERS, DEFAULT_GAUGES, DEFAULT_HISTOGRAMS, parse_selected
+
+    for text in (BEFORE, AFTER):
+        full = parse_exposition(text)
+        fast = parse_selected(text, (*DEFAULT_GAUGES, *DEFAULT_COUNTERS), DEFAULT_HISTOGRAMS.values())
+        for name, value in fast.scalars.items():
+            assert full.scalars[name] == value, name
+        assert set(fast.scalars) == {n for n in full.scalars if n in (*DEFAULT_GAUGES, *DEFAULT_COUNTERS)}
+        for name, hist in fast.histograms.items():
+            assert full.histograms[name] == hist, name
+        assert set(fast.histograms) == {n for n in full.histograms if n in DEFAULT_HISTOGRAMS.values()}
+        assert fast.histograms  # the fixtures hold histograms, so the comparison is not vacuous

@@ -1,0 +1,108 @@
+"""Does clean-measurement capacity scale with worker processes?
+
+    python benchmarks/worker_scaling.py [--workers 1,2,4,8] [--out scaling.json]
+
+Needs a machine with many cores (the GPU machine has 16; no GPU is used). Half the cores run the
+simulated server — several processes sharing one port through SO_REUSEPORT, so the server is never
+the limit — and the other half run loadgen. For each worker count N, a ladder of Poisson rates
+(×1.3 per step) is run; the clean-measurement capacity is the highest rate at which the run was not
+client-limited (issue delay p99 ≤ 1 ms, event-loop lag p99 ≤ 2 ms, no worker above 0.9 of a core) and
+achieved ≥ 99% of the offered rate. It prints capacity(N) and capacity(N) / (N × capacity(1)): the
+target is ≥ 0.8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from servers.sim import SimConfig, SimProcess  # noqa: E402
+
+OUT_LEN, IN_LEN, STEP_S = 8, 32, 4.0
+
+
+def _clean(report: dict, offered: float) -> tuple[bool, str]:
+    c = report["client"]
+    recs = report["results"]
+    achieved = recs["requests_issued"] / max(recs["duration_s"], 1e-9)
+    if c["client_limited"]:
+        return False, "; ".join(c["reasons"])[:120]
+    if recs["requests_failed"]:
+        return False, f"{recs['requests_failed']} failed"
+    if report["results"]["requests_issued"] < 0.99 * offered * STEP_S:
+        return False, f"issued {report['results']['requests_issued']} < 99% of offered"
+    return True, f"achieved ~{achieved:.0f}/s"
+
+
+def run_level(url: str, rate: float, workers: int, cpus: set[int], work: Path) -> dict:
+    out = work / f"w{workers}-r{rate:.0f}"
+    cmd = [sys.executable, "-m", "loadgen", "run", "server", "--url", url, "--qps", f"{rate:.1f}",
+           "--duration", str(STEP_S), "--num-requests", "1", "--input-len", str(IN_LEN),
+           "--output-len", str(OUT_LEN), "--workers", str(workers), "--out", str(out), "--quiet",
+           "--no-gpu-telemetry", "--server-metrics-url", "none"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+                          preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+    if proc.returncode != 0:
+        return {"rate": rate, "clean": False, "why": proc.stderr[-300:]}
+    report = json.loads((out / "report.json").read_text())
+    ok, why = _clean(report, rate)
+    c = report["client"]
+    return {"rate": rate, "clean": ok, "why": why, "issue_delay_p99_ms": c["issue_delay_ms"]["p99"],
+            "loop_lag_p99_ms": c["loop_lag_ms"]["p99"], "cpu_per_worker": c["cpu_cores_per_worker"],
+            "ttft_p99_ms": report["results"]["ttft_ms"]["p99"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workers", default="1,2,4,8")
+    ap.add_argument("--start", type=float, default=200.0)
+    ap.add_argument("--max-rate", type=float, default=60_000.0)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    cores = sorted(os.sched_getaffinity(0))
+    half = len(cores) // 2
+    server_cpus, client_cpus = cores[:half], set(cores[half:])
+    counts = [int(x) for x in args.workers.split(",") if int(x) <= len(client_cpus)]
+    print(f"{len(cores)} cores: server on {server_cpus}, loadgen on {sorted(client_cpus)}")
+    cfg = SimConfig(ttft_ms=20.0, itl_ms=5.0, max_seqs=100_000)
+    results: dict[int, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        first = stack.enter_context(SimProcess(cfg, cpu=server_cpus[0], reuse_port=True))
+        port = int(first.url.rsplit(":", 1)[1])
+        for cpu in server_cpus[1:]:
+            stack.enter_context(SimProcess(cfg, port=port, cpu=cpu, reuse_port=True))
+        for n in counts:
+            rate, best, ladder = args.start, 0.0, []
+            while rate <= args.max_rate:
+                row = run_level(first.url, rate, n, client_cpus, Path(tmp))
+                ladder.append(row)
+                print(f"workers {n:>2}  rate {rate:>8.0f}/s  {'clean' if row['clean'] else 'NOT clean'}  "
+                      f"{row['why']}", flush=True)
+                if not row["clean"]:
+                    break
+                best = rate
+                rate *= 1.3
+            results[n] = {"capacity_rps": best, "ladder": ladder}
+    base = results.get(1, {}).get("capacity_rps") or 0
+    print("\nworkers  clean capacity (req/s)  speed-up  efficiency (target >= 0.8)")
+    for n, r in results.items():
+        cap = r["capacity_rps"]
+        eff = cap / (n * base) if base else float("nan")
+        print(f"{n:>7}  {cap:>22.0f}  {cap / base if base else float('nan'):>8.2f}  {eff:>10.2f}")
+        r["efficiency"] = eff
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
