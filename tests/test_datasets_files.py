@@ -126,7 +126,7 @@ def test_file_errors_name_the_file_and_line(tmp_path):
     ({"dataset": {"format": "csv"}}, "dataset.path"),
     ({"prefix": {"groups": 0, "length": 5}}, "prefix.groups"),
     ({"prefix": {"groups": 2, "length": 5, "suffix_len": {"kind": "uniform"}}}, "prefix.suffix_len"),
-    ({"sessions": {"turns": 0}}, "sessions.turns"),
+    ({"endpoint": "chat", "sessions": {"turns": 0}}, "sessions.turns"),
     ({"scenario": "server", "qps": 5, "arrival": {"burstiness": 0}}, "arrival.burstiness"),
     ({"scenario": "server", "qps": 5, "arrival": {"ramp": {"start_qps": 1}}}, "arrival.ramp.duration_s"),
     ({"scenario": "replay", "replay": {"format": "azure", "path": "t.csv", "speedup": -1}}, "replay.speedup"),
@@ -142,6 +142,7 @@ def test_invalid_blocks_are_reported_with_their_path(data, where):
     ({"scenario": "replay"}, "replay scenario needs a trace"),
     ({"scenario": "offline", "replay": {"format": "azure", "path": "t.csv"}}, "only to scenario: replay"),
     ({"scenario": "offline", "arrival": {"burstiness": 2}}, "only to scenario: server"),
+    ({"scenario": "concurrency", "sessions": {"turns": 2}}, "endpoint: chat"),
     ({"scenario": "offline", "prompts_file": "a", "prefix": {"groups": 1, "length": 3}}, "one prompt source"),
     ({"scenario": "server", "qps": 2, "arrival": {"ramp": {"start_qps": 5, "duration_s": 3}}}, "above qps"),
 ])

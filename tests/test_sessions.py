@@ -21,7 +21,7 @@ EXACT = WordCounter(exact=True)
 
 
 def _settings(users=3, turns=4, think=0.0, **kw):
-    return Settings(scenario="concurrency", input_len=kw.pop("input_len", 10),
+    return Settings(scenario="concurrency", endpoint="chat", input_len=kw.pop("input_len", 10),
                     output_len=kw.pop("output_len", 6),
                     sessions={"users": users, "turns": turns, "think_time_s": think, **kw})
 
