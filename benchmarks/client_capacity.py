@@ -101,7 +101,8 @@ def run_loadgen(url: str, kind: str, level: float, work: Path) -> dict:
               "--quiet", "--workers", "1", "--no-gpu-telemetry", "--server-metrics-url", "none",
               "--num-requests", str(n), "--duration", str(dur)]
     if kind == "concurrency":
-        cmd = [sys.executable, "-m", "loadgen", "run", "concurrency", "--concurrency", str(int(level)), *common]
+        cmd = [sys.executable, "-m", "loadgen", "run", "concurrency", "--concurrency", str(int(level)),
+               *common]
     else:
         cmd = [sys.executable, "-m", "loadgen", "run", "server", "--qps", str(level), *common]
     code, rss, tail = _run_pinned(cmd, 1, 900)
@@ -126,7 +127,7 @@ def run_loadgen(url: str, kind: str, level: float, work: Path) -> dict:
 def run_peer(url: str, kind: str, level: float, work: Path, tokenizer: Path) -> dict:
     if not VLLM_PY.exists():
         return {"error": "no .venv-vllm (run scripts/setup-vllm-cpu.sh)"}
-    n, dur = _requests_for(kind, level)
+    n, _ = _requests_for(kind, level)
     res_dir = work / f"peer-{kind}-{level:g}"
     res_dir.mkdir(parents=True, exist_ok=True)
     shim = work / "vllm_bench_shim.py"
@@ -183,8 +184,7 @@ def main() -> int:
         with SimProcess(cfg, cpu=0) as sim:
             print(f"server {sim.url} on CPU 0 (TTFT {TTFT_MS} ms, ITL {ITL_MS} ms); clients on CPU 1")
             for kind, level in levels:
-                tools = [("loadgen", run_loadgen)] + ([] if args.no_peer else [("vllm bench", None)])
-                for tool, _ in tools:
+                for tool in ["loadgen"] + ([] if args.no_peer else ["vllm bench"]):
                     _sim(sim.url, "/sim/stats/reset", "POST")
                     if tool == "loadgen":
                         m = run_loadgen(sim.url, kind, level, work)
@@ -207,7 +207,8 @@ def _row(m: dict) -> str:
         return f"{name:<18}{m['tool']:<12} ERROR {m['error'][:300]}"
     rate = "-" if m["achieved_rate"] is None else f"{m['achieved_rate']:8.1f}"
     cpu = "-" if m["cpu"] is None else f"{m['cpu']:.2f}"
-    return (f"{name:<18}{m['tool']:<12}TTFT p50/p99 {_err(m['ttft_p50'], TTFT_MS)} {_err(m['ttft_p99'], TTFT_MS)}"
+    ttft = f"{_err(m['ttft_p50'], TTFT_MS)} {_err(m['ttft_p99'], TTFT_MS)}"
+    return (f"{name:<18}{m['tool']:<12}TTFT p50/p99 {ttft}"
             f"  ITL p50/p99 {_err(m['itl_p50'], ITL_MS)} {_err(m['itl_p99'], ITL_MS)}  rate {rate}/s"
             f"  CPU {cpu}  RSS {m['rss_mb']:.0f} MB  server late p99 {m['server_lateness_p99_ms']:.2f} ms"
             f"  failed {m['failed']}")
@@ -219,8 +220,9 @@ def _final_table(rows: list[dict]) -> None:
           f"{'ITL p99 err peer':>18}")
     levels = sorted({(r["kind"], r["level"]) for r in rows}, key=lambda k: (k[0], k[1]))
     for kind, level in levels:
-        lg = next((r for r in rows if r["tool"] == "loadgen" and (r["kind"], r["level"]) == (kind, level)), {})
-        pe = next((r for r in rows if r["tool"] != "loadgen" and (r["kind"], r["level"]) == (kind, level)), {})
+        here = [r for r in rows if (r["kind"], r["level"]) == (kind, level)]
+        lg = next((r for r in here if r["tool"] == "loadgen"), {})
+        pe = next((r for r in here if r["tool"] != "loadgen"), {})
         a = lg.get("ttft_p99")
         b = pe.get("ttft_p99")
         ea = None if a is None else a - TTFT_MS

@@ -81,7 +81,9 @@ def main() -> int:
         for cpu in server_cpus[1:]:
             stack.enter_context(SimProcess(cfg, port=port, cpu=cpu, reuse_port=True))
         for n in counts:
-            rate, best, ladder = args.start, 0.0, []
+            base = results.get(1, {}).get("capacity_rps") or 0
+            start = max(args.start, 0.6 * n * base) if n > 1 else args.start
+            rate, best, ladder = start, 0.0, []
             while rate <= args.max_rate:
                 row = run_level(first.url, rate, n, client_cpus, Path(tmp))
                 ladder.append(row)
