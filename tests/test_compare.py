@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from loadgen.cli_analysis import register
 from loadgen.compare import bootstrap_diff, compare, render
+from loadgen.errors import ReportError
 from loadgen.runner import run
 from loadgen.settings import build_settings
 
@@ -82,3 +83,29 @@ def test_bootstrap_interval_covers_truth() -> None:
     # Seeded: same seed, same interval.
     assert bootstrap_diff(a, same, 99, np.random.default_rng(1)) == bootstrap_diff(
         a, same, 99, np.random.default_rng(1))
+
+
+def test_compare_sweeps_point_by_point(tmp_path: Path) -> None:
+    from loadgen.sweep import parse_param, run_sweep
+
+    def sweep(out: Path, values: str, ttft: float) -> Path:
+        base = build_settings({"scenario": "concurrency", "num_requests": 40, "duration_s": 0,
+                               "input_len": 8, "output_len": 4, "progress": False,
+                               "sim": {"ttft_ms": ttft, "itl_ms": 1}}, "t")
+        run_sweep(base, [parse_param(f"concurrency={values}")], out)
+        return out
+
+    a = sweep(tmp_path / "a", "1,2", 20)
+    b = sweep(tmp_path / "b", "2,4", 40)  # TTFT doubled; concurrency=2 is the only common point
+    result = compare(a, b, metrics=("ttft_p50_ms",))
+    assert result.kind == "sweeps"
+    assert [c.label for c in result.comparisons] == ["concurrency=2"]
+    assert sorted(result.unmatched) == ["concurrency=1", "concurrency=4"]
+    assert result.regressed
+    assert "-- concurrency=2" in render(result)
+    with pytest.raises(ReportError, match="a sweep"):
+        compare(a, runs_dir(a))
+
+
+def runs_dir(sweep: Path) -> Path:
+    return next(p for p in sweep.iterdir() if p.is_dir())

@@ -117,3 +117,24 @@ def test_plan_from_peak_json(tmp_path: Path) -> None:
     assert plan["replicas"] == 3  # ceil(117 / 39)
     assert plan["output_tokens_per_request"] == pytest.approx(32.0)
     assert plan["expected"]["ttft_p99_ms"] == pytest.approx(300.0)  # 39 req/s per replica: run 1 itself
+
+
+def test_plan_cli_writes_plan_json(tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from loadgen.cli_analysis import register
+
+    app = typer.Typer()
+    app.command("noop")(lambda: None)
+    register(app)
+    folder = write_sweep(tmp_path / "sw")
+    res = CliRunner().invoke(app, ["plan", str(folder), "--peak-qps", "100", "--gpu-hour-usd", "2",
+                                   "--gpus-per-replica", "2", "--input-len", "512"])
+    assert res.exit_code == 0, res.output
+    plan = json.loads((folder / "plan.json").read_text())
+    assert plan["replicas"] == 4 and plan["kind"] == "plan"
+    assert "WARNING: you asked about 512 in / 128 out" in res.output
+    assert "replicas" in res.output and "ceil(100 × (1 + 0.2) / 30)" in res.output
+    bad = CliRunner().invoke(app, ["plan", str(tmp_path), "--peak-qps", "1"])
+    assert bad.exit_code == 2 and "neither sweep.json nor peak.json" in bad.output
