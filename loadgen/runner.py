@@ -34,6 +34,7 @@ from loadgen.client import Client, ClientOptions, make_session
 from loadgen.datasets import Dataset, from_jsonl, synthetic
 from loadgen.errors import ConfigError
 from loadgen.gaps import GapStore, compact
+from loadgen.gcpause import gc_frozen
 from loadgen.health import ClientHealth, LoopLagMonitor, assess
 from loadgen.issuer import ErrorRateGuard, Issuer, IssueStats
 from loadgen.limits import ensure_descriptors
@@ -455,7 +456,7 @@ async def _measure(
     if settings.progress:
         progress = Progress(issuer.stats, trace.planned_queries, settings.duration_s)
     try:
-        async with asyncio.TaskGroup() as tg:
+        async with gc_frozen(), asyncio.TaskGroup() as tg:
             client.t0_ns = time.perf_counter_ns()
             monitor.start(tg)
             progress_task = tg.create_task(progress.run()) if progress else None

@@ -40,6 +40,7 @@ import numpy as np
 
 from loadgen.client import Client, ClientOptions, make_session
 from loadgen.datasets import Dataset
+from loadgen.gcpause import gc_frozen
 from loadgen.health import LoopLagMonitor
 from loadgen.issuer import Issuer, IssueStats
 from loadgen.records import RecordWriter, RequestRecord
@@ -173,7 +174,7 @@ async def _worker(conn: Connection, job: WorkerJob) -> WorkerResult:
         client.t0_ns = await start
         monitor = LoopLagMonitor()
         try:
-            async with asyncio.TaskGroup() as tg:
+            async with gc_frozen(), asyncio.TaskGroup() as tg:
                 monitor.start(tg)
                 ticker = tg.create_task(_tick(conn, issuer))
                 try:
