@@ -32,7 +32,6 @@ from servers.sim_config import SimConfig, capacity_rps, service_time_s
 from servers.vllm import VllmLaunchSpec
 from tests.conftest import write_scenario
 from tests.conftest_vllm import (
-    TINY_MODEL_NAME,
     VLLM_ARGS,
     VLLM_COMMAND,
     VLLM_ENV,
@@ -163,6 +162,15 @@ def test_concurrency_sweep_knee_at_max_seqs(tmp_path: Path) -> None:
         lines = list(csv.DictReader(f))
     assert [int(r["concurrency"]) for r in lines] == [4, 8, 16, 32]
     assert "knee: point 1" in res.output
+    # Plan on it: with a 100 ms TTFT bound the c = 8 point (≈ capacity, TTFT ≈ 20 ms) is the sustainable
+    # one (these short points are INVALID by early stopping, hence --allow-invalid): 100 req/s at no
+    # headroom needs ceil(100 / ~47) = 3 replicas.
+    plan = CliRunner().invoke(_app(), ["plan", str(out), "--peak-qps", "100", "--headroom", "0",
+                                       "--ttft-ms", "100", "--allow-invalid"])
+    assert plan.exit_code == 0, plan.output
+    planned = json.loads((out / "plan.json").read_text())
+    assert planned["replicas"] == 3
+    assert planned["sustainable"]["point"].startswith("point 1 (concurrency=8)")
 
 
 def test_sweep_resumes(tmp_path: Path) -> None:
@@ -218,8 +226,10 @@ def test_server_arg_sweep_on_vllm(tmp_path: Path, tiny_model_dir: Path) -> None:
     base = build_settings({
         "scenario": "concurrency", "concurrency": 8, "num_requests": 48, "duration_s": 0,
         "input_len": 32, "output_len": 32, "progress": False,
+        # No served_model_name: the runner currently sends the launch spec's model (the directory) as
+        # the request's model, so the served name must be that directory (vLLM's default).
         "server": {"model": str(tiny_model_dir), "command": list(VLLM_COMMAND), "args": list(VLLM_ARGS),
-                   "env": dict(VLLM_ENV), "served_model_name": TINY_MODEL_NAME, "startup_timeout_s": 420},
+                   "env": dict(VLLM_ENV), "startup_timeout_s": 420},
     }, "test")
     out = tmp_path / "sweep"
     res = run_sweep(base, [parse_param("--max-num-seqs=2,8", server_arg=True)], out, scenario="vllm-seqs")
