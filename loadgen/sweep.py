@@ -21,8 +21,9 @@ Seeds. Point ``i`` runs with ``point_seed(base_seed, i)`` (a ``numpy.random.Seed
 another point's run (the same seed everywhere hit vLLM's prefix cache ~50% of the time; GPU.md).
 
 Resuming. Rerunning the same sweep into the same folder skips every point whose folder holds a complete
-``report.json`` (not interrupted) made with the same settings, and runs the rest. A folder holding a
-different sweep (other scenario file or parameters) is refused rather than mixed.
+``report.json`` (not interrupted) made with the same settings (``out`` and ``progress`` aside), and runs
+the rest: a point whose settings changed (another scenario file, say) runs again, its old records
+removed. A folder holding a different sweep (other parameters or values) is refused rather than mixed.
 
 Knee (:func:`find_knee`): along the points in order, the first point ``i`` such that going to point
 ``i + 1`` raises throughput (completed requests/s) by less than 10% while TTFT p99 rises by more than 50%:

@@ -155,3 +155,20 @@ def test_find_peak_on_the_simulator(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert report["validity"]["valid"] is True
     assert report["settings"]["num_requests"] >= PEAK_MIN_QUERIES
     assert report["mlperf"]["checks"]["early_stopping"] is True
+
+
+def test_find_peak_cli_needs_a_bound(tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from loadgen.cli_analysis import register
+    from tests.conftest import write_scenario
+
+    app = typer.Typer()
+    app.command("noop")(lambda: None)
+    register(app)
+    scen = write_scenario(tmp_path / "s.yaml", scenario="server", qps=5)
+    res = CliRunner().invoke(app, ["find-peak", str(scen), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "--ttft-ms" in res.output
+    res = CliRunner().invoke(app, ["find-peak", str(scen), "--preset", "nope", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "unknown MLPerf preset" in res.output
