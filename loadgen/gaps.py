@@ -111,9 +111,18 @@ class GapStore:
         return out
 
 
+_DROPPED: list[int] = []  # shared by every compacted record; never appended to
+
+
 def compact(record: RequestRecord) -> RequestRecord:
-    """Drop a record's per-chunk lists, keeping the last chunk time (all that TPOT needs)."""
-    if len(record.chunk_ns) > 1:
-        record.chunk_ns = [record.chunk_ns[-1]]
-        record.chunk_tokens = [sum(record.chunk_tokens)]
+    """Drop a record's per-chunk lists, keeping the last chunk time (all that TPOT needs).
+
+    Only for the in-memory copy: the full record is already in ``requests.jsonl``.
+    """
+    if record.chunk_ns:
+        record.last_chunk_ns = record.chunk_ns[-1]
+    record.chunk_ns = _DROPPED
+    record.chunk_tokens = _DROPPED
+    if record.error is not None and len(record.error) > 200:
+        record.error = record.error[:200]
     return record

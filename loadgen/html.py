@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from loadgen import metrics
-from loadgen.records import RequestRecord, read_records
+from loadgen.records import RequestRecord, iter_records, read_records
 from loadgen.report import load_json
 from loadgen.svgplot import PALETTE, Axis, Chart, RefLine, Series, Style, cdf
 
@@ -305,7 +305,10 @@ def _bins(times_s: np.ndarray, weights: np.ndarray | None, end_s: float) -> tupl
     return edges[:-1] + widths / 2, counts / widths
 
 
-def _run_figures(report: dict[str, Any], records: list[RequestRecord]) -> list[str]:  # noqa: PLR0915
+def _run_figures(  # noqa: PLR0915
+    report: dict[str, Any], records: list[RequestRecord], weight: float = 1.0
+) -> list[str]:
+    """``weight``: how many requests each record stands for (a sampled long run) in the rate plots."""
     measured = [r for r in records if not r.warmup]
     arrays = metrics.RequestArrays.from_records(measured)
     slo = _slo(report)
@@ -341,7 +344,7 @@ def _run_figures(report: dict[str, Any], records: list[RequestRecord]) -> list[s
     end_s = float(arrays.end.max()) / _NS_PER_S if len(arrays) else 1.0
     # in flight: +1 at sent, −1 at end, as a step function
     t = np.concatenate([arrays.sent, arrays.end]) / _NS_PER_S
-    step = np.concatenate([np.ones(len(arrays)), -np.ones(len(arrays))])
+    step = np.concatenate([np.ones(len(arrays)), -np.ones(len(arrays))]) * weight
     order = np.lexsort((-step, t))  # at equal times count the arrival first (no dip below zero)
     tx, level = t[order], np.cumsum(step[order])
     if tx.size > 4000:  # sample the step function on a fixed grid: same shape, bounded size
@@ -367,7 +370,7 @@ def _run_figures(report: dict[str, Any], records: list[RequestRecord]) -> list[s
             tok_t.append(np.array([float(r.end_ns)]))
             tok_w.append(np.array([float(r.output_tokens)]))
     times = np.concatenate(tok_t) / _NS_PER_S if tok_t else np.empty(0)
-    weights = np.concatenate(tok_w) if tok_w else np.empty(0)
+    weights = np.concatenate(tok_w) * weight if tok_w else np.empty(0)
     bx, by = _bins(times, weights, end_s)
     tps = Chart("Output tokens per second", Axis("time since run start (s)", zero=True),
                 Axis("output tokens/s", zero=True))
@@ -380,10 +383,12 @@ def _run_figures(report: dict[str, Any], records: list[RequestRecord]) -> list[s
     done = Chart("Requests completed per second", Axis("time since run start (s)", zero=True),
                  Axis("requests/s", zero=True))
     cx, cy = _bins(arrays.end[arrays.ok] / _NS_PER_S, None, end_s)
+    cy = cy * weight
     style: Style = "linepoints" if cx.size <= 120 else "line"
     done.add(Series("completed (1 s bins)", cx, cy, style=style))
     if (~arrays.ok).any():
         fx, fy = _bins(arrays.end[~arrays.ok] / _NS_PER_S, None, end_s)
+        fy = fy * weight
         done.add(Series("failed (1 s bins)", fx, fy, style=style, color=PALETTE[1], dashed=True))
     figs.append(_figure("completed_per_s", done, "By the time each request ended."))
 
@@ -502,15 +507,22 @@ def _gpu_figures(report: dict[str, Any]) -> list[str]:
     return ["<h2>GPU</h2><div class='grid'>", _figure("gpu_power", chart, "Sampled through NVML."), "</div>"]
 
 
-def render_run_html(report: dict[str, Any], records: list[RequestRecord] | None) -> str:
+def render_run_html(
+    report: dict[str, Any], records: list[RequestRecord] | None, sample_step: int = 1
+) -> str:
     """``report.html`` for one run. ``records`` (from ``requests.jsonl``) feed the distribution and
-    time-series plots; without them the page has the header and tables only."""
+    time-series plots; without them the page has the header and tables only. ``sample_step`` = k when
+    the records are every k-th request of a long run (rates are scaled by k; the page says so)."""
     s = report.get("settings") or {}
     server = report.get("server") or {}
     title = f"loadgen {s.get('scenario', '?')} — {server.get('model') or s.get('model') or '?'}"
     body = [_header(report), _metrics_tables(report)]
     if records:
-        body += _run_figures(report, records)
+        if sample_step > 1:
+            body.append(f"<p class='note'>Plots are drawn from every {sample_step}th request "
+                        f"({len(records):,} of the run's requests); rates are scaled by {sample_step}. "
+                        "The tables above use every request.</p>")
+        body += _run_figures(report, records, float(sample_step))
     else:
         body.append("<p class='note'>No request records (requests.jsonl) were available: plots omitted.</p>")
     body += _server_figures(report)
@@ -522,6 +534,21 @@ def render_run_html(report: dict[str, Any], records: list[RequestRecord] | None)
     return _page(title, "\n".join(body))
 
 
+#: Plots of longer runs are drawn from an even sample of this many requests, so that the page (and
+#: the memory to build it) stays bounded; the page says so.
+MAX_PLOTTED_REQUESTS = 20_000
+
+
+def _plot_records(jsonl: Path) -> tuple[list[RequestRecord], int]:
+    """The records to plot and k: all of them (k = 1), or every k-th one above MAX_PLOTTED_REQUESTS."""
+    with jsonl.open("rb") as f:
+        total = sum(1 for _ in f)
+    step = max(1, -(-total // MAX_PLOTTED_REQUESTS))
+    if step == 1:
+        return read_records(jsonl), 1
+    return [rec for i, rec in enumerate(iter_records(jsonl)) if i % step == 0], step
+
+
 def write_run_html(out_dir: Path) -> Path:
     """Write ``out_dir/report.html`` from ``report.json`` and (when present) ``requests.jsonl``.
 
@@ -529,9 +556,9 @@ def write_run_html(out_dir: Path) -> Path:
     """
     report = load_json(out_dir / "report.json")
     jsonl = out_dir / "requests.jsonl"
-    records = read_records(jsonl) if jsonl.is_file() else None
+    records, step = _plot_records(jsonl) if jsonl.is_file() else (None, 1)
     path = out_dir / "report.html"
-    path.write_text(render_run_html(report, records), encoding="utf-8")
+    path.write_text(render_run_html(report, records, step), encoding="utf-8")
     return path
 
 

@@ -108,10 +108,7 @@ class RequestArrays:
             scheduled=col(r.scheduled_ns for r in rows),
             sent=col(r.sent_ns for r in rows),
             first_token=first,
-            last_chunk=col(
-                r.chunk_ns[-1] if r.chunk_ns else (-1 if r.first_token_ns is None else r.first_token_ns)
-                for r in rows
-            ),
+            last_chunk=col(_last_chunk(r) for r in rows),
             end=col(r.end_ns for r in rows),
             input_tokens=col(r.input_tokens for r in rows),
             output_tokens=col(r.output_tokens for r in rows),
@@ -132,6 +129,14 @@ class RequestArrays:
     @property
     def has_first_token(self) -> npt.NDArray[np.bool_]:
         return self.first_token >= 0
+
+
+def _last_chunk(r: RequestRecord) -> int:
+    if r.last_chunk_ns is not None:  # a compacted record (loadgen.gaps.compact)
+        return r.last_chunk_ns
+    if r.chunk_ns:
+        return r.chunk_ns[-1]
+    return -1 if r.first_token_ns is None else r.first_token_ns
 
 
 # ---- per-request metrics (nanoseconds) -----------------------------------------------------------------

@@ -55,6 +55,7 @@ class RequestRecord:
     worker: int = 0
     retries: int = 0
     warmup: bool = False
+    last_chunk_ns: int | None = None  # set when the chunk lists were dropped (loadgen.gaps.compact)
 
     @property
     def ok(self) -> bool:
@@ -110,28 +111,48 @@ class RecordWriter:
 
 
 def iter_records(path: Path) -> Iterator[RequestRecord]:
-    """Yield the records of a ``requests.jsonl``; a torn last line is skipped."""
+    """Yield the records of a ``requests.jsonl`` one line at a time (bounded memory); a torn last
+    line (a crash mid-write) is skipped."""
     try:
-        lines = path.read_bytes().splitlines()
+        f = path.open("rb")
     except OSError as exc:
         raise ReportError(
             f"cannot read {path}: {exc.strerror}. Give a report folder or a requests.jsonl."
         ) from exc
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            data = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            if lineno == len(lines):  # torn final line after a crash: everything before it is intact
+    with f:
+        lineno = 0
+        pending: bytes | None = None
+        for line in f:
+            if pending is not None:
+                yield _parse_line(pending, path, lineno, last=False)
+            lineno += 1
+            pending = line if line.strip() else None
+            if pending is None:
                 continue
-            raise ReportError(f"{path}:{lineno} is not valid JSON ({exc}); the file is damaged.") from exc
-        if not isinstance(data, dict):
-            raise ReportError(f"{path}:{lineno} is not a request record (expected a JSON object).")
-        try:
-            yield RequestRecord.from_dict(data)
-        except TypeError as exc:
-            raise ReportError(f"{path}:{lineno} is missing request fields ({exc}).") from exc
+        if pending is not None:
+            try:
+                yield _parse_line(pending, path, lineno, last=True)
+            except _TornLine:
+                return
+
+
+class _TornLine(Exception):
+    pass
+
+
+def _parse_line(line: bytes, path: Path, lineno: int, *, last: bool) -> RequestRecord:
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        if last:  # torn final line after a crash: everything before it is intact
+            raise _TornLine from exc
+        raise ReportError(f"{path}:{lineno} is not valid JSON ({exc}); the file is damaged.") from exc
+    if not isinstance(data, dict):
+        raise ReportError(f"{path}:{lineno} is not a request record (expected a JSON object).")
+    try:
+        return RequestRecord.from_dict(data)
+    except TypeError as exc:
+        raise ReportError(f"{path}:{lineno} is missing request fields ({exc}).") from exc
 
 
 def read_records(path: Path) -> list[RequestRecord]:
