@@ -218,6 +218,9 @@ class VllmLauncher:
     def identity(self, timeout_s: float = 5.0) -> dict[str, Any]:
         """What was launched, for the report: server version and models, command, local GPU model.
 
+        ``launched_model`` is the spec's model (a path or hub name); the name requests must use is in
+        ``models`` (``served_model_name`` when set). There is deliberately no ``model`` key: the runner
+        merges this dict over its probe result, whose ``model`` is the served name the run sends.
         Missing pieces are None (never raises for an unreachable endpoint or a machine without a GPU).
         """
         models = _get_json(self.base_url + "/v1/models", timeout_s) if self.base_url else None
@@ -231,7 +234,7 @@ class VllmLauncher:
             "base_url": self.base_url or None,
             "version": version.get("version") if isinstance(version, dict) else None,
             "models": model_ids,
-            "model": self.spec.model,
+            "launched_model": self.spec.model,
             "served_model_name": self.spec.served_model_name,
             "command_line": list(self.command_line),
             "command": list(self.spec.command),
