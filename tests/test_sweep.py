@@ -12,6 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+import loadgen.health
 from loadgen.cli_analysis import register
 from loadgen.errors import ConfigError
 from loadgen.runner import run
@@ -127,13 +128,16 @@ def _app() -> typer.Typer:
     return app
 
 
-def test_concurrency_sweep_knee_at_max_seqs(tmp_path: Path) -> None:
+def test_concurrency_sweep_knee_at_max_seqs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The simulator holds ``max_seqs`` = 8 sequences; each holds its slot for
     S = (20 + 15 × 10) ms = 170 ms, so capacity = 8 / 0.17 s = 47.1 req/s. A closed loop of c users gets
     c / S req/s with TTFT ≈ 20 ms while c ≤ 8; past 8 the extra users queue for whole service times
     (c = 16: TTFT ≈ 20 + 170 ms) and throughput stays at capacity. So the knee is the c = 8 point
     (index 1 of 4, 8, 16, 32). S is long next to the scheduling hiccups of 2 shared cores (tens of ms),
     so a hiccup in the c = 8 tail cannot hide the jump to c = 16."""
+    # The plan below skips client-limited points; on 2 shared cores a closed loop's issue delay can pass
+    # the 1 ms client check when 8 requests end together, which says nothing about the server here.
+    monkeypatch.setattr(loadgen.health, "ISSUE_DELAY_P99_LIMIT_MS", 25.0)
     cfg = SimConfig(**SIM)  # type: ignore[arg-type]
     cap = capacity_rps(cfg, 16, OUT_LEN)
     assert service_time_s(cfg, 16, OUT_LEN, 8) == pytest.approx(0.170)
