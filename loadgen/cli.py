@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
+from loadgen.cli_analysis import register as register_analysis
 from loadgen.errors import ConfigError, LoadgenError
 from loadgen.report import Report, rebuild, render_console, write_outputs
 from loadgen.runner import RunControl, RunResult, run_async
@@ -256,6 +257,9 @@ def report(
         typer.echo(f"\nrebuilt: {folder / 'report.json'}")
     else:
         typer.echo(render_console(result))
+
+
+register_analysis(app)  # sweep, find-peak, plan, compare
 
 
 def main() -> None:

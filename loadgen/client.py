@@ -61,6 +61,7 @@ class ClientOptions:
     idle_timeout_s: float = 120.0
     insecure: bool = False
     transport: str = "fast"  # "fast" (loadgen.http1) or "aiohttp"
+    continuous_usage: bool = False  # ask for per-chunk usage (vLLM's continuous_usage_stats)
     retries: int = 0  # extra attempts for retryable failures (see RETRY_STATUSES); 0: never retry
 
 
@@ -208,20 +209,23 @@ class Client:
             return 0
         return await self._http.preconnect(n)
 
-    async def fill(self, rec: RequestRecord, sample: Sample) -> None:
-        """Send ``sample`` and fill ``rec`` in place (sent/first/chunks/end/tokens/error).
+    async def fill(self, rec: RequestRecord, sample: Sample, *, keep_text: bool = False) -> str | None:
+        """Send ``sample`` and fill ``rec`` in place (sent/first/chunks/end/tokens/error); with
+        ``keep_text`` also return the generated text (multi-turn sessions feed it back as history).
 
         Cancellation marks ``rec`` as ``cancelled`` with the data measured so far and re-raises.
         With ``retries``, a retryable failure (:func:`retryable`) is sent again after a short backoff;
         ``rec.retries`` counts the extra attempts and the latencies count from the first attempt's send.
         """
         opts = self._opts
-        body = orjson.dumps(self._proto.body(sample, opts.model, opts.stream, opts.ignore_eos))
+        body = orjson.dumps(
+            self._proto.body(sample, opts.model, opts.stream, opts.ignore_eos, opts.continuous_usage)
+        )
         rec.requested_output_tokens = sample.output_tokens
         rec.input_tokens = sample.input_tokens
         first_sent = 0
         while True:
-            state = StreamState(rec, self._proto.text, self._tokenizer is not None)
+            state = StreamState(rec, self._proto.text, keep_text or self._tokenizer is not None)
             try:
                 if self._http is not None:
                     await self._fill_fast(rec, body, state)
@@ -244,6 +248,7 @@ class Client:
             rec.end_ns = time.perf_counter_ns() - self.t0_ns
         if rec.error_class is None or rec.error_class == "incomplete":
             self._count_output(rec, state.usage, state.pieces)
+        return "".join(state.pieces) if keep_text else None
 
     # ---- fast transport ------------------------------------------------------------------------------
     # The sink closure and the error mapping read best together in one place.
@@ -386,6 +391,7 @@ class Client:
         if usage and isinstance(usage.get("completion_tokens"), int):
             rec.output_tokens = usage["completion_tokens"]
             rec.tokens_source = "usage"
+            _spread_tokens(rec)
             if isinstance(usage.get("prompt_tokens"), int):
                 rec.prompt_tokens = usage["prompt_tokens"]
         elif self._tokenizer is not None and pieces:
@@ -434,6 +440,19 @@ def retryable(rec: RequestRecord) -> bool:
     return rec.error_class == "connect" or (
         rec.error_class == "http_status" and rec.status in RETRY_STATUSES
     )
+
+
+def _spread_tokens(rec: RequestRecord) -> None:
+    """When usage counts more tokens than the chunks said (a server that sends several tokens per
+    chunk without per-chunk usage), spread the extra evenly over the chunks after the first, so that
+    ITL is per token and not per chunk. Exact when the server gave per-chunk usage (nothing to do)."""
+    chunks = rec.chunk_tokens
+    extra = rec.output_tokens - sum(chunks)
+    if extra <= 0 or len(chunks) < 2:
+        return
+    per, left = divmod(extra, len(chunks) - 1)
+    for i in range(1, len(chunks)):
+        chunks[i] += per + (1 if i <= left else 0)
 
 
 def _fail(rec: RequestRecord, cls: str, message: str) -> None:

@@ -32,7 +32,7 @@ from loadgen.errors import ConfigError
 from loadgen.settings import DatasetSpec, Settings
 from loadgen.tokens import TokenCounter
 
-MAX_PROMPTS = 50_000  # as runner.MAX_SYNTHETIC_PROMPTS: default cap on the prompt set
+MAX_PROMPTS = 50_000  # default cap on the prompt set (one per expected query below it)
 _BATCH = 512
 Messages = tuple[dict[str, str], ...]
 

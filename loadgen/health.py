@@ -76,6 +76,7 @@ class ClientHealth:
     limited: bool
     reasons: list[str]
     cpu_per_worker: list[float | None] | None = None
+    issue_delay_limit_ms: float = ISSUE_DELAY_P99_LIMIT_MS
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,7 +88,7 @@ class ClientHealth:
             "client_limited": self.limited,
             "reasons": self.reasons,
             "thresholds": {
-                "issue_delay_p99_ms": ISSUE_DELAY_P99_LIMIT_MS,
+                "issue_delay_p99_ms": self.issue_delay_limit_ms,
                 "loop_lag_p99_ms": LOOP_LAG_P99_LIMIT_MS,
                 "cpu_cores": CPU_LIMIT_CORES,
             },
@@ -112,14 +113,16 @@ def assess(
     *,
     check_issue_delay: bool,
     cpu_per_worker: list[float | None] | None = None,
+    issue_delay_limit_ms: float | None = None,
 ) -> ClientHealth:
     """The verdict. ``check_issue_delay`` is off for Offline, where everything is due at once."""
     issue = _pcts(issue_delays_ns)
     lag = _pcts(lags_ns)
     reasons = []
-    if check_issue_delay and issue["p99"] is not None and issue["p99"] > ISSUE_DELAY_P99_LIMIT_MS:
+    limit = ISSUE_DELAY_P99_LIMIT_MS if issue_delay_limit_ms is None else issue_delay_limit_ms
+    if check_issue_delay and issue["p99"] is not None and issue["p99"] > limit:
         reasons.append(
-            f"requests went out late: issue delay p99 {issue['p99']:.2f} ms > {ISSUE_DELAY_P99_LIMIT_MS} ms "
+            f"requests went out late: issue delay p99 {issue['p99']:.2f} ms > {limit:g} ms "
             "(the client could not keep to the schedule; use more --workers or a lower rate)"
         )
     if lag["p99"] is not None and lag["p99"] > LOOP_LAG_P99_LIMIT_MS:
@@ -129,4 +132,4 @@ def assess(
         )
     if cpu_cores is not None and cpu_cores > CPU_LIMIT_CORES:
         reasons.append(f"client CPU {cpu_cores:.2f} cores > {CPU_LIMIT_CORES} (one process is saturated)")
-    return ClientHealth(issue, lag, cpu_cores, bool(reasons), reasons, cpu_per_worker)
+    return ClientHealth(issue, lag, cpu_cores, bool(reasons), reasons, cpu_per_worker, limit)

@@ -15,7 +15,9 @@ class Completions:
     path = "/v1/completions"
 
     @staticmethod
-    def body(sample: Sample, model: str, stream: bool, ignore_eos: bool) -> dict[str, Any]:
+    def body(
+        sample: Sample, model: str, stream: bool, ignore_eos: bool, continuous_usage: bool = False
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": model,
             "prompt": sample.as_prompt(),
@@ -24,7 +26,7 @@ class Completions:
             "stream": stream,
         }
         if stream:
-            body["stream_options"] = {"include_usage": True}
+            body["stream_options"] = _stream_options(continuous_usage)
         if ignore_eos:
             body["ignore_eos"] = True
         return body
@@ -38,7 +40,9 @@ class Chat:
     path = "/v1/chat/completions"
 
     @staticmethod
-    def body(sample: Sample, model: str, stream: bool, ignore_eos: bool) -> dict[str, Any]:
+    def body(
+        sample: Sample, model: str, stream: bool, ignore_eos: bool, continuous_usage: bool = False
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": model,
             "messages": sample.as_messages(),
@@ -48,7 +52,7 @@ class Chat:
             "stream": stream,
         }
         if stream:
-            body["stream_options"] = {"include_usage": True}
+            body["stream_options"] = _stream_options(continuous_usage)
         if ignore_eos:
             body["ignore_eos"] = True
         return body
@@ -60,6 +64,14 @@ class Chat:
             return None
         # Reasoning models stream their thinking first; it is generated output all the same.
         return msg.get("content") or msg.get("reasoning_content") or msg.get("reasoning")
+
+
+def _stream_options(continuous_usage: bool) -> dict[str, bool]:
+    # continuous_usage_stats (vLLM) puts the running token count in every chunk, so a chunk that
+    # carries several tokens is counted as several; servers that do not know it may reject it.
+    if continuous_usage:
+        return {"include_usage": True, "continuous_usage_stats": True}
+    return {"include_usage": True}
 
 
 PROTOCOLS: dict[str, type[Completions] | type[Chat]] = {"completions": Completions, "chat": Chat}

@@ -32,6 +32,7 @@ _MLPERF_SCENARIO: dict[Scenario, mlperf.ScenarioName] = {
     Scenario.CONSTANT: "Server",  # open loop with scheduled times: Server's rules apply as they are
     Scenario.CONCURRENCY: "Server",  # closed loop; judged by Server's latency and early-stopping rules
     Scenario.OFFLINE: "Offline",
+    Scenario.REPLAY: "Server",  # open loop from a trace's timestamps: Server's rules, the trace's length
 }
 
 
@@ -47,14 +48,16 @@ class Report:
 
 def mlperf_params(settings: Settings, sut_name: str) -> mlperf.MlperfParams:
     slo = settings.effective_slo
+    replay = settings.scenario == Scenario.REPLAY
     ns = 1_000_000
     return mlperf.MlperfParams(
         scenario=_MLPERF_SCENARIO[settings.scenario],
         target_qps=settings.qps if settings.scenario in (Scenario.SERVER, Scenario.CONSTANT) else None,
         ttft_bound_ns=int(slo.ttft_ms * ns) if slo.ttft_ms else None,
         tpot_bound_ns=int(slo.tpot_ms * ns) if slo.tpot_ms else None,
-        min_duration_ns=int(settings.duration_s * 1e9),
-        min_query_count=settings.num_requests,
+        # a replayed trace is its own minimum: its window's rows, whatever the duration
+        min_duration_ns=0 if replay else int(settings.duration_s * 1e9),
+        min_query_count=1 if replay else settings.num_requests,
         target_latency_percentile=settings.latency_percentile,
         samples_per_query=settings.samples_per_query if settings.scenario == Scenario.MULTISTREAM else 1,
         sut_name=sut_name,
@@ -99,7 +102,7 @@ def build_report(
         "client": health.to_dict() if health is not None else None,
     }
     summary = ml.summary_text()
-    if settings.scenario in (Scenario.CONCURRENCY, Scenario.CONSTANT):
+    if settings.scenario in (Scenario.CONCURRENCY, Scenario.CONSTANT, Scenario.REPLAY):
         summary = summary.replace(
             "Scenario : Server",
             f"Scenario : Server ({settings.scenario.mlperf_name}: not an MLPerf scenario; judged by "

