@@ -133,6 +133,8 @@ def run(
     pushgateway: Annotated[str | None, typer.Option(help="push final metrics to this Pushgateway")] = None,
     metrics_textfile: Annotated[Path | None, typer.Option(help="write final metrics for node_exporter's "
                                                                "textfile collector")] = None,
+    metrics_linger_s: Annotated[float | None, typer.Option(help="keep serving --metrics-port this many "
+                                                             "seconds after the run")] = None,
     gpus: Annotated[str | None, typer.Option(help="GPU indices to sample, e.g. 0,1 (default: "
                                                   "CUDA_VISIBLE_DEVICES or all)")] = None,
     no_gpu_telemetry: Annotated[bool, typer.Option("--no-gpu-telemetry", help="do not sample GPUs")] = False,
@@ -165,6 +167,7 @@ def run(
             "fail_on_invalid": True if fail_on_invalid else None, "progress": False if quiet else None,
             "workers": workers, "http_client": http_client, "metrics_port": metrics_port,
             "metrics_host": metrics_host, "pushgateway": pushgateway, "metrics_textfile": metrics_textfile,
+            "metrics_linger_s": metrics_linger_s,
             "gpus": _parse_gpus(gpus), "gpu_telemetry": False if no_gpu_telemetry else None,
         }
         overrides["server_metrics_url"] = server_metrics_url

@@ -271,7 +271,7 @@ async def run_async(
     report.data.update(sidecars.results(report.data["results"], client.t0_ns))
     _workload_results(report.data["results"], settings, records, dataset, extra)
     write_outputs(out_dir, report)
-    sidecars.finish(say)
+    await sidecars.finish(say)
     return RunResult(out_dir, report.data)
 
 
@@ -348,10 +348,13 @@ class Sidecars:
             )
         return out
 
-    def finish(self, say: Callable[[str], None]) -> None:
+    async def finish(self, say: Callable[[str], None]) -> None:
         if self.exporter is None:
             return
         s = self.settings
+        if s.metrics_port is not None and s.metrics_linger_s:
+            say(f"serving the final metrics for {s.metrics_linger_s:g} s more (--metrics-linger-s)")
+            await asyncio.sleep(s.metrics_linger_s)
         if s.pushgateway and self.exporter.push(s.pushgateway):
             say(f"pushed final metrics to the Pushgateway at {s.pushgateway}")
         if s.metrics_textfile:

@@ -296,6 +296,7 @@ class Settings(_Model):
     metrics_host: str = "127.0.0.1"
     pushgateway: str | None = None  # push the final values here at the end
     metrics_textfile: Path | None = None  # node_exporter textfile collector output
+    metrics_linger_s: float = Field(0.0, ge=0, le=3600)  # keep serving final values this long
     gpu_telemetry: bool = True  # NVML sampling of local GPUs (absent GPU: noted, never an error)
     gpus: list[int] | None = None  # NVML indices; default: CUDA_VISIBLE_DEVICES or all
     # --- servers loadgen starts: vLLM (``server``), else the built-in simulator when url is None -----

@@ -5,22 +5,17 @@ Skipped when the binaries are missing, unless ``LOADGEN_REQUIRE_PROMETHEUS=1`` (
 ``scripts/setup-prometheus.sh`` installs them.
 
 Holding the final state. The exporter stops when the run ends, about 0.3 s after the last request
-finished on this machine: a 1 s scrape interval misses the final counts about two times in three. The
-run is held open instead by pointing ``--server-metrics-url`` at a slow endpoint of this module: the
-run's last server scrape (after the load has finished) waits :data:`SLOW_SCRAPE_S` for its answer, so
-the exporter serves its final counts for at least that long. (A ``--metrics-linger-s`` option would say
-the same thing directly.)
+finished on this machine: a 1 s scrape interval would miss the final counts about two times in three,
+so the run keeps serving them for :data:`LINGER_S` with ``--metrics-linger-s``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.server
 import json
 import os
 import socket
 import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -36,8 +31,8 @@ pytestmark = pytest.mark.prometheus
 
 PROMETHEUS = "/usr/bin/prometheus"
 PUSHGATEWAY = "/usr/bin/prometheus-pushgateway"
-#: How long the slow server-metrics endpoint takes to answer (> 2 Prometheus scrape intervals).
-SLOW_SCRAPE_S = 2.5
+#: How long the exporter keeps serving after the run (> 2 Prometheus scrape intervals).
+LINGER_S = 2.5
 
 
 def _require(binary: str) -> None:
@@ -88,33 +83,6 @@ def process(args: list[str], log: Path) -> Iterator[subprocess.Popen]:
                 proc.wait()
 
 
-@contextlib.contextmanager
-def slow_metrics_endpoint(delay_s: float) -> Iterator[str]:
-    """A ``/metrics`` (empty exposition) that answers after ``delay_s``; yields its URL."""
-
-    class Slow(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            time.sleep(delay_s)
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/metrics"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
 def sim_scenario(path: Path, **fields: object) -> Path:
     """A closed loop against the simulated server with 1 request in 10 failing with HTTP 500."""
     return write_scenario(
@@ -156,12 +124,12 @@ def test_prometheus_scrapes_a_real_run(tmp_path: Path) -> None:
             f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"]
     log = tmp_path / "prometheus.log"
     out = tmp_path / "run"
-    with process(args, log) as proc, slow_metrics_endpoint(SLOW_SCRAPE_S) as slow_url:
+    with process(args, log) as proc:
         base = f"http://127.0.0.1:{prom_port}"
         wait_ready(f"{base}/-/ready", proc, log)
         result = run_cli(
             "run", str(sim_scenario(tmp_path / "s.yaml", duration_s=7, num_requests=20)),
-            "--metrics-port", str(metrics_port), "--server-metrics-url", slow_url,
+            "--metrics-port", str(metrics_port), "--metrics-linger-s", str(LINGER_S),
             "--out", str(out), "--quiet", timeout=90,
         )
         assert result.code == 0, result.output
