@@ -21,6 +21,9 @@ import numpy as np
 
 #: Thresholds of the verdict (documented in the README).
 ISSUE_DELAY_P99_LIMIT_MS = 1.0
+#: Closed loops: a late issue only lowers the concurrency held (latencies count from the send), so the
+#: issue delay p99 may also reach this fraction of the median request latency before it matters.
+CLOSED_LOOP_DELAY_FRACTION = 0.01
 LOOP_LAG_P99_LIMIT_MS = 2.0
 CPU_LIMIT_CORES = 0.9
 
@@ -77,6 +80,7 @@ class ClientHealth:
     reasons: list[str]
     cpu_per_worker: list[float | None] | None = None
     issue_delay_limit_ms: float = ISSUE_DELAY_P99_LIMIT_MS
+    concurrency_held: float | None = None  # closed loops: share of slot time a request was out
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +89,7 @@ class ClientHealth:
             "cpu_cores": self.cpu_cores,
             "cpu_cores_per_worker": self.cpu_per_worker,
             "workers": len(self.cpu_per_worker) if self.cpu_per_worker else 1,
+            "concurrency_held": self.concurrency_held,
             "client_limited": self.limited,
             "reasons": self.reasons,
             "thresholds": {
@@ -114,16 +119,32 @@ def assess(
     check_issue_delay: bool,
     cpu_per_worker: list[float | None] | None = None,
     issue_delay_limit_ms: float | None = None,
+    closed_loop_latencies_ns: np.ndarray | None = None,
 ) -> ClientHealth:
-    """The verdict. ``check_issue_delay`` is off for Offline, where everything is due at once."""
+    """The verdict. ``check_issue_delay`` is off for Offline, where everything is due at once.
+
+    ``closed_loop_latencies_ns`` (send to end of each request) marks a closed loop. There the next
+    request of a stream is due the instant the previous one ends, and a wave of requests ending
+    together is handled one after another, so some issue delay is unavoidable; it distorts no latency
+    (they count from the send) but idles the slot. The limit becomes
+    ``max(limit, CLOSED_LOOP_DELAY_FRACTION × median latency)``, and ``concurrency_held`` =
+    Σ latency / Σ (latency + issue delay) says how much of the asked concurrency was really held.
+    """
     issue = _pcts(issue_delays_ns)
     lag = _pcts(lags_ns)
     reasons = []
     limit = ISSUE_DELAY_P99_LIMIT_MS if issue_delay_limit_ms is None else issue_delay_limit_ms
+    held = None
+    if closed_loop_latencies_ns is not None and len(closed_loop_latencies_ns):
+        busy = float(np.sum(closed_loop_latencies_ns))
+        idle = float(np.sum(np.clip(issue_delays_ns, 0, None))) if len(issue_delays_ns) else 0.0
+        held = busy / (busy + idle) if busy + idle > 0 else None
+        limit = max(limit, CLOSED_LOOP_DELAY_FRACTION * float(np.median(closed_loop_latencies_ns)) / 1e6)
     if check_issue_delay and issue["p99"] is not None and issue["p99"] > limit:
         reasons.append(
             f"requests went out late: issue delay p99 {issue['p99']:.2f} ms > {limit:g} ms "
             "(the client could not keep to the schedule; use more --workers or a lower rate)"
+            + (f"; concurrency held {held:.1%}" if held is not None else "")
         )
     if lag["p99"] is not None and lag["p99"] > LOOP_LAG_P99_LIMIT_MS:
         reasons.append(
@@ -132,4 +153,4 @@ def assess(
         )
     if cpu_cores is not None and cpu_cores > CPU_LIMIT_CORES:
         reasons.append(f"client CPU {cpu_cores:.2f} cores > {CPU_LIMIT_CORES} (one process is saturated)")
-    return ClientHealth(issue, lag, cpu_cores, bool(reasons), reasons, cpu_per_worker, limit)
+    return ClientHealth(issue, lag, cpu_cores, bool(reasons), reasons, cpu_per_worker, limit, held)

@@ -543,11 +543,15 @@ async def _measure(
 def _health(
     settings: Settings, records: list[RequestRecord], lags_ns: np.ndarray, cpus: list[float | None]
 ) -> ClientHealth:
-    delays = np.array([r.sent_ns - r.scheduled_ns for r in records if r.sent_ns], dtype=np.int64)
+    sent = [r for r in records if r.sent_ns]
+    delays = np.array([r.sent_ns - r.scheduled_ns for r in sent], dtype=np.int64)
     known = [c for c in cpus if c is not None]
+    closed = None
+    if not settings.scenario.open_loop:
+        closed = np.array([r.end_ns - r.sent_ns for r in sent if r.end_ns], dtype=np.int64)
     return assess(delays, lags_ns, max(known) if known else None,
                   check_issue_delay=settings.scenario != Scenario.OFFLINE, cpu_per_worker=cpus,
-                  issue_delay_limit_ms=settings.issue_delay_limit_ms)
+                  issue_delay_limit_ms=settings.issue_delay_limit_ms, closed_loop_latencies_ns=closed)
 
 
 async def _measure_workers(
