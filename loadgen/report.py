@@ -242,6 +242,7 @@ def render_console(data: dict[str, Any]) -> str:
             f"client: issue delay p50/p99/max {_fmt(iss.get('p50'), 3)}/{_fmt(iss.get('p99'), 3)}/"
             f"{_fmt(iss.get('max'), 3)} ms, loop lag p99 {_fmt(lag.get('p99'), 3)} ms, "
             f"CPU {_fmt(client.get('cpu_cores'))} cores"
+            + (f", concurrency held {client['concurrency_held']:.2%}" if client.get("concurrency_held") else "")
             + (" -- CLIENT-LIMITED" if client.get("client_limited") else "")
         )
     cross = (data.get("server_metrics") or {}).get("cross_check") or {}
@@ -251,7 +252,10 @@ def render_console(data: dict[str, Any]) -> str:
             f"histogram {_fmt(cross['server_ttft_p50_ms'])} ms (difference {_fmt(cross['difference_ms'])} "
             f"ms; the server's value is known to +/- {_fmt(cross['bucket_resolution_ms'], 1)} ms)"
         )
-    elif (data.get("server_metrics") or {}).get("note"):
+    hit_rate = (data.get("server_metrics") or {}).get("prefix_cache_hit_rate")
+    if hit_rate is not None:
+        lines.append(f"server prefix cache: {hit_rate:.1%} of prompt tokens were cached")
+    if (data.get("server_metrics") or {}).get("note"):
         lines.append(f"server metrics: {data['server_metrics']['note']}")
     tel = data.get("telemetry") or {}
     if tel.get("available"):

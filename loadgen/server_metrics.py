@@ -62,6 +62,8 @@ DEFAULT_COUNTERS = (
     "vllm:generation_tokens_total",
     "vllm:request_success_total",
     "vllm:num_preemptions_total",
+    "vllm:prefix_cache_queries_total",  # prompt tokens looked up in the prefix cache
+    "vllm:prefix_cache_hits_total",  # of those, found cached (hits / queries = hit rate)
 )
 #: Report name → histogram family (without ``_bucket``/``_sum``/``_count``), all in seconds.
 DEFAULT_HISTOGRAMS = {
@@ -213,6 +215,17 @@ def parse_selected(text: str, scalars: Iterable[str], histograms: Iterable[str])
         for name, per_le in buckets.items()
     }
     return Snapshot(scalars=out_scalars, histograms=hists)
+
+
+def _hit_rate(deltas: Mapping[str, float | None]) -> float | None:
+    """Prefix-cache hit rate over the run (hit tokens / looked-up tokens), None when not exported.
+    Comparisons between load generators are only fair at equal hit rates: a cached prefix skips
+    its prefill."""
+    queries = deltas.get("vllm:prefix_cache_queries_total")
+    hits = deltas.get("vllm:prefix_cache_hits_total")
+    if not queries or hits is None:
+        return None
+    return hits / queries
 
 
 def counter_deltas(before: Snapshot, after: Snapshot, names: Iterable[str]) -> dict[str, float | None]:
@@ -449,6 +462,7 @@ class ServerMetricsScraper:
         if self._final_failed:
             notes.append("the scrape after the run failed; deltas end at the last successful scrape")
         out["deltas"] = counter_deltas(self.before, self.after, self.counters)
+        out["prefix_cache_hit_rate"] = _hit_rate(out["deltas"])
         server_ttft: Histogram | None = None
         for short, family in self.histograms.items():
             after = self.after.histograms.get(family)

@@ -170,6 +170,10 @@ class FakeVllmMetrics:
             f'vllm:num_requests_running{{model_name="m"}} {self.running}\n'
             "# TYPE vllm:generation_tokens_total counter\n"
             f'vllm:generation_tokens_total{{model_name="m"}} {self.generated}\n'
+            "# TYPE vllm:prefix_cache_queries counter\n"
+            f'vllm:prefix_cache_queries_total{{model_name="m"}} {8 * self.generated}\n'
+            "# TYPE vllm:prefix_cache_hits counter\n"
+            f'vllm:prefix_cache_hits_total{{model_name="m"}} {2 * self.generated}\n'
             "# TYPE vllm:time_to_first_token_seconds histogram\n"
             f'vllm:time_to_first_token_seconds_bucket{{le="0.02",model_name="m"}} 0\n'
             f'vllm:time_to_first_token_seconds_bucket{{le="0.04",model_name="m"}} {n}\n'
@@ -219,6 +223,9 @@ def test_scraper_before_during_after() -> None:
     assert res["note"] is None
     assert res["failed_scrapes"] == 2 and res["errors"] == ["HTTP 500", "HTTP 500"]
     assert res["deltas"]["vllm:generation_tokens_total"] == 640.0
+    # 5120 prompt tokens looked up, 1280 found: a 25% prefix-cache hit rate over the run.
+    assert res["deltas"]["vllm:prefix_cache_queries_total"] == 5120.0
+    assert res["prefix_cache_hit_rate"] == pytest.approx(0.25)
     samples = res["samples"]
     assert samples[0]["vllm:num_requests_running"] == 0.0
     assert samples[-1]["vllm:num_requests_running"] == 5.0

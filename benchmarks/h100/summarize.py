@@ -29,7 +29,8 @@ def line(path: Path) -> str:
         f"server_ttft_p50={_f(cross.get('server_ttft_p50_ms'))}+-{_f(cross.get('bucket_resolution_ms'))} "
         f"energy_J={_f(tel.get('energy_j'), 0)} power_W={_f((tel.get('power_w') or {}).get('mean'), 0)} "
         f"J/tok={_f(tel.get('joules_per_output_token'), 4)} valid={r['validity']['valid']} "
-        f"client_limited={(r.get('client') or {}).get('client_limited')}"
+        f"client_limited={(r.get('client') or {}).get('client_limited')} "
+        f"prefix_hit={_f((r.get('server_metrics') or {}).get('prefix_cache_hit_rate'), 3)}"
     )
 
 
