@@ -242,7 +242,8 @@ def render_console(data: dict[str, Any]) -> str:
             f"client: issue delay p50/p99/max {_fmt(iss.get('p50'), 3)}/{_fmt(iss.get('p99'), 3)}/"
             f"{_fmt(iss.get('max'), 3)} ms, loop lag p99 {_fmt(lag.get('p99'), 3)} ms, "
             f"CPU {_fmt(client.get('cpu_cores'))} cores"
-            + (f", concurrency held {client['concurrency_held']:.2%}" if client.get("concurrency_held") else "")
+            + (f", concurrency held {client['concurrency_held']:.2%}"
+               if client.get("concurrency_held") else "")
             + (" -- CLIENT-LIMITED" if client.get("client_limited") else "")
         )
     cross = (data.get("server_metrics") or {}).get("cross_check") or {}
