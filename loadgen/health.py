@@ -81,6 +81,7 @@ class ClientHealth:
     cpu_per_worker: list[float | None] | None = None
     issue_delay_limit_ms: float = ISSUE_DELAY_P99_LIMIT_MS
     concurrency_held: float | None = None  # closed loops: share of slot time a request was out
+    ttft_p99_shift_ms: float | None = None  # TTFT p99 from the scheduled time minus from the send
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +91,7 @@ class ClientHealth:
             "cpu_cores_per_worker": self.cpu_per_worker,
             "workers": len(self.cpu_per_worker) if self.cpu_per_worker else 1,
             "concurrency_held": self.concurrency_held,
+            "ttft_p99_shift_ms": self.ttft_p99_shift_ms,
             "client_limited": self.limited,
             "reasons": self.reasons,
             "thresholds": {
@@ -120,6 +122,8 @@ def assess(
     cpu_per_worker: list[float | None] | None = None,
     issue_delay_limit_ms: float | None = None,
     closed_loop_latencies_ns: np.ndarray | None = None,
+    ttft_from_scheduled_ns: np.ndarray | None = None,
+    ttft_from_sent_ns: np.ndarray | None = None,
 ) -> ClientHealth:
     """The verdict. ``check_issue_delay`` is off for Offline, where everything is due at once.
 
@@ -129,6 +133,13 @@ def assess(
     (they count from the send) but idles the slot. The limit becomes
     ``max(limit, CLOSED_LOOP_DELAY_FRACTION × median latency)``, and ``concurrency_held`` =
     Σ latency / Σ (latency + issue delay) says how much of the asked concurrency was really held.
+
+    Open loops with ``ttft_from_scheduled_ns``/``ttft_from_sent_ns`` (the same successful requests):
+    an issue-delay p99 over the limit makes the run client-limited only when it moved the reported
+    tail, i.e. when TTFT p99 from the scheduled time exceeds TTFT p99 from the send by more than
+    ``max(limit, 1% of TTFT p99)``. A few requests a millisecond or two late (a burst of chunks being
+    handled when they fell due) leave the p99 where it was; a client that is late across the board
+    shifts it by its lateness and is caught. ``ttft_p99_shift_ms`` reports the shift either way.
     """
     issue = _pcts(issue_delays_ns)
     lag = _pcts(lags_ns)
@@ -140,11 +151,16 @@ def assess(
         idle = float(np.sum(np.clip(issue_delays_ns, 0, None))) if len(issue_delays_ns) else 0.0
         held = busy / (busy + idle) if busy + idle > 0 else None
         limit = max(limit, CLOSED_LOOP_DELAY_FRACTION * float(np.median(closed_loop_latencies_ns)) / 1e6)
-    if check_issue_delay and issue["p99"] is not None and issue["p99"] > limit:
+    shift = _p99_shift_ms(ttft_from_scheduled_ns, ttft_from_sent_ns)
+    tail_moved = True
+    if shift is not None and closed_loop_latencies_ns is None and ttft_from_sent_ns is not None:
+        tail_moved = shift > max(limit, 0.01 * float(np.percentile(ttft_from_sent_ns, 99)) / 1e6)
+    if check_issue_delay and issue["p99"] is not None and issue["p99"] > limit and tail_moved:
         reasons.append(
             f"requests went out late: issue delay p99 {issue['p99']:.2f} ms > {limit:g} ms "
             "(the client could not keep to the schedule; use more --workers or a lower rate)"
             + (f"; concurrency held {held:.1%}" if held is not None else "")
+            + (f"; it moved TTFT p99 by {shift:.2f} ms" if shift is not None and held is None else "")
         )
     if lag["p99"] is not None and lag["p99"] > LOOP_LAG_P99_LIMIT_MS:
         reasons.append(
@@ -153,4 +169,10 @@ def assess(
         )
     if cpu_cores is not None and cpu_cores > CPU_LIMIT_CORES:
         reasons.append(f"client CPU {cpu_cores:.2f} cores > {CPU_LIMIT_CORES} (one process is saturated)")
-    return ClientHealth(issue, lag, cpu_cores, bool(reasons), reasons, cpu_per_worker, limit, held)
+    return ClientHealth(issue, lag, cpu_cores, bool(reasons), reasons, cpu_per_worker, limit, held, shift)
+
+
+def _p99_shift_ms(from_scheduled_ns: np.ndarray | None, from_sent_ns: np.ndarray | None) -> float | None:
+    if from_scheduled_ns is None or from_sent_ns is None or not len(from_sent_ns):
+        return None
+    return float(np.percentile(from_scheduled_ns, 99) - np.percentile(from_sent_ns, 99)) / 1e6

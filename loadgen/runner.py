@@ -549,9 +549,13 @@ def _health(
     closed = None
     if not settings.scenario.open_loop:
         closed = np.array([r.end_ns - r.sent_ns for r in sent if r.end_ns], dtype=np.int64)
+    firsts = [r for r in sent if r.first_token_ns is not None and r.error_class is None]
+    from_sched = np.array([r.first_token_ns - r.scheduled_ns for r in firsts], dtype=np.int64)  # type: ignore[operator]
+    from_sent = np.array([r.first_token_ns - r.sent_ns for r in firsts], dtype=np.int64)  # type: ignore[operator]
     return assess(delays, lags_ns, max(known) if known else None,
                   check_issue_delay=settings.scenario != Scenario.OFFLINE, cpu_per_worker=cpus,
-                  issue_delay_limit_ms=settings.issue_delay_limit_ms, closed_loop_latencies_ns=closed)
+                  issue_delay_limit_ms=settings.issue_delay_limit_ms, closed_loop_latencies_ns=closed,
+                  ttft_from_scheduled_ns=from_sched, ttft_from_sent_ns=from_sent)
 
 
 async def _measure_workers(

@@ -59,3 +59,28 @@ def test_loop_lag_and_cpu_each_make_the_run_client_limited():
     assert lag.limited and "event-loop lag" in lag.reasons[0]
     cpu = assess(_ns([0.1] * 100), _ns([0.05] * 10), 0.97, check_issue_delay=True)
     assert cpu.limited and "client CPU 0.97" in cpu.reasons[0]
+
+
+def test_open_loop_few_late_requests_that_leave_the_ttft_tail_alone_pass():
+    # 2% of requests went out 2 ms late, but the TTFT tail belongs to slow responses: p99 unmoved.
+    n = 1000
+    sent_ttft = np.full(n, 100.0)
+    sent_ttft[:20] = 300.0  # the server's slow tail
+    delay = np.full(n, 0.1)
+    delay[500:520] = 2.0  # late requests among the fast ones
+    h = assess(_ns(list(delay)), _ns([0.05] * 10), 0.3, check_issue_delay=True,
+               ttft_from_scheduled_ns=_ns(list(sent_ttft + delay)), ttft_from_sent_ns=_ns(list(sent_ttft)))
+    assert h.issue_delay_ms["p99"] == pytest.approx(2.0)
+    assert h.ttft_p99_shift_ms == pytest.approx(0.1, abs=1e-6)
+    assert not h.limited, h.reasons
+
+
+def test_open_loop_lateness_across_the_board_moves_the_tail_and_is_client_limited():
+    n = 1000
+    sent_ttft = np.linspace(50.0, 150.0, n)
+    delay = np.full(n, 5.0)  # every request 5 ms late
+    h = assess(_ns(list(delay)), _ns([0.05] * 10), 0.3, check_issue_delay=True,
+               ttft_from_scheduled_ns=_ns(list(sent_ttft + delay)), ttft_from_sent_ns=_ns(list(sent_ttft)))
+    # shift 5 ms > max(1 ms, 1% of ~149 ms)
+    assert h.ttft_p99_shift_ms == pytest.approx(5.0, abs=1e-6)
+    assert h.limited and "moved TTFT p99 by 5.00 ms" in h.reasons[0]

@@ -13,7 +13,7 @@ el "length mix"
 $LG run benchmarks/h100/lengthmix.yaml $COMMON --out "$R/lengthmix" 2>&1 | tail -n 3
 pack
 el "find-peak llama3_1-8b"
-timeout -s INT 250 $LG find-peak server --preset llama3_1-8b --start-qps 24 --step 0.5 --precision 4 \
+timeout -s INT 230 $LG find-peak server --preset llama3_1-8b --start-qps 24 --step 0.5 --precision 4 \
     --repeats 1 --max-runs 7 --input-len 512 --output-len 128 --duration 0 $COMMON \
     --out "$R/peak-8b" 2>&1 | tail -n 14
 pack; cat "$OUT/loadgen-summary.txt"
