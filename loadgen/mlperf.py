@@ -152,6 +152,7 @@ class MlperfParams:
     target_latency_percentile: float | None = None
     samples_per_query: int = 1
     sut_name: str = "loadgen"
+    check_sustained: bool = False  # open-loop Server runs: see _sustained (beyond LoadGen)
     early_stopping_confidence: float = 0.99
     use_token_latencies: bool | None = None
 
@@ -243,6 +244,7 @@ class MlperfResult:
     output_tokens_total: int = 0
     duration_checked_ns: int = 0  # the time compared with min_duration (see MLPERF.md)
     early_stopping: list[EarlyStopping] = field(default_factory=list)
+    sustained: dict[str, float] | None = None  # Server: see _sustained
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: ints, finite floats or None, strings, lists and dicts with string keys."""
@@ -283,6 +285,7 @@ class MlperfResult:
             "output_tokens_total": self.output_tokens_total,
             "duration_checked_ns": self.duration_checked_ns,
             "early_stopping": [e.to_dict() for e in self.early_stopping],
+            "sustained": self.sustained,
             "params": asdict(self.params),
         }
 
@@ -514,6 +517,53 @@ def _early_stop(result: MlperfResult, s: _Samples, query_lat: npt.NDArray[np.int
             )
 
 
+#: Server: completions over the second half of the schedule must reach this share of what fell due.
+SUSTAINED_MIN_RATIO = 0.9
+
+
+def _sustained(result: MlperfResult, measured: list[RequestRecord]) -> None:
+    """Did the server keep up with the offered rate? (beyond LoadGen, which relies on 600 s runs).
+
+    A run shorter than MLPerf's default can end before an overloaded server's queue has grown enough
+    to break the latency bounds: 662 queries at twice the capacity take only seconds. So, with ``T``
+    the last scheduled time and ``L`` the median latency (scheduled → end): the requests that ended in
+    ``[T/2, T]`` are compared with those scheduled in ``[T/2 − L, T − L]``, which a server that keeps
+    up finishes in that window. Below ``SUSTAINED_MIN_RATIO`` the queue was growing. When ``L > T/2``
+    the run is too short to tell, and is not VALID either.
+    """
+    sched = np.array([r.scheduled_ns for r in measured], dtype=np.int64)
+    ends = np.array([r.end_ns for r in measured if r.end_ns], dtype=np.int64)
+    done_lat = np.array([r.end_ns - r.scheduled_ns for r in measured if r.ok and r.end_ns], dtype=np.int64)
+    span = int(sched.max()) if sched.size else 0
+    if span <= 0 or not done_lat.size:
+        return  # everything due at once, or nothing finished (judged elsewhere)
+    lat = int(np.median(done_lat))
+    half = span // 2
+    info: dict[str, float] = {"span_s": span / 1e9, "median_latency_s": lat / 1e9}
+    result.sustained = info
+    if lat > half:
+        result.checks["sustained"] = False
+        result.reasons.append(
+            f"Too short to show that the server keeps up: the median latency ({lat / 1e9:.2f} s) is over "
+            f"half the time queries were issued over ({span / 1e9:.2f} s), so a growing queue would not "
+            "have shown yet. Run more queries (--num-requests) or longer (--duration)."
+        )
+        return
+    due = int(np.count_nonzero((sched >= half - lat) & (sched <= span - lat)))
+    ended = int(np.count_nonzero((ends >= half) & (ends <= span)))
+    ratio = ended / due if due else 1.0
+    info.update(due=due, ended=ended, ratio=ratio)
+    result.checks["sustained"] = ratio >= SUSTAINED_MIN_RATIO
+    if ratio < SUSTAINED_MIN_RATIO:
+        window = (span - half) / 1e9
+        result.reasons.append(
+            f"The server did not keep up with the offered rate: in the second half of the run it finished "
+            f"{ended / window:.1f} queries/s while {due / window:.1f}/s fell due (ratio {ratio:.2f} < "
+            f"{SUSTAINED_MIN_RATIO}); its queue was growing, and a longer run would show ever-growing "
+            "latency. Lower the QPS."
+        )
+
+
 def _beyond_loadgen(
     result: MlperfResult, measured: list[RequestRecord], s: _Samples, client_limited: str | None
 ) -> None:
@@ -614,6 +664,8 @@ def evaluate(
             )
         _early_stop(result, s, query_lat)
         _throughput(result, measured, s)
+        if scen == "Server" and params.check_sustained:
+            _sustained(result, measured)
 
     _beyond_loadgen(result, measured, s, client_limited)
     result.valid = all(result.checks.values())
@@ -756,6 +808,8 @@ def _render_summary(r: MlperfResult) -> str:
         f"  All requests completed : {yes[r.checks.get('requests_ok', False)]}",
         f"  Client not the bottleneck : {yes[r.checks.get('client_not_limited', False)]}",
     ]
+    if "sustained" in r.checks:
+        lines.append(f"  Offered load sustained : {yes[r.checks['sustained']]}")
     if r.reasons:
         lines.append("Recommendations:")
         lines += [f" * {reason}" for reason in r.reasons]

@@ -61,6 +61,7 @@ def mlperf_params(settings: Settings, sut_name: str) -> mlperf.MlperfParams:
         target_latency_percentile=settings.latency_percentile,
         samples_per_query=settings.samples_per_query if settings.scenario == Scenario.MULTISTREAM else 1,
         sut_name=sut_name,
+        check_sustained=settings.scenario in (Scenario.SERVER, Scenario.CONSTANT, Scenario.REPLAY),
     )
 
 

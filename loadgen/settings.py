@@ -487,6 +487,10 @@ def load_settings(scenario: str, overrides: dict[str, Any] | None = None) -> Set
     data = read_scenario_file(path)
     if "scenario" not in data:
         data["scenario"] = path.stem if path.parent == BUILTIN_DIR else data.get("scenario")
+    if (overrides or {}).get("preset") is not None and isinstance(data.get("slo"), dict):
+        # A preset asked for on the command line replaces the file's TTFT/TPOT bounds (bounds given
+        # on the command line as well still win over the preset: they are applied afterwards).
+        data["slo"] = {k: v for k, v in data["slo"].items() if k not in ("ttft_ms", "tpot_ms")}
     for key, value in (overrides or {}).items():
         if value is not None:
             data[key] = value

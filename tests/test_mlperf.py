@@ -342,3 +342,52 @@ def test_to_dict_keys() -> None:
     assert set(d["ttft_ns"]) == {"count", "min", "max", "mean", "p50", "p90", "p95", "p97", "p99", "p99_9"}
     assert np.isclose(d["params"]["min_duration_ns"], S)
     json.dumps(d, allow_nan=False)
+
+
+def _server_records(n: int, qps: float, service_s: float, capacity_qps: float | None = None):
+    """Queries scheduled every 1/qps s; each takes service_s, or (with capacity) waits in a FIFO
+    queue that serves capacity_qps."""
+    from loadgen.records import RequestRecord
+
+    recs = []
+    free = 0.0
+    for i in range(n):
+        t = i / qps
+        if capacity_qps is None:
+            end = t + service_s
+        else:
+            start = max(t, free)
+            free = start + 1 / capacity_qps
+            end = start + service_s
+        recs.append(RequestRecord(index=i, sample=i, query=i, scheduled_ns=int(t * 1e9),
+                                  sent_ns=int(t * 1e9), end_ns=int(end * 1e9),
+                                  first_token_ns=int((end - 0.01) * 1e9), chunk_ns=[int(end * 1e9)],
+                                  chunk_tokens=[1], output_tokens=2))
+    return recs
+
+
+def test_sustained_server_keeps_up_and_overloaded_one_does_not():
+    from loadgen.mlperf import MlperfParams, evaluate
+
+    params = MlperfParams(scenario="Server", min_query_count=1, check_sustained=True)
+    ok = evaluate(_server_records(400, qps=20, service_s=1.0), params)
+    assert ok.checks["sustained"] and ok.sustained["ratio"] == pytest.approx(1.0, abs=0.01)
+    # offered 20/s, served 16/s: over the second half about 16/20 of what fell due ended
+    over = evaluate(_server_records(400, qps=20, service_s=1.0, capacity_qps=16), params)
+    assert not over.checks["sustained"] and not over.valid
+    assert over.sustained["ratio"] == pytest.approx(0.8, abs=0.03)
+    assert any("did not keep up with the offered rate" in r for r in over.reasons)
+    assert "Offered load sustained : NO" in over.summary_text()
+
+
+def test_sustained_needs_an_issue_span_of_twice_the_median_latency():
+    from loadgen.mlperf import MlperfParams, evaluate
+
+    params = MlperfParams(scenario="Server", min_query_count=1, check_sustained=True)
+    short = evaluate(_server_records(40, qps=20, service_s=3.0), params)  # span 1.95 s, latency 3 s
+    assert not short.checks["sustained"]
+    assert any("Too short to show that the server keeps up" in r for r in short.reasons)
+    # LoadGen's own rules (check_sustained off, the default) are untouched by it
+    plain = evaluate(_server_records(40, qps=20, service_s=3.0),
+                     MlperfParams(scenario="Server", min_query_count=1))
+    assert "sustained" not in plain.checks

@@ -59,3 +59,15 @@ def test_offline_issues_everything_at_zero_and_multistream_groups_samples():
     ms = build_trace(Settings(scenario="multistream", samples_per_query=4, num_requests=5), 20,
                      seeded_rngs(0))
     assert not ms.open_loop and ms.order.shape == (5, 4)
+
+
+def test_a_command_line_preset_replaces_the_scenario_files_bounds():
+    from loadgen.settings import load_settings
+
+    # The built-in `server` file carries 2000 ms / 100 ms; the interactive preset is 500 ms / 30 ms.
+    assert load_settings("server").effective_slo.ttft_ms == 2000
+    slo = load_settings("server", {"preset": "llama3_1-8b-interactive"}).effective_slo
+    assert (slo.ttft_ms, slo.tpot_ms) == (500, 30)
+    # An explicit bound next to the preset still wins over it.
+    both = load_settings("server", {"preset": "llama3_1-8b-interactive", "slo": {"tpot_ms": 45}})
+    assert (both.effective_slo.ttft_ms, both.effective_slo.tpot_ms) == (500, 45)
