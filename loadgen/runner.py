@@ -300,10 +300,16 @@ class Sidecars:
     def start(
         cls, settings: Settings, run_id: str, model: str, base_url: str, say: Callable[[str], None]
     ) -> Sidecars:
-        from loadgen.server_metrics import ServerMetricsScraper
+        from loadgen.server_metrics import ServerMetricsScraper, metrics_endpoint
         from loadgen.telemetry import GpuSampler
 
         cars = cls(settings)
+        if settings.server_metrics_url != "none":  # parsed first: a bad URL starts nothing
+            try:
+                base, path = metrics_endpoint(base_url, settings.server_metrics_url)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            cars.scraper = ServerMetricsScraper(base, path=path)
         if settings.metrics_port is not None or settings.pushgateway or settings.metrics_textfile:
             from loadgen.exporter import Exporter
 
@@ -318,13 +324,6 @@ class Sidecars:
             cars.sampler = GpuSampler(gpus=settings.gpus, on_sample=on_sample)
             if not cars.sampler.start():
                 say(f"GPU telemetry unavailable: {cars.sampler.reason}")
-        metrics_url = settings.server_metrics_url
-        if metrics_url != "none":
-            base, path = base_url, "/metrics"
-            if metrics_url:
-                base, _, rest = metrics_url.rstrip("/").rpartition("/")
-                path = "/" + rest
-            cars.scraper = ServerMetricsScraper(base, path=path)
         return cars
 
     @property

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -46,8 +47,11 @@ __all__ = [
     "ServerMetricsScraper",
     "Snapshot",
     "counter_deltas",
+    "cross_check",
+    "cross_check_problems",
     "histogram_delta",
     "histogram_quantile",
+    "metrics_endpoint",
     "parse_exposition",
     "parse_selected",
 ]
@@ -82,6 +86,26 @@ _CROSS_CHECK_EXPLANATION = (
 
 
 # -- pure part --------------------------------------------------------------------------------------------
+
+
+def metrics_endpoint(base_url: str, metrics_url: str | None = None) -> tuple[str, str]:
+    """``(base, path)`` to scrape: ``base_url + "/metrics"`` by default; for ``--server-metrics-url``,
+    its own path (and query) when it has one, else ``/metrics`` on that host
+    (``http://h:8000`` → ``("http://h:8000", "/metrics")``). Raises ``ValueError`` for a URL that is not
+    ``http(s)://host[:port][/path]``."""
+    if not metrics_url:
+        return base_url.rstrip("/"), "/metrics"
+    parts = urlsplit(metrics_url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(
+            f"--server-metrics-url {metrics_url!r} is not an http(s) URL; give e.g. http://host:8000 "
+            "(scrapes /metrics there) or http://host:8000/path/to/metrics, or 'none'"
+        )
+    path = parts.path.rstrip("/") or "/metrics"
+    if parts.query:
+        path += "?" + parts.query
+    return urlunsplit((parts.scheme, parts.netloc, "", "", "")), path
+
 
 
 @dataclass(frozen=True)
@@ -313,6 +337,39 @@ def cross_check(client_ttft_ms: Mapping[str, Any] | None, server_ttft: Histogram
         "server_bucket_ms": [_ms(est.lower), _ms(est.upper)] if est else None,
         "explanation": _CROSS_CHECK_EXPLANATION,
     }
+
+
+def cross_check_problems(cross: Mapping[str, Any], *, max_overhead_ms: float, slack_ms: float = 1.0
+                         ) -> list[str]:
+    """Why a :func:`cross_check` result is implausible (empty: plausible).
+
+    Each request's client TTFT contains the server's (the server's clock starts after the request is
+    sent and stops before the first token is received), so over the same requests the client p50 is at
+    least the server's true p50, which lies in ``server_bucket_ms`` = [lower, upper]: client p50 ≥
+    lower − ``slack_ms`` (which also bounds ``difference_ms`` below by −width − slack, the estimate
+    being ≤ upper). With the per-request overhead at most ``max_overhead_ms``, client p50 ≤ upper +
+    overhead, and the estimate is ≥ lower, so ``difference_ms`` ≤ width + ``max_overhead_ms`` (width =
+    ``bucket_resolution_ms``). In the ``+Inf`` bucket (width 0, upper unknown) only the lower bound is
+    checked.
+    """
+    client, server = cross.get("client_ttft_p50_ms"), cross.get("server_ttft_p50_ms")
+    bucket, width, diff = cross.get("server_bucket_ms"), cross.get("bucket_resolution_ms"), cross.get(
+        "difference_ms")
+    if client is None or server is None or not bucket or width is None or diff is None:
+        return ["no cross-check: the client or the server TTFT p50 is missing"]
+    problems = []
+    lower = bucket[0]
+    if client < lower - slack_ms:
+        problems.append(
+            f"client TTFT p50 {client:.3f} ms is below the server's bucket [{lower:.3f}, {bucket[1]:.3f}] ms "
+            f"(minus {slack_ms:g} ms slack): the client cannot see a first token before the server made it"
+        )
+    if width > 0 and diff > width + max_overhead_ms:
+        problems.append(
+            f"difference {diff:.3f} ms exceeds the bucket width {width:.3f} ms + {max_overhead_ms:g} ms of "
+            "client overhead"
+        )
+    return problems
 
 
 # -- the scraper ------------------------------------------------------------------------------------------

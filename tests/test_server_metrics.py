@@ -4,6 +4,7 @@ the scraper against a small aiohttp server on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 
 import aiohttp
@@ -15,10 +16,15 @@ from loadgen.server_metrics import (
     Histogram,
     ServerMetricsScraper,
     counter_deltas,
+    cross_check,
+    cross_check_problems,
     histogram_delta,
     histogram_quantile,
+    metrics_endpoint,
     parse_exposition,
 )
+from servers.sim import SimProcess
+from tests.conftest import load_report, run_cli
 
 # Two engines of one model, as vLLM exposes them (names, label sets and *_created samples included).
 AFTER = """\
@@ -290,3 +296,106 @@ def test_selected_parser_agrees_with_the_full_parser():
             assert full.histograms[name] == hist, name
         assert set(fast.histograms) == {n for n in full.histograms if n in DEFAULT_HISTOGRAMS.values()}
         assert fast.histograms  # the fixtures hold histograms, so the comparison is not vacuous
+
+
+# ---- where to scrape ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    (None, ("http://a:1", "/metrics")),
+    ("http://h:8000", ("http://h:8000", "/metrics")),
+    ("http://h:8000/", ("http://h:8000", "/metrics")),
+    ("https://h/prom/metrics", ("https://h", "/prom/metrics")),
+    ("http://h:9/stats/", ("http://h:9", "/stats")),
+    ("http://h:9/m?x=1", ("http://h:9", "/m?x=1")),
+])
+def test_metrics_endpoint(given, expected) -> None:
+    assert metrics_endpoint("http://a:1/", given) == expected
+
+
+@pytest.mark.parametrize("bad", ["h:8000", "ftp://h/metrics", "http://", "/metrics"])
+def test_metrics_endpoint_refuses_what_is_not_a_url(bad) -> None:
+    with pytest.raises(ValueError, match="not an http"):
+        metrics_endpoint("http://a:1", bad)
+
+
+def _run_with_metrics_url(tmp_path, name: str, *args: str) -> dict:
+    out = tmp_path / name
+    res = run_cli("run", "concurrency", "--concurrency", "4", "--num-requests", "20", "--duration", "1",
+                  "--input-len", "16", "--output-len", "8", "--no-gpu-telemetry", "--out", str(out),
+                  "--quiet", *args)
+    assert res.code == 0, res.output
+    return load_report(out)
+
+
+def test_server_metrics_url_without_a_path_scrapes_a_second_server(sim: SimProcess, tmp_path) -> None:
+    """The built-in simulator takes the load; ``--server-metrics-url`` names another simulator by host
+    and port only: its /metrics is scraped, and it saw none of the run's tokens."""
+    report = _run_with_metrics_url(tmp_path, "run", "--server-metrics-url", sim.url)
+    assert report["server"]["url"] != sim.url  # the load went to the built-in one
+    sm = report["server_metrics"]
+    assert sm["url"] == f"{sim.url}/metrics"
+    assert sm["note"] is None and sm["scrapes"] >= 2 and sm["failed_scrapes"] == 0, sm
+    res = report["results"]
+    assert res["requests_completed"] >= 20 and res["output_tokens_total"] == 8 * res["requests_completed"]
+    assert sm["deltas"]["vllm:generation_tokens_total"] == 0
+    assert sm["deltas"]["vllm:request_success_total"] == 0
+
+
+@pytest.mark.parametrize("suffix", ["", "/metrics"])
+def test_server_metrics_url_of_the_target_itself(sim: SimProcess, tmp_path, suffix: str) -> None:
+    """The same server given explicitly, with or without the path: its counters moved by exactly what
+    the client received, and the TTFT cross-check is plausible (simulated TTFT 50 ms)."""
+    report = _run_with_metrics_url(tmp_path, "run", "--url", sim.url,
+                                   "--server-metrics-url", sim.url + suffix)
+    sm, res = report["server_metrics"], report["results"]
+    assert sm["url"] == f"{sim.url}/metrics"
+    assert sm["note"] is None and sm["scrapes"] >= 2, sm
+    assert res["requests_completed"] >= 20 and res["requests_failed"] == 0
+    assert sm["deltas"]["vllm:generation_tokens_total"] == res["output_tokens_total"] == 8 * res[
+        "requests_completed"]
+    assert sm["deltas"]["vllm:request_success_total"] == res["requests_completed"]
+    cross = sm["cross_check"]
+    assert 45 <= cross["client_ttft_p50_ms"] <= 100, cross
+    assert cross_check_problems(cross, max_overhead_ms=50.0) == []
+
+
+def test_a_bad_server_metrics_url_is_refused_before_the_run(sim: SimProcess, tmp_path) -> None:
+    res = run_cli("run", "concurrency", "--url", sim.url, "--num-requests", "2", "--out", str(tmp_path / "r"),
+                  "--server-metrics-url", "localhost:8000", "--quiet")
+    assert res.code == 2, res.output
+    assert "not an http(s) URL" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "r" / "requests.jsonl").exists()
+
+
+# ---- the TTFT cross-check's sanity bounds -------------------------------------------------------------
+
+
+def _ttft_hist(le_20ms: int, le_40ms: int, total: int) -> Histogram:
+    return Histogram(buckets=((0.02, le_20ms), (0.04, le_40ms), (math.inf, total)), count=total, sum=0.0)
+
+
+@pytest.mark.parametrize(("client_p50", "ok"), [
+    (30.0, True),  # the server's own midpoint
+    (19.5, True),  # below the bucket by less than the 1 ms slack
+    (18.9, False),  # the client saw the first token before the server made it
+    (99.5, True),  # difference 69.5 ms ≤ 20 ms bucket + 50 ms overhead
+    (100.5, False),  # difference 70.5 ms
+])
+def test_cross_check_bounds(client_p50: float, ok: bool) -> None:
+    # 10 observations in (20, 40] ms: the server's p50 estimate is 30 ms, known to within [20, 40]
+    cross = cross_check({"p50": client_p50}, _ttft_hist(0, 10, 10))
+    assert cross["server_ttft_p50_ms"] == pytest.approx(30.0)
+    assert cross["server_bucket_ms"] == pytest.approx([20.0, 40.0])
+    assert cross["bucket_resolution_ms"] == pytest.approx(20.0)
+    assert (cross_check_problems(cross, max_overhead_ms=50.0) == []) is ok
+
+
+def test_cross_check_bounds_in_the_inf_bucket_and_without_data() -> None:
+    # every observation above the last finite bound (40 ms): only the lower bound is known
+    cross = cross_check({"p50": 900.0}, _ttft_hist(0, 0, 10))
+    assert cross["server_bucket_ms"] == pytest.approx([40.0, 40.0])
+    assert cross_check_problems(cross, max_overhead_ms=50.0) == []
+    low = cross_check({"p50": 30.0}, _ttft_hist(0, 0, 10))
+    assert len(cross_check_problems(low, max_overhead_ms=50.0)) == 1
+    assert cross_check_problems(cross_check({"p50": 30.0}, None), max_overhead_ms=50.0) != []
