@@ -47,6 +47,7 @@ from loadgen.scenarios import Trace, build_trace, seeded_rngs
 from loadgen.settings import Scenario, Settings
 from loadgen.target import api_headers, probe
 from loadgen.tokens import LocalTokenizer, ServerTokenizer, TokenCounter, WordCounter
+from loadgen.warmup import run_warmup, warmup_dataset
 from loadgen.workers import WorkerJob, WorkerPool, auto_workers, preconnect_count, split_trace
 
 DRAIN_GRACE_S = 30.0
@@ -221,7 +222,7 @@ async def run_async(
             request_timeout_s=settings.request_timeout_s, idle_timeout_s=settings.idle_timeout_s,
             insecure=settings.insecure, transport=settings.http_client, retries=settings.retries,
         )
-        opts, counter, dataset, trace, meta = await _prepare(settings, opts, launched, run_id, say)
+        opts, counter, dataset, trace, meta, warm = await _prepare(settings, opts, launched, run_id, say)
         ensure_descriptors(_open_at_once(trace))
         model = opts.model
         _write_json(out_dir / "run.json", meta)
@@ -235,9 +236,9 @@ async def run_async(
             gaps = GapStore()
             observers = (*observers, *sidecars.observers)
             try:
-                if settings.warmup:
-                    say(f"warm-up: {settings.warmup} requests (not measured)")
-                    await _warmup(settings, client, dataset, trace, out_dir)
+                if warm is not None:
+                    say(f"warm-up: {len(warm)} requests (not measured; prompts apart from the measured ones)")
+                    await run_warmup(settings, client, warm, trace, out_dir)
                 say(f"running {settings.scenario.mlperf_name}; results in {out_dir}")
                 workers = choose_workers(settings, trace)
                 meta["client_workers"] = workers
@@ -413,8 +414,9 @@ async def _prepare(
     launched: dict[str, Any] | None,
     run_id: str,
     say: Callable[[str], None],
-) -> tuple[ClientOptions, TokenCounter, Dataset, Trace, dict[str, Any]]:
-    """Probe the target, count tokens, build the prompts and the trace; nothing here is measured."""
+) -> tuple[ClientOptions, TokenCounter, Dataset, Trace, dict[str, Any], Dataset | None]:
+    """Probe the target, count tokens, build the prompts, the trace and the warm-up prompts (None: no
+    warm-up); nothing here is measured."""
     base_url, headers = opts.base_url, opts.headers
     rngs = seeded_rngs(settings.seed)
     async with make_session(opts, 0) as probe_session:
@@ -430,6 +432,9 @@ async def _prepare(
         counter = WordCounter(exact=True)  # the simulated server counts words
     dataset = await asyncio.to_thread(load_dataset, settings, counter, rngs)
     trace = build_trace(settings, len(dataset), rngs, dataset)
+    warm = None
+    if settings.warmup:
+        warm, warm_info = await asyncio.to_thread(warmup_dataset, settings, dataset, trace, counter)
     meta = {
         "schema_version": 1,
         "run_id": run_id,
@@ -445,20 +450,9 @@ async def _prepare(
             "streams": trace.streams,
         },
     }
-    return opts, counter, dataset, trace, meta
-
-
-async def _warmup(settings: Settings, client: Client, dataset: Dataset, trace: Trace, out_dir: Path) -> None:
-    streams = max(1, min(settings.warmup, trace.streams if not trace.open_loop else 8))
-    warm = Trace(
-        scenario=Scenario.CONCURRENCY, open_loop=False, offsets_ns=np.zeros(0, dtype=np.int64),
-        order=trace.order[: max(1, settings.warmup)].reshape(-1, trace.samples_per_query)[:, :1],
-        streams=streams, min_queries=settings.warmup, min_duration_ns=0,
-        hard_stop_ns=int(settings.request_timeout_s * 1e9 * max(1, settings.warmup)),
-    )
-    client.t0_ns = time.perf_counter_ns()
-    with RecordWriter(out_dir / "warmup.jsonl") as writer:
-        await Issuer(client, dataset, warm, writer.write, warmup=True).run()
+    if warm is not None:
+        meta["warmup"] = warm_info
+    return opts, counter, dataset, trace, meta, warm
 
 
 def choose_workers(settings: Settings, trace: Trace) -> int:
