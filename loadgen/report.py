@@ -230,6 +230,11 @@ def render_console(data: dict[str, Any]) -> str:
     src = r.get("tokens_source") or {}
     if src:
         lines.append("output tokens counted from: " + ", ".join(f"{k} ({v})" for k, v in src.items() if v))
+    if (data.get("dataset") or {}).get("input_tokens_exact") is False:
+        lines.append(
+            f"input tokens: APPROXIMATE (counted as {data['dataset'].get('token_counter')}: no --tokenizer "
+            "was given and the server has no /tokenize); pass --tokenizer DIR for exact counts"
+        )
     goodput = r.get("goodput")
     if goodput:
         lines.append(

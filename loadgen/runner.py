@@ -153,13 +153,18 @@ async def _target(
         yield sim.url, {"launched": "loadgen-sim", "config": cfg.to_dict()}
 
 
-def _counter(settings: Settings, base_url: str, model: str, headers: dict[str, str]) -> TokenCounter:
+def token_counter(
+    settings: Settings, base_url: str, model: str, headers: dict[str, str],
+    launched: dict[str, Any] | None = None,
+) -> TokenCounter:
+    """``--tokenizer``, else the server's ``/tokenize``, else words: exact only for the built-in
+    simulator loadgen started (it counts words); for any other server the counts are approximate."""
     if settings.tokenizer:
         return LocalTokenizer(settings.tokenizer)
     server = ServerTokenizer(base_url, model, headers)
     if server.available():
         return server
-    return WordCounter(exact=False)
+    return WordCounter(exact=launched is not None and launched.get("launched") == "loadgen-sim")
 
 
 def _max_connections(settings: Settings, trace: Trace) -> int:
@@ -427,9 +432,7 @@ async def _prepare(
     # vLLM (and the simulator) answer /version and take continuous_usage_stats; others may reject it
     opts = dataclasses.replace(opts, model=model, continuous_usage=server.get("version") is not None)
     say(f"target {base_url} model {model}; preparing prompts")
-    counter = await asyncio.to_thread(_counter, settings, base_url, model, headers)
-    if isinstance(counter, WordCounter) and launched:
-        counter = WordCounter(exact=True)  # the simulated server counts words
+    counter = await asyncio.to_thread(token_counter, settings, base_url, model, headers, launched)
     dataset = await asyncio.to_thread(load_dataset, settings, counter, rngs)
     trace = build_trace(settings, len(dataset), rngs, dataset)
     warm = None
