@@ -8,6 +8,7 @@ report is written first).
 from __future__ import annotations
 
 import asyncio
+import getpass
 import shlex
 import signal
 import sys
@@ -83,14 +84,36 @@ def _launch_block(
     return block
 
 
-def execute(settings: Settings, control: RunControl) -> RunResult:
+def prompt_api_key(api_key_env: str | None) -> str:
+    """The API key typed at a terminal (not echoed). A key is never taken from the command line itself.
+
+    Raises ConfigError when ``--api-key-env`` is given too, when stdin is not a terminal (a pipe or CI:
+    use ``--api-key-env``) or when nothing was typed.
+    """
+    if api_key_env:
+        raise ConfigError("give either --api-key-env VAR or --api-key-prompt, not both.")
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            "--api-key-prompt needs a terminal to type the key into, and stdin is not one. In scripts and "
+            "CI put the key in an environment variable and pass --api-key-env VAR instead."
+        )
+    try:
+        key = getpass.getpass("API key (not echoed): ")
+    except EOFError:
+        key = ""
+    if not key.strip():
+        raise ConfigError("--api-key-prompt: no key was entered. Type the key, or leave the option out.")
+    return key.strip()
+
+
+def execute(settings: Settings, control: RunControl, api_key: str | None = None) -> RunResult:
     """Run with signal handling: first SIGINT/SIGTERM drains, the second aborts."""
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         loop = runner.get_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, control.interrupt, sig.name)
         try:
-            return runner.run(run_async(settings, control=control, log=_info))
+            return runner.run(run_async(settings, control=control, log=_info, api_key=api_key))
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
@@ -103,6 +126,8 @@ def run(
                                                  "simulated server is started for the run")] = None,
     model: Annotated[str | None, typer.Option(help="model name (default: the first one served)")] = None,
     api_key_env: Annotated[str | None, typer.Option(help="environment variable holding the API key")] = None,
+    api_key_prompt: Annotated[bool, typer.Option("--api-key-prompt", help="type the API key at a prompt "
+                                                 "(a terminal only; never stored)")] = False,
     out: Annotated[Path | None, typer.Option(help="output folder (default: runs/<time>-<scenario>)")] = None,
     qps: Annotated[float | None, typer.Option(help="target queries per second (server, constant)")] = None,
     concurrency: Annotated[int | None, typer.Option(help="virtual users (concurrency)")] = None,
@@ -184,8 +209,9 @@ def run(
             settings = settings.model_copy(update={"slo": slo})
         if settings.insecure:
             _info("WARNING: --insecure: TLS certificates are NOT verified")
+        key = prompt_api_key(settings.api_key_env) if api_key_prompt else None
         control = RunControl()
-        result = execute(settings, control)
+        result = execute(settings, control, key)
     except LoadgenError as exc:
         _err(str(exc))
         raise typer.Exit(exc.exit_code) from None

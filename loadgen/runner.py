@@ -207,11 +207,14 @@ async def run_async(
     control: RunControl | None = None,
     observers: tuple[RunObserver, ...] = (),
     log: Callable[[str], None] | None = None,
+    api_key: str | None = None,
 ) -> RunResult:
     """Run ``settings`` and write its report; see the module docstring for the order of work.
 
-    Raises :class:`loadgen.errors.LoadgenError` subclasses for bad input or an unusable target
-    (before anything is measured). Per-request failures are never raised; they are records.
+    ``api_key`` (e.g. typed at a prompt) replaces ``settings.api_key_env``; it goes only into the
+    request headers, never into the settings or any output. Raises
+    :class:`loadgen.errors.LoadgenError` subclasses for bad input or an unusable target (before anything
+    is measured). Per-request failures are never raised; they are records.
     """
     control = control or RunControl()
     control._main = asyncio.current_task()
@@ -220,14 +223,17 @@ async def run_async(
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = uuid.uuid4().hex[:12]
     async with _target(settings, out_dir, say) as (base_url, launched):
-        headers = api_headers(settings.api_key_env, settings.headers)
+        headers = api_headers(settings.api_key_env, settings.headers, api_key)
         opts = ClientOptions(
             base_url=base_url, model=settings.model or "", endpoint=settings.endpoint,
             stream=settings.stream, ignore_eos=settings.ignore_eos, headers=headers,
             request_timeout_s=settings.request_timeout_s, idle_timeout_s=settings.idle_timeout_s,
             insecure=settings.insecure, transport=settings.http_client, retries=settings.retries,
         )
-        opts, counter, dataset, trace, meta, warm = await _prepare(settings, opts, launched, run_id, say)
+        opts, counter, dataset, trace, meta, warm = await _prepare(
+            settings, opts, launched, run_id, say,
+            key_from="the key typed at the prompt" if api_key is not None else None,
+        )
         ensure_descriptors(_open_at_once(trace))
         model = opts.model
         _write_json(out_dir / "run.json", meta)
@@ -419,13 +425,16 @@ async def _prepare(
     launched: dict[str, Any] | None,
     run_id: str,
     say: Callable[[str], None],
+    *,
+    key_from: str | None = None,
 ) -> tuple[ClientOptions, TokenCounter, Dataset, Trace, dict[str, Any], Dataset | None]:
     """Probe the target, count tokens, build the prompts, the trace and the warm-up prompts (None: no
     warm-up); nothing here is measured."""
     base_url, headers = opts.base_url, opts.headers
     rngs = seeded_rngs(settings.seed)
     async with make_session(opts, 0) as probe_session:
-        server = await probe(probe_session, base_url, settings.model, headers, settings.api_key_env)
+        server = await probe(probe_session, base_url, settings.model, headers, settings.api_key_env,
+                             key_from=key_from)
     if launched:
         server.update(launched)
     model = server["model"]
@@ -602,6 +611,7 @@ def run(
     control: RunControl | None = None,
     observers: tuple[RunObserver, ...] = (),
     log: Callable[[str], None] | None = None,
+    api_key: str | None = None,
 ) -> RunResult:
     """Synchronous wrapper of :func:`run_async` on a fresh event loop (uvloop when installed)."""
     try:
@@ -611,4 +621,5 @@ def run(
     except ImportError:
         factory = None
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(run_async(settings, control=control, observers=observers, log=log))
+        return runner.run(run_async(settings, control=control, observers=observers, log=log,
+                                    api_key=api_key))

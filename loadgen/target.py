@@ -17,10 +17,13 @@ from loadgen.errors import AuthenticationFailed, ConfigError, ModelNotServed, Ta
 PROBE_TIMEOUT_S = 10.0
 
 
-def api_headers(api_key_env: str | None, extra: dict[str, str]) -> dict[str, str]:
-    """Request headers, with ``Authorization`` read from the named environment variable."""
+def api_headers(api_key_env: str | None, extra: dict[str, str], api_key: str | None = None) -> dict[str, str]:
+    """Request headers, with ``Authorization`` from ``api_key`` (typed at a prompt) or else read from the
+    named environment variable. The key lives only in these headers: never in settings or outputs."""
     headers = dict(extra)
-    if api_key_env:
+    if api_key is not None:
+        headers["Authorization"] = f"Bearer {api_key}"
+    elif api_key_env:
         key = os.environ.get(api_key_env)
         if not key:
             raise ConfigError(
@@ -37,11 +40,14 @@ async def probe(
     model: str | None,
     headers: dict[str, str],
     api_key_env: str | None,
+    *,
+    key_from: str | None = None,
 ) -> dict[str, Any]:
     """``GET /v1/models`` (within 10 s), then check ``model``; returns identity info for the report.
 
     The returned dict has ``url``, ``models`` (ids), ``model`` (the one to use) and ``version`` when the
-    endpoint has ``/version`` (vLLM does).
+    endpoint has ``/version`` (vLLM does). ``key_from`` says where the key came from in an
+    authentication error (default: the variable ``api_key_env``).
     """
     url = f"{base_url}/v1/models"
     try:
@@ -59,10 +65,10 @@ async def probe(
             "http vs https) is right."
         ) from None
     if status in (401, 403):
-        where = (
+        where = key_from or (
             f"the key read from ${api_key_env}"
             if api_key_env
-            else "no API key (none was given; pass --api-key-env VAR)"
+            else "no API key (none was given; pass --api-key-env VAR or --api-key-prompt)"
         )
         raise AuthenticationFailed(
             f"authentication failed at {base_url} (HTTP {status}) with {where}. Check the key and that the "
