@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from loadgen.issuer import IssueStats
@@ -21,21 +22,26 @@ class Progress:
         planned: int | None,
         duration_s: float,
         stream: TextIO | None = None,
+        *,
         plain_every_s: float = 5.0,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        """``stream`` defaults to stderr; ``clock`` (seconds, monotonic) is injectable for tests."""
         self._stats = stats
         self._planned = planned
         self._duration = duration_s
         self._out = stream or sys.stderr
         self._tty = self._out.isatty()
         self._every = 1.0 if self._tty else plain_every_s
-        self._t0 = time.perf_counter()
+        self._clock = clock
+        self._t0 = clock()
         self._last_tokens = 0
         self._last_t = self._t0
 
     def line(self) -> str:
+        """The current line; the token rate is over the time since the previous line."""
         st = self._stats
-        now = time.perf_counter()
+        now = self._clock()
         dt = max(now - self._last_t, 1e-9)
         rate = (st.output_tokens - self._last_tokens) / dt
         self._last_tokens, self._last_t = st.output_tokens, now
