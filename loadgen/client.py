@@ -126,7 +126,7 @@ class StreamState:
                 rec.end_ns = now
                 _fail(rec, "malformed", f"event is not JSON: {payload[:80]!r}")
                 return False
-            if not isinstance(obj, dict):
+            if type(obj) is not dict:
                 rec.end_ns = now
                 _fail(rec, "malformed", f"event is not a JSON object: {payload[:80]!r}")
                 return False
@@ -144,9 +144,10 @@ class StreamState:
             piece = self._text(choice)
             if piece:
                 k = 1
-                if u and isinstance(u.get("completion_tokens"), int):  # continuous usage stats
-                    k = max(1, u["completion_tokens"] - self._prev)
-                    self._prev = u["completion_tokens"]
+                done = u.get("completion_tokens") if u else None
+                if type(done) is int:  # continuous usage stats: tokens since the last chunk
+                    k = max(1, done - self._prev)
+                    self._prev = done
                 if rec.first_token_ns is None:
                     rec.first_token_ns = now
                 rec.chunk_ns.append(now)

@@ -82,6 +82,32 @@ class _Exchange:
         if self._buf:
             data = self._buf + data
             self._buf = b""
+        if self._mode == "chunk_size":
+            # The common read of a stream: whole chunks (``<hex>\r\n<payload>\r\n``) and nothing else.
+            # Index arithmetic instead of the state machine's slicing; anything else (a partial chunk,
+            # an extension, the last chunk) is left to the general loop below from where this stopped.
+            pos, n = 0, len(data)
+            while True:
+                end = data.find(b"\r\n", pos, pos + 18)
+                if end <= pos:
+                    break
+                try:
+                    size = int(data[pos:end], 16)
+                except ValueError:  # a chunk extension (``;name=value``): the general loop parses it
+                    break
+                start = end + 2
+                stop = start + size
+                if size == 0 or stop + 2 > n:
+                    break
+                if data[stop : stop + 2] != b"\r\n":
+                    raise HttpBrokenError("bad chunked encoding (no CRLF after a chunk)")
+                if not self._deliver(data[start:stop], now):
+                    return True
+                pos = stop + 2
+                if pos == n:
+                    return False
+            if pos:
+                data = data[pos:]
         while data:
             mode = self._mode
             if mode == "chunk_data":
