@@ -15,7 +15,8 @@ Metrics (seconds and joules, Prometheus base units):
 ``loadgen_requests_total{status}``   counter    finished requests; status "ok" or the record's error class
 ``loadgen_input_tokens_total``       counter    prompt tokens of finished requests
 ``loadgen_output_tokens_total``      counter    output tokens of finished requests (best known count)
-``loadgen_in_flight``                gauge      started − finished
+``loadgen_in_flight``                gauge      started − finished; with worker processes, the count they
+                                                report every tick (:meth:`Exporter.set_in_flight`)
 ``loadgen_target_qps``               gauge      offered rate the scenario aims at (0 when closed-loop)
 ``loadgen_issue_delay_seconds``      gauge      **largest** issue delay (sent − scheduled) seen in the last
                                                 ``issue_delay_window_s`` to 2× that (default 5–10 s): a
@@ -26,8 +27,8 @@ Metrics (seconds and joules, Prometheus base units):
 ``loadgen_joules_per_output_token``  gauge      Σ GPU energy / output tokens so far (absent until both > 0)
 ===================================  =========  ==========================================================
 
-Warm-up records (``warmup=True``) only decrement ``loadgen_in_flight``; everything else counts measured
-requests, so the totals agree with the run's report.
+Warm-up records (``warmup=True``) only count as finished for ``loadgen_in_flight``; everything else
+counts measured requests, so the totals agree with the run's report.
 
 Cost: :meth:`Exporter.request_finished` runs on the event loop once per finished request. The
 histograms are plain Python bucket arrays under one short-held ``threading.Lock`` (the scrape runs in
@@ -190,13 +191,15 @@ class Exporter:
         self._input_tokens = Counter("loadgen_input_tokens", "Prompt tokens sent.", names, registry=reg)
         self._output_tokens = Counter("loadgen_output_tokens", "Output tokens received.", names, registry=reg)
         in_flight = Gauge("loadgen_in_flight", "Requests started and not finished.", names, registry=reg)
+        self._started = self._finished = 0
+        self._reported_in_flight: int | None = None  # set_in_flight: counted elsewhere (worker processes)
         target = Gauge("loadgen_target_qps", "Offered request rate, queries/s.", names, registry=reg)
         delay = Gauge(
             "loadgen_issue_delay_seconds",
             f"Largest issue delay (sent - scheduled) in the last {issue_delay_window_s:g}-"
             f"{2 * issue_delay_window_s:g} s, s.", names, registry=reg,
         )
-        self._in_flight = in_flight.labels(**self.labels)
+        in_flight.labels(**self.labels).set_function(self._in_flight_now)
         self._target_qps = target.labels(**self.labels)
         self._inputs = self._input_tokens.labels(**self.labels)
         self._outputs = self._output_tokens.labels(**self.labels)
@@ -213,11 +216,24 @@ class Exporter:
     # ---- feeding ------------------------------------------------------------------------------------
 
     def request_started(self) -> None:
-        self._in_flight.inc()
+        with self._lock:
+            self._started += 1
+
+    def set_in_flight(self, n: int) -> None:
+        """The requests in flight, counted by whoever issues them (worker processes, which call no
+        :meth:`request_started` here): from now on ``loadgen_in_flight`` shows ``n``."""
+        with self._lock:
+            self._reported_in_flight = n
+
+    def _in_flight_now(self) -> float:
+        with self._lock:
+            reported = self._reported_in_flight
+            return float(self._started - self._finished if reported is None else reported)
 
     def request_finished(self, record: RequestRecord) -> None:
         """Count one finished request (call once per request, never per chunk)."""
-        self._in_flight.dec()
+        with self._lock:
+            self._finished += 1
         if record.warmup:
             return
         self.observe_issue_delay(record.issue_delay_ns * _NS)

@@ -54,7 +54,11 @@ DRAIN_GRACE_S = 30.0
 
 
 class RunObserver(Protocol):
-    """Something that watches requests live (the Prometheus exporter, for one)."""
+    """Something that watches requests live (the Prometheus exporter, for one).
+
+    With worker processes the starts happen in the workers: ``request_started`` is not called, and an
+    observer that also has ``set_in_flight(n: int)`` gets the workers' in-flight count every tick.
+    """
 
     def request_started(self) -> None: ...
 
@@ -404,13 +408,20 @@ async def _measure_sessions(
         gaps.add_record(rec)
         records.append(compact(rec))
 
+    inner = client_sender(client, counter, on_record)
+
+    async def send(messages: Any, output_len: int) -> tuple[RequestRecord, str]:
+        for obs in observers:
+            obs.request_started()
+        return await inner(messages, output_len)
+
     monitor = LoopLagMonitor()
     try:
         async with gc_frozen(), asyncio.TaskGroup() as tg:
             client.t0_ns = time.perf_counter_ns()
             monitor.start(tg)
             try:
-                results = await run_sessions(plan, client_sender(client, counter, on_record), counter)
+                results = await run_sessions(plan, send, counter)
             finally:
                 monitor.stop()
     finally:
@@ -509,6 +520,7 @@ async def _measure(
         return await _measure_workers(
             settings, client=client, dataset=dataset, trace=trace, path=path, control=control,
             workers=workers, max_connections=max_connections, keep=keep, records=records,
+            observers=observers,
         )
     writer = RecordWriter(path)
 
@@ -575,8 +587,17 @@ async def _measure_workers(
     max_connections: int,
     keep: Callable[[RequestRecord], None],
     records: list[RequestRecord],
+    observers: tuple[RunObserver, ...] = (),
 ) -> tuple[list[RequestRecord], IssueStats, ClientHealth]:
     parts = split_trace(trace, workers)
+    # The starts happen in the workers, which report their in-flight counts every tick: observers that
+    # can take a count get it (the exporter's loadgen_in_flight); request_started is never called here.
+    counted = [f for obs in observers if (f := getattr(obs, "set_in_flight", None)) is not None]
+
+    def on_in_flight(n: int) -> None:
+        for set_in_flight in counted:
+            set_in_flight(n)
+
     per_worker_conns = max_connections // len(parts) + 8 if max_connections else 0
     jobs = [
         WorkerJob(worker=w, workers=len(parts), trace=sub, query_ids=ids, dataset=dataset,
@@ -593,7 +614,7 @@ async def _measure_workers(
         async with asyncio.TaskGroup() as tg:
             progress_task = tg.create_task(progress.run()) if progress else None
             try:
-                results = await pool.run(keep)
+                results = await pool.run(keep, on_in_flight if counted else None)
             finally:
                 if progress_task is not None:
                     progress_task.cancel()

@@ -208,6 +208,7 @@ class WorkerPool:
     _conns: list[Connection] = field(default_factory=list)
     _procs: list[Any] = field(default_factory=list)
     _issued: dict[int, tuple[int, int]] = field(default_factory=dict)
+    _on_in_flight: Callable[[int], None] | None = None
     t0_ns: int = 0
 
     def _send_all(self, kind: str, arg: Any) -> None:
@@ -225,9 +226,15 @@ class WorkerPool:
             self.stats.stopped_early = reason
         self._send_all("abort", reason)
 
-    async def run(self, on_record: Callable[[RequestRecord], None]) -> list[WorkerResult]:
+    async def run(
+        self, on_record: Callable[[RequestRecord], None], on_in_flight: Callable[[int], None] | None = None
+    ) -> list[WorkerResult]:
         """Start the workers, release them together at a common ``t0``, tail their records into
-        ``on_record`` and return each worker's result (raises if a worker failed)."""
+        ``on_record`` and return each worker's result (raises if a worker failed).
+
+        ``on_in_flight(n)``: the requests in flight in all workers, each worker's own count as of its
+        last tick (at most :data:`TICK_S` old), after every batch of records; 0 once all are done."""
+        self._on_in_flight = on_in_flight
         loop = asyncio.get_running_loop()
         self._results: dict[int, WorkerResult] = {}
         self._ready: set[int] = set()
@@ -262,7 +269,10 @@ class WorkerPool:
                 if proc.is_alive():
                     proc.kill()
         self._absorb(tail, on_record)
-        return self._merge()
+        results = self._merge()
+        if on_in_flight is not None:
+            on_in_flight(0)
+        return results
 
     def _on_message(self, conn: Connection) -> None:
         try:
@@ -280,6 +290,7 @@ class WorkerPool:
             self._issued[id(conn)] = arg
         elif kind == "done":
             self._results[arg.worker] = arg
+            self._issued[id(conn)] = (arg.stats.issued, 0)  # nothing of this worker's is in flight now
             asyncio.get_running_loop().remove_reader(conn.fileno())
             if len(self._results) == len(self.jobs) and not self._all_done.done():
                 self._all_done.set_result(None)
@@ -312,6 +323,8 @@ class WorkerPool:
         issued = sum(i for i, _ in self._issued.values())
         st.issued = max(issued, st.completed + st.failed)
         st.in_flight = sum(f for _, f in self._issued.values())
+        if self._on_in_flight is not None:
+            self._on_in_flight(st.in_flight)
 
 
 class _JsonlTail:

@@ -1,9 +1,16 @@
-"""The Prometheus exporter: hand-made records in, parsed exposition text out."""
+"""The Prometheus exporter: hand-made records in, parsed exposition text out; and a real
+``loadgen run --metrics-port`` with worker processes, scraped over HTTP while it runs."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import socket
+import subprocess
+import sys
+import time
 import urllib.request
 
 import prometheus_client
@@ -11,6 +18,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadgen.client import ERROR_CLASSES
 from loadgen.exporter import Exporter
 from loadgen.records import RequestRecord
 
@@ -52,9 +60,9 @@ def fed() -> Exporter:
         # ok: one chunk, TTFT 2.5 s, E2E 2.6 s, no ITL, no TPOT (one token)
         rec(sent_ns=0, first_token_ns=2500 * MS, end_ns=2600 * MS, chunk_ns=[2500 * MS], chunk_tokens=[1],
             input_tokens=50, output_tokens=1),
-        rec(sent_ns=0, end_ns=5 * MS, error_class="http_5xx", status=503, input_tokens=20),
+        rec(sent_ns=0, end_ns=5 * MS, error_class="http_status", status=503, input_tokens=20),
         rec(sent_ns=0, end_ns=30_000 * MS, error_class="timeout", input_tokens=20),
-        rec(sent_ns=0, end_ns=6 * MS, error_class="http_5xx", status=500, input_tokens=20),
+        rec(sent_ns=0, end_ns=6 * MS, error_class="http_status", status=500, input_tokens=20),
         # warm-up: not counted anywhere but in-flight
         rec(sent_ns=-900 * MS, first_token_ns=-800 * MS, end_ns=-700 * MS, chunk_ns=[-800 * MS],
             chunk_tokens=[1], output_tokens=1, input_tokens=7, warmup=True),
@@ -66,10 +74,16 @@ def fed() -> Exporter:
     return exp
 
 
+def test_fixture_uses_real_error_classes(fed: Exporter) -> None:
+    statuses = {labels[0][1] for name, labels in scrape(fed) if name == "loadgen_requests_total"}
+    assert statuses - {"ok"} <= set(ERROR_CLASSES)
+    assert statuses == {"ok", "http_status", "timeout"}
+
+
 def test_counters_and_gauges(fed: Exporter) -> None:
     v = scrape(fed)
     assert v[("loadgen_requests_total", (("status", "ok"),))] == 2
-    assert v[("loadgen_requests_total", (("status", "http_5xx"),))] == 2
+    assert v[("loadgen_requests_total", (("status", "http_status"),))] == 2
     assert v[("loadgen_requests_total", (("status", "timeout"),))] == 1
     assert v[("loadgen_input_tokens_total", ())] == 210
     assert v[("loadgen_output_tokens_total", ())] == 7
@@ -199,3 +213,80 @@ def test_histogram_values_are_finite_for_zero_gaps() -> None:
     assert v[("loadgen_itl_seconds_count", ())] == 1  # a 0-token chunk counts as one token
     assert bucket(v, "loadgen_itl_seconds", "0.001") == 1
     assert math.isfinite(v[("loadgen_tpot_seconds_sum", ())])
+
+
+# ---- a real run with worker processes ---------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _scrape_url(url: str) -> dict[tuple[str, str], float] | None:
+    """{(sample name, status label or ""): value}, or None while nothing listens."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    return {(smp.name, smp.labels.get("status", "")): smp.value
+            for fam in text_string_to_metric_families(text) for smp in fam.samples}
+
+
+def test_in_flight_with_worker_processes(tmp_path) -> None:
+    """--workers 2: the workers issue, the parent exports. In flight is never negative nor above the
+    concurrency, is seen above zero while the run goes, and ends at 0 with every request counted."""
+    from tests.conftest import ROOT
+
+    port, out, concurrency = _free_port(), tmp_path / "run", 8
+    cmd = [sys.executable, "-m", "loadgen", "run", "concurrency", "--concurrency", str(concurrency),
+           "--workers", "2", "--num-requests", "60", "--duration", "3", "--input-len", "16",
+           "--output-len", "8", "--no-gpu-telemetry", "--server-metrics-url", "none",
+           "--metrics-port", str(port), "--metrics-linger-s", "1.5", "--out", str(out), "--quiet"]
+    scrapes = []
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}) as proc:
+        deadline = time.monotonic() + 90
+        while proc.poll() is None and time.monotonic() < deadline:
+            got = _scrape_url(f"http://127.0.0.1:{port}/metrics")
+            if got is not None:
+                scrapes.append(got)
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+        output = proc.communicate()[0].decode()
+    assert proc.returncode == 0, output
+    report = json.loads((out / "report.json").read_text())
+    res = report["results"]
+    assert report["client_workers"] == 2
+    assert res["requests_failed"] == 0 and res["requests_completed"] >= 60
+    in_flight = [s[("loadgen_in_flight", "")] for s in scrapes]
+    assert len(in_flight) >= 20, len(in_flight)
+    assert min(in_flight) >= 0, in_flight
+    assert max(in_flight) <= concurrency, in_flight
+    assert max(in_flight) > 0, in_flight  # starts are counted, not only ends
+    final = scrapes[-1]  # served during --metrics-linger-s, after the last request
+    assert final[("loadgen_in_flight", "")] == 0
+    assert final[("loadgen_requests_total", "ok")] == res["requests_completed"]
+    assert final[("loadgen_output_tokens_total", "")] == res["output_tokens_total"]
+
+
+def test_in_flight_returns_to_zero_after_multi_turn_sessions(tmp_path) -> None:
+    """Multi-turn sessions send each turn themselves; their starts count too (the final in-flight is 0,
+    not minus the number of turns)."""
+    from tests.conftest import load_report, run_cli, write_scenario
+
+    f = write_scenario(tmp_path / "s.yaml", scenario="concurrency", endpoint="chat", concurrency=3,
+                       output_len=4, sessions={"users": 3, "turns": 2, "think_time_s": 0.01, "user_len": 8})
+    out, prom = tmp_path / "run", tmp_path / "final.prom"
+    res = run_cli("run", str(f), "--metrics-textfile", str(prom), "--no-gpu-telemetry",
+                  "--server-metrics-url", "none", "--out", str(out), "--quiet")
+    assert res.code == 0, res.output
+    report = load_report(out)
+    assert report["results"]["requests_completed"] == 6  # 3 users x 2 turns
+    final = {(smp.name, smp.labels.get("status", "")): smp.value
+             for fam in text_string_to_metric_families(prom.read_text()) for smp in fam.samples}
+    assert final[("loadgen_in_flight", "")] == 0
+    assert final[("loadgen_requests_total", "ok")] == 6
