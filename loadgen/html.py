@@ -6,8 +6,9 @@ Every string that came from a report (model names, URLs, error messages, server 
 
 Each plot sits in ``<figure data-plot="NAME" data-points="N">`` where N is the number of data points
 drawn. A small inline script measures every plot once the page is laid out and writes what the browser
-actually drew into ``data-rendered`` (JSON: ``width``, ``height``, ``marks``, ``lines``, ``points``), so
-a headless browser's ``--dump-dom`` shows whether each plot rendered with data.
+actually drew into ``data-rendered`` (JSON: ``width``, ``height``, ``marks``, ``lines``, ``points``; the
+reference lines as ``refs`` ``[{label, drawn}]``, the visible ``legend`` entries, ``xlabel`` and
+``ylabel``), so a headless browser's ``--dump-dom`` shows whether each plot rendered with data.
 
 Public API::
 
@@ -22,7 +23,7 @@ import math
 from collections.abc import Iterable, Sequence
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -105,9 +106,22 @@ _MEASURE_JS = """
       }
       if (drawn) points += Number(g.getAttribute('data-n') || 0);
     }
+    // reference lines (SLOs, knees): drawn when their line has length; off-axis ones are arrows
+    const refs = [];
+    for (const r of svg.querySelectorAll('.ref')) {
+      const line = r.querySelector('line');
+      const text = r.tagName.toLowerCase() === 'text' ? r : r.querySelector('text');
+      refs.push({label: text ? text.textContent : '', drawn: !!line && line.getTotalLength() > 0});
+    }
+    const label = (cls) => { const t = svg.querySelector('text.' + cls); return t ? t.textContent : null; };
+    const legend = [];
+    for (const t of svg.querySelectorAll('g.legend text')) {
+      const b = t.getBoundingClientRect();
+      if (b.width > 0 && b.height > 0) legend.push(t.textContent);
+    }
     fig.setAttribute('data-rendered', JSON.stringify(
       {width: Math.round(box.width), height: Math.round(box.height), marks: marks, lines: lines,
-       points: points}));
+       points: points, refs: refs, legend: legend, xlabel: label('xlabel'), ylabel: label('ylabel')}));
   }
   document.body.setAttribute('data-measured', 'true');
 })();
@@ -590,15 +604,30 @@ def _point_label(point: dict[str, Any]) -> str:
 
 
 class _SweepData:
-    """The done points of a sweep, in index order, and the x axis that best shows their load."""
+    """The done points of a sweep, in index order, the x axis that best shows their load, and their
+    groups: one per combination of the parameters other than the load parameter (one server setting
+    each in a sweep over load and server arguments; a single unnamed group for one parameter)."""
 
     def __init__(self, sweep: dict[str, Any]) -> None:
         pts = [p for p in sweep.get("points") or [] if isinstance(p, dict)]
         self.all = sorted(pts, key=lambda p: p.get("index", 0))
         self.done = [p for p in self.all if p.get("status") == "done" and isinstance(p.get("row"), dict)]
         self.params: list[str] = list(sweep.get("parameters") or [])
-        self.knee = sweep.get("knee") if isinstance(sweep.get("knee"), dict) else None
+        knees = sweep.get("knees")
+        if not isinstance(knees, list):  # sweep.json before per-group knees
+            knees = [sweep["knee"]] if isinstance(sweep.get("knee"), dict) else []
+        self.knees: list[dict[str, Any]] = [k for k in knees if isinstance(k, dict)]
+        self.load_param = next((n for n in self.params if not n.startswith("-")),
+                               self.params[0] if self.params else None)
+        self.groups: dict[str, list[int]] = {}  # label -> positions in self.done
+        for i, p in enumerate(self.done):
+            self.groups.setdefault(self.group_label(p), []).append(i)
         self.load_key, self.load_label, self.load_x, self.categories = self._load_axis()
+
+    def group_label(self, point: dict[str, Any]) -> str:
+        """``--max-seqs=2``: the point's values of the parameters other than the load parameter."""
+        rest = {k: v for k, v in (point.get("values") or {}).items() if k != self.load_param}
+        return _point_label({"values": rest}) if rest else ""
 
     def col(self, key: str) -> list[float]:
         return [float(p["row"][key]) if _is_num(p["row"].get(key)) else math.nan for p in self.done]
@@ -609,41 +638,58 @@ class _SweepData:
             vals = self.col(key)
             if vals and all(math.isfinite(v) for v in vals) and len(set(vals)) > 1:
                 return key, label, vals, None
-        name = self.params[0] if self.params else "point"
+        name = self.load_param or "point"
         raw: list[Any] = [(p.get("values") or {}).get(name, p.get("index")) for p in self.done]
         if raw and all(_is_num(v) for v in raw):
             return name, name, [float(v) for v in raw if v is not None], None
-        cats = list(dict.fromkeys(_point_label(p) for p in self.done))
-        return name, name, [float(cats.index(_point_label(p))) for p in self.done], cats
+        cats = list(dict.fromkeys(str(v) for v in raw))
+        return name, name, [float(cats.index(str(v))) for v in raw], cats
 
-    def knee_point(self) -> dict[str, Any] | None:
-        if not self.knee:
-            return None
-        return next((p for p in self.done if p.get("index") == self.knee.get("index")), None)
+    def knee_lines(self, x_of: dict[int, float]) -> list[RefLine]:
+        """A grey vertical line at each knee's point (named after its group when there are several)."""
+        lines = []
+        for k in self.knees:
+            x = x_of.get(k.get("index", -1), math.nan)
+            if math.isfinite(x):
+                group = _point_label({"values": k.get("group") or {}}) if k.get("group") else ""
+                lines.append(RefLine(x, f"knee ({group})" if group else "knee", color="#444444"))
+        return lines
 
-    def knee_line(self, x_of: dict[int, float]) -> list[RefLine]:
-        p = self.knee_point()
-        if p is None or not math.isfinite(x_of.get(p["index"], math.nan)):
-            return []
-        return [RefLine(x_of[p["index"]], "knee", color="#444444")]
+
+_Marker = Literal["circle", "square", "diamond"]
+
+
+def _group_style(k: int, group: str = "-") -> tuple[str | None, _Marker]:
+    """Colour and marker of group ``k``: groups differ by both, so they read in greyscale too. The
+    unnamed group of a one-parameter sweep keeps the chart's default colours."""
+    if not group:
+        return None, "circle"
+    markers: tuple[_Marker, ...] = ("circle", "square", "diamond")
+    return PALETTE[k % len(PALETTE)], markers[k % len(markers)]
 
 
 def _latency_chart(d: _SweepData, title: str, *, xs: list[float], xlabel: str, metric: str,
                    slo_ms: float | None, categories: list[str] | None = None,
                    label_points: bool = False) -> Chart:
+    """p50 (solid) and p99 (dashed) of ``metric`` against ``xs``, one pair of lines per group."""
     p50, p99 = d.col(f"{metric}_p50_ms"), d.col(f"{metric}_p99_ms")
     ylog = _log_if_wide(p50 + p99)
     unit = metric.upper()
     chart = Chart(title, Axis(xlabel, zero=categories is None, categories=categories),
                   Axis(f"{unit} (ms)", log=ylog, zero=not ylog))
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    labels = [_point_label(d.done[i]) for i in order] if label_points else None
-    chart.add(Series(f"{unit} p50", [xs[i] for i in order], [p50[i] for i in order], style="linepoints"))
-    chart.add(Series(f"{unit} p99", [xs[i] for i in order], [p99[i] for i in order], style="linepoints",
-                     dashed=True, marker="square", labels=labels))
+    for k, (group, idx) in enumerate(d.groups.items()):
+        order = sorted(idx, key=lambda i: xs[i])
+        color, marker = _group_style(k, group)
+        suffix = f" ({group})" if group else ""
+        labels = [_point_label(d.done[i]) for i in order] if label_points else None
+        chart.add(Series(f"{unit} p50{suffix}", [xs[i] for i in order], [p50[i] for i in order],
+                         style="linepoints", color=color, marker=marker))
+        chart.add(Series(f"{unit} p99{suffix}", [xs[i] for i in order], [p99[i] for i in order],
+                         style="linepoints", dashed=True, color=color,
+                         marker="square" if not group else marker, labels=labels))
     if slo_ms is not None:
         chart.hlines.append(RefLine(slo_ms, f"SLO: {unit} p99 ≤ {slo_ms:g} ms"))
-    chart.vlines.extend(d.knee_line({p["index"]: x for p, x in zip(d.done, xs, strict=True)}))
+    chart.vlines.extend(d.knee_lines({p["index"]: x for p, x in zip(d.done, xs, strict=True)}))
     return chart
 
 
@@ -665,97 +711,108 @@ def pareto_frontier(throughput: Sequence[float], latency: Sequence[float]) -> li
     return out
 
 
+def _goodput_chart(d: _SweepData) -> Chart:
+    goodput = Chart("Goodput against load", Axis(d.load_label, zero=d.categories is None,
+                                                 categories=d.categories),
+                    Axis("requests/s", zero=True))
+    achieved, good = d.col("requests_per_s"), d.col("goodput_requests_per_s")
+    for k, (group, idx) in enumerate(d.groups.items()):
+        order = sorted(idx, key=lambda i: d.load_x[i])
+        color, marker = _group_style(k, group)
+        suffix = f" ({group})" if group else ""
+        lx = [d.load_x[i] for i in order]
+        goodput.add(Series(f"achieved (completed req/s){suffix}", lx, [achieved[i] for i in order],
+                           style="linepoints", color=color, marker=marker))
+        goodput.add(Series(f"goodput (req/s meeting every SLO){suffix}", lx, [good[i] for i in order],
+                           style="linepoints", dashed=True, color=color,
+                           marker="square" if not group else marker))
+    if d.load_key == "offered_qps":
+        lx = sorted(set(d.load_x))
+        goodput.add(Series("offered", lx, lx, style="line", color="#888888", dashed=True))
+    goodput.vlines.extend(d.knee_lines({p["index"]: x for p, x in zip(d.done, d.load_x, strict=True)}))
+    return goodput
+
+
+def _pareto_chart(d: _SweepData, ttft_slo: float | None) -> Chart:
+    """Every point, coloured by its group (server setting), and the frontier across all of them."""
+    tput, ttft99 = d.col("output_tokens_per_s"), d.col("ttft_p99_ms")
+    front = pareto_frontier(tput, ttft99)
+    log = _log_if_wide(ttft99)
+    pareto = Chart("Pareto frontier: throughput against TTFT p99",
+                   Axis("achieved output tokens/s", zero=True), Axis("TTFT p99 (ms)", log=log, zero=not log))
+    several = len(d.groups) > 1
+    for k, (group, idx) in enumerate(d.groups.items()):
+        shown = idx if several else [i for i in idx if not front[i]]
+        if not shown:
+            continue
+        color, marker = _group_style(k + 5) if not several else _group_style(k)
+        pareto.add(Series(f"{group}: every point" if several else "dominated points",
+                          [tput[i] for i in shown], [ttft99[i] for i in shown], style="scatter",
+                          color=color, marker=marker,
+                          labels=None if several else [_point_label(d.done[i]) for i in shown]))
+    fr = sorted((i for i, f in enumerate(front) if f), key=lambda i: tput[i])
+    name = "frontier" + (" across settings" if several else "") + ": no point beats these on both axes"
+    pareto.add(Series(name, [tput[i] for i in fr], [ttft99[i] for i in fr], style="linepoints",
+                      color="#000000" if several else PALETTE[1], highlight=[True] * len(fr),
+                      labels=[_point_label(d.done[i]) for i in fr]))
+    if ttft_slo is not None:
+        pareto.hlines.append(RefLine(ttft_slo, f"SLO: TTFT p99 ≤ {ttft_slo:g} ms"))
+    return pareto
+
+
 def _sweep_figures(d: _SweepData, slo: dict[str, Any]) -> list[str]:
     ttft_slo = slo.get("ttft_ms") if _is_num(slo.get("ttft_ms")) else None
     tpot_slo = slo.get("tpot_ms") if _is_num(slo.get("tpot_ms")) else None
+    per_group = " One line per setting of " + ", ".join(p for p in d.params if p != d.load_param) + "." \
+        if len(d.groups) > 1 else ""
     figs = ["<h2>Latency against load</h2><div class='grid'>"]
     load: dict[str, Any] = {"xs": d.load_x, "xlabel": d.load_label, "categories": d.categories}
     figs.append(_figure("ttft_vs_load", _latency_chart(
         d, "TTFT against load", **load, metric="ttft", slo_ms=ttft_slo),
-        "p50 solid, p99 dashed; the dashed red line is the SLO, the grey one the knee."))
+        "p50 solid, p99 dashed; the dashed red line is the SLO, the grey one the knee." + per_group))
     figs.append(_figure("tpot_vs_load", _latency_chart(
         d, "TPOT against load", **load, metric="tpot", slo_ms=tpot_slo)))
-    tput = d.col("output_tokens_per_s")
-    achieved: dict[str, Any] = {"xs": tput, "xlabel": "achieved output tokens/s", "label_points": True}
+    achieved: dict[str, Any] = {"xs": d.col("output_tokens_per_s"), "xlabel": "achieved output tokens/s",
+                                "label_points": True}
     figs.append(_figure("ttft_vs_throughput", _latency_chart(
         d, "TTFT against achieved throughput", **achieved, metric="ttft", slo_ms=ttft_slo),
         "Each p99 point is labelled with its swept values."))
     figs.append(_figure("tpot_vs_throughput", _latency_chart(
         d, "TPOT against achieved throughput", **achieved, metric="tpot", slo_ms=tpot_slo)))
     figs.append("</div><h2>Throughput</h2><div class='grid'>")
-
-    order = sorted(range(len(d.done)), key=lambda i: d.load_x[i])
-    goodput = Chart("Goodput against load", Axis(d.load_label, zero=d.categories is None,
-                                                 categories=d.categories),
-                    Axis("requests/s", zero=True))
-    lx = [d.load_x[i] for i in order]
-    goodput.add(Series("achieved (completed req/s)", lx, [d.col("requests_per_s")[i] for i in order],
-                       style="linepoints"))
-    goodput.add(Series("goodput (req/s meeting every SLO)", lx,
-                       [d.col("goodput_requests_per_s")[i] for i in order], style="linepoints", dashed=True,
-                       marker="square"))
-    if d.load_key == "offered_qps":
-        goodput.add(Series("offered", lx, lx, style="line", color="#888888", dashed=True))
-    goodput.vlines.extend(d.knee_line({p["index"]: x for p, x in zip(d.done, d.load_x, strict=True)}))
-    figs.append(_figure("goodput_vs_load", goodput, "Goodput counts only requests within every SLO."))
-
-    figs.append(_figure("tokens_vs_param", _tokens_chart(d), "Output tokens/s of each point."))
-
-    ttft99 = d.col("ttft_p99_ms")
-    front = pareto_frontier(tput, ttft99)
-    pareto = Chart("Pareto frontier: throughput against TTFT p99",
-                   Axis("achieved output tokens/s", zero=True),
-                   Axis("TTFT p99 (ms)", log=_log_if_wide(ttft99), zero=not _log_if_wide(ttft99)))
-    others = [i for i, f in enumerate(front) if not f]
-    if others:
-            pareto.add(Series("dominated points", [tput[i] for i in others], [ttft99[i] for i in others],
-                          style="scatter", color="#56B4E9", labels=[_point_label(d.done[i]) for i in others]))
-    fr = sorted((i for i, f in enumerate(front) if f), key=lambda i: tput[i])
-    pareto.add(Series("frontier (no point is both faster and higher)", [tput[i] for i in fr],
-                      [ttft99[i] for i in fr], style="linepoints", color=PALETTE[1],
-                      highlight=[True] * len(fr), labels=[_point_label(d.done[i]) for i in fr]))
-    if ttft_slo is not None:
-        pareto.hlines.append(RefLine(ttft_slo, f"SLO: TTFT p99 ≤ {ttft_slo:g} ms"))
-    figs.append(_figure("pareto", pareto,
-                        "Frontier points (ringed): no other point beats them on both throughput and "
-                        "TTFT p99."))
+    figs.append(_figure("goodput_vs_load", _goodput_chart(d),
+                        "Goodput counts only requests within every SLO." + per_group))
+    figs.append(_figure("tokens_vs_param", _tokens_chart(d), "Output tokens/s of each point." + per_group))
+    figs.append(_figure("pareto", _pareto_chart(d, ttft_slo),
+                        "Frontier points (ringed): no other point, of any setting, beats them on both "
+                        "throughput and TTFT p99."))
     figs.append("</div>")
     return figs
 
 
 def _tokens_chart(d: _SweepData) -> Chart:
-    """Output tokens/s against the first swept parameter, one line per combination of the others."""
-    name = d.params[0] if d.params else "point"
-    raw: list[Any] = [(p.get("values") or {}).get(name, p.get("index")) for p in d.done]
-    numeric = bool(raw) and all(_is_num(v) for v in raw)
-    cats = None if numeric else list(dict.fromkeys(str(v) for v in raw))
-    chart = Chart(f"Output tokens/s against {name}", Axis(name, zero=numeric, categories=cats),
+    """Output tokens/s against the load, one line per group."""
+    chart = Chart(f"Output tokens/s against {d.load_param or 'point'}",
+                  Axis(d.load_label, zero=d.categories is None, categories=d.categories),
                   Axis("output tokens/s", zero=True))
-    groups: dict[str, list[int]] = {}
-    for i, p in enumerate(d.done):
-        rest = {k: v for k, v in (p.get("values") or {}).items() if k != name}
-        groups.setdefault(", ".join(f"{k}={v}" for k, v in rest.items()) or "output tokens/s", []).append(i)
     tput = d.col("output_tokens_per_s")
-    for k, (label, idx) in enumerate(groups.items()):
-        xs = [float(raw[i]) if cats is None else float(cats.index(str(raw[i]))) for i in idx]
-        order = sorted(range(len(idx)), key=lambda j: xs[j])
-        chart.add(Series(label, [xs[j] for j in order], [tput[idx[j]] for j in order], style="linepoints",
+    for k, (group, idx) in enumerate(d.groups.items()):
+        order = sorted(idx, key=lambda i: d.load_x[i])
+        color, marker = _group_style(k, group)
+        chart.add(Series(group or "output tokens/s", [d.load_x[i] for i in order], [tput[i] for i in order],
+                         style="linepoints", color=color, marker=marker,
                          dashed=k % 2 == 1))
-    kp = d.knee_point()
-    if kp is not None and numeric:
-        knee_x: Any = (kp.get("values") or {}).get(name)
-        if _is_num(knee_x):
-            chart.vlines.append(RefLine(float(knee_x), "knee", color="#444444"))
+    chart.vlines.extend(d.knee_lines({p["index"]: x for p, x in zip(d.done, d.load_x, strict=True)}))
     return chart
 
 
 def _sweep_table(d: _SweepData, frontier_idx: set[int]) -> str:
-    knee_idx = d.knee.get("index") if d.knee else None
+    knee_idx = {k.get("index") for k in d.knees}
     rows, classes = [], []
     for p in d.all:
         row: dict[str, Any] = p["row"] if isinstance(p.get("row"), dict) else {}
         marks = []
-        if p.get("index") == knee_idx:
+        if p.get("index") in knee_idx:
             marks.append("knee")
         if p.get("index") in frontier_idx:
             marks.append("frontier")
@@ -771,7 +828,7 @@ def _sweep_table(d: _SweepData, frontier_idx: set[int]) -> str:
         cells.append(_e(" ".join(map(str, args)) if isinstance(args, list) else args or ""))
         cells.append(link)
         rows.append(cells)
-        classes.append("knee" if p.get("index") == knee_idx else ("bad" if p.get("status") != "done" else ""))
+        classes.append("knee" if p.get("index") in knee_idx else ("bad" if p.get("status") != "done" else ""))
     headers = ["#", "values", "status", "", *[h for h, _, _ in _ROW_COLUMNS], "server args", ""]
     table = _table(headers, rows, left=4, row_classes=classes)
     return f"<h2>All points (latencies in ms)</h2><div class='scroll'>{table}</div>"
@@ -798,11 +855,13 @@ def render_sweep_html(sweep: dict[str, Any], reports: dict[int, dict[str, Any]])
         f"<p class='meta'>target <code>{_e(url)}</code> · model <code>{_e(model)}</code> · "
         f"{len(d.all)} points, {len(d.done)} done · SLO: {_e(slo_text or 'none')}</p>",
     ]
-    kp = d.knee_point()
-    if kp is not None and d.knee is not None:
-        head.append(f"<p class='meta'>knee at point {_num(kp.get('index'))} ({_e(_point_label(kp))}): "
-                    f"{_e(d.knee.get('reason'))}</p>")
-    else:
+    by_index = {p.get("index"): p for p in d.done}
+    for knee in d.knees:
+        kp = by_index.get(knee.get("index"))
+        if kp is not None:
+            head.append(f"<p class='meta knee'>knee at point {_num(kp.get('index'))} "
+                        f"({_e(_point_label(kp))}): {_e(knee.get('reason'))}</p>")
+    if not d.knees:
         head.append("<p class='meta'>no knee found in this sweep.</p>")
     failed = [p for p in d.all if p.get("status") != "done"]
     if failed:

@@ -7,7 +7,9 @@ any number of :class:`Series` (line, step, scatter, line with points), horizonta
 NaNs and infinities are dropped and not counted).
 
 Every drawn series carries ``class="series"`` and ``data-n`` (its drawn point count) and every scatter
-marker ``class="mark"``, so a browser-side check can tell a plot that rendered data from an empty frame.
+marker ``class="mark"``, so a browser-side check can tell a plot that rendered data from an empty frame;
+reference lines are ``class="ref"``, the axis labels ``class="xlabel"``/``"ylabel"``, the legend
+``<g class="legend">``.
 
 Colours are the Okabe–Ito palette (distinguishable with the common colour-vision deficiencies), dark
 on a light background; series also differ by dash pattern or marker so they read in greyscale.
@@ -321,10 +323,10 @@ class Chart:
         out.append(f"<rect x='{f.left}' y='{f.top}' width='{f.w}' height='{f.h}' fill='none' stroke='#888'/>")
         xl = self.x.label + ("  (log scale)" if self.x.log else "")
         yl = self.y.label + ("  (log scale)" if self.y.log else "")
-        out.append(f"<text x='{f.left + f.w / 2:.1f}' y='{self.height - 12}' text-anchor='middle' "
-                   f"fill='#111'>{escape(xl)}</text>")
-        out.append(f"<text transform='translate(16 {f.top + f.h / 2:.1f}) rotate(-90)' text-anchor='middle' "
-                   f"fill='#111'>{escape(yl)}</text></g>")
+        out.append(f"<text class='xlabel' x='{f.left + f.w / 2:.1f}' y='{self.height - 12}' "
+                   f"text-anchor='middle' fill='#111'>{escape(xl)}</text>")
+        out.append(f"<text class='ylabel' transform='translate(16 {f.top + f.h / 2:.1f}) rotate(-90)' "
+                   f"text-anchor='middle' fill='#111'>{escape(yl)}</text></g>")
         return "".join(out)
 
     def _legend(self, rows: list[list[tuple[str, str, Series]]], left: float) -> str:

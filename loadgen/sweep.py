@@ -11,10 +11,13 @@ Layout of ``out``: one run folder per point (``point-000-concurrency=1/`` ...), 
 
 Parameters. A setting name (any top-level field of :class:`loadgen.settings.Settings`: ``concurrency``,
 ``qps``, ``input_len``, ``output_len``, ``num_requests`` ...) takes a list ``1,4,16`` and/or inclusive
-ranges ``START:STOP:STEP`` (``qps=5:40:5``). A server argument (``--max-num-seqs=8,32,128``) needs a
-``server:`` block: each point's ``server.args`` get that flag set once (earlier occurrences removed, the
-rule of ``servers.vllm.VllmLaunchSpec.with_flag``), so the runner relaunches vLLM per point. Several
-parameters make the cartesian product, the first one varying slowest.
+ranges ``START:STOP:STEP`` (``qps=5:40:5``). A server argument (``--max-num-seqs=8,32,128``) with a
+``server:`` block sets that flag once in each point's ``server.args`` (earlier occurrences removed, the
+rule of ``servers.vllm.VllmLaunchSpec.with_flag``), so the runner relaunches vLLM per point. Without a
+``server:`` block and without ``url`` the target is the built-in simulator, started per run anyway, and a
+server argument is the simulator's option of that name (``--max-seqs=2,8`` sets ``sim.max_seqs``; see
+``loadgen sim --help``): a server-setting sweep that needs no GPU. Several parameters make the cartesian
+product, the first one varying slowest.
 
 Seeds. Point ``i`` runs with ``point_seed(base_seed, i)`` (a ``numpy.random.SeedSequence`` of
 ``[base_seed, i]``), recorded in its row: a server's prefix cache can never serve one point's prompts from
@@ -27,7 +30,11 @@ removed. A folder holding a different sweep (other parameters or values) is refu
 
 Knee (:func:`find_knee`): along the points in order, the first point ``i`` such that going to point
 ``i + 1`` raises throughput (completed requests/s) by less than 10% while TTFT p99 rises by more than 50%:
-past it, more load buys queueing, not throughput.
+past it, more load buys queueing, not throughput. With several parameters the knee is found along the
+load parameter (the first one that is not a server argument) separately for each combination of the
+others (:func:`find_knees`): each server setting has its own knee. ``sweep.json`` holds them all in
+``knees`` (``{"index", "reason", "group"}``, ``group`` the other parameters' values) and, for a sweep of
+one parameter, the one knee in ``knee`` as well.
 """
 
 from __future__ import annotations
@@ -206,19 +213,52 @@ def point_settings(base: Settings, values: dict[str, Any], index: int, out_dir: 
     data = base.model_dump()
     server_flags = {k: v for k, v in values.items() if k.startswith("-")}
     data.update({k: v for k, v in values.items() if not k.startswith("-")})
-    if server_flags:
-        if base.server is None:
-            raise ConfigError(
-                f"server arguments {', '.join(server_flags)} need a `server:` block in the scenario "
-                "(loadgen launches vLLM per point); with --url the server is not ours to restart"
-            )
+    if server_flags and base.server is not None:
         args = list(base.server.args)
         for flag, value in server_flags.items():
             args = replace_flag(args, flag, value)
         data["server"] = {**data["server"], "args": args}
+    elif server_flags and base.url is None:
+        data["sim"] = sim_options(base.sim, server_flags)
+    elif server_flags:
+        raise ConfigError(
+            f"server arguments {', '.join(server_flags)} need a `server:` block in the scenario "
+            "(loadgen launches vLLM per point); with --url the server is not ours to restart"
+        )
     data["seed"] = point_seed(base.seed, index)
     data["out"] = out_dir / point_dirname(index, values)
     return build_settings(data, f"sweep point {index} ({values})")
+
+
+def sim_options(sim: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    """The ``sim:`` block with server flags applied as simulator options (``--max-seqs`` → ``max_seqs``,
+    typed like the option). Only the simulator's numeric options and its model name can be swept; an
+    unknown flag or a value the simulator refuses raises ConfigError now, before any point runs."""
+    import dataclasses
+
+    from servers.sim_config import SimConfig
+
+    kinds = {f.name: type(f.default) for f in dataclasses.fields(SimConfig)
+             if isinstance(f.default, int | float | str) and f.name not in ("api_key", "seed")}
+    out = dict(sim)
+    for flag, value in flags.items():
+        name = flag.lstrip("-").replace("-", "_")
+        kind = kinds.get(name)
+        if kind is None:
+            options = ", ".join("--" + k.replace("_", "-") for k in kinds)
+            raise ConfigError(
+                f"server argument {flag}: the built-in simulator (no url, no server: block) has no such "
+                f"option; it takes {options}. vLLM flags need a `server:` block."
+            )
+        try:
+            out[name] = kind(float(value)) if kind is int and float(value).is_integer() else kind(value)
+        except ValueError:
+            raise ConfigError(f"server argument {flag}={value}: expected {kind.__name__}") from None
+    try:
+        SimConfig.from_dict(out)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"server arguments {flags}: {exc}") from None
+    return out
 
 
 def replace_flag(args: Sequence[str], name: str, value: object | None) -> list[str]:
@@ -298,6 +338,36 @@ def row_from_report(report: dict[str, Any]) -> dict[str, Any]:
         "joules_per_output_token": joules_per_output_token(report),
         "server_args": " ".join(server["args"]) if server.get("args") else None,
     }
+
+
+def load_parameter(names: Sequence[str]) -> str | None:
+    """The parameter a knee is looked for along: the first that is not a server argument (else the
+    first one; None for no parameters)."""
+    return next((n for n in names if not n.startswith("-")), names[0] if names else None)
+
+
+def find_knees(points: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict[str, Any]]:
+    """One knee search (:func:`find_knee`) per combination of the parameters other than the load
+    parameter, along the points in index order. Pure. ``points`` are ``sweep.json`` points (``values``,
+    ``status``, ``row``); returns ``{"index", "reason", "group"}`` per group that has a knee, ``index``
+    into ``points`` and ``group`` the other parameters' values (empty for a one-parameter sweep)."""
+    load = load_parameter(names)
+    groups: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
+    for p in points:
+        group = {n: v for n, v in (p.get("values") or {}).items() if n != load}
+        groups.setdefault(tuple((n, repr(v)) for n, v in group.items()), group)
+    knees = []
+    for key, group in groups.items():
+        rows = [
+            p["row"] if p.get("status") == "done" and p.get("row") is not None
+            and tuple((n, repr(v)) for n, v in (p.get("values") or {}).items() if n != load) == key
+            else None
+            for p in points
+        ]
+        knee = find_knee(rows)
+        if knee is not None:
+            knees.append({**knee, "group": group})
+    return knees
 
 
 def find_knee(rows: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
@@ -455,6 +525,7 @@ def run_sweep(
             for i, (values, s) in enumerate(plan)
         ],
         "knee": None,
+        "knees": [],
         "length_mix": {"input_len": base.input_len.model_dump(), "output_len": base.output_len.model_dump()},
     }
     _check_same_sweep(out_dir, data)
@@ -465,7 +536,7 @@ def run_sweep(
         done = _finished_report(settings)
         if done is not None:
             say(f"point {i + 1}/{total} ({label}): already done, skipped")
-            point.update(status="done", row=row_from_report(done))
+            point.update(status="done", row=_row(done, values, base))
             continue
         assert settings.out is not None
         _clear_point(Path(settings.out))
@@ -480,7 +551,7 @@ def run_sweep(
             _finish(out_dir, data)
             raise
         else:
-            point.update(row=row_from_report(result.report))
+            point.update(row=_row(result.report, values, base))
             if getattr(result, "interrupted", False):
                 point.update(status="interrupted", error="the run was interrupted; rerun to finish it")
                 _finish(out_dir, data)
@@ -492,9 +563,21 @@ def run_sweep(
 
 
 def _finish(out_dir: Path, data: dict[str, Any]) -> None:
-    rows = [p["row"] if p["status"] == "done" else None for p in data["points"]]
-    data["knee"] = find_knee(rows) if len(data["parameters"]) == 1 else None
+    data["knees"] = find_knees(data["points"], data["parameters"])
+    if len(data["parameters"]) == 1:
+        data["knee"] = {k: v for k, v in data["knees"][0].items() if k != "group"} if data["knees"] else None
+    else:
+        data["knee"] = None
     write_sweep(out_dir, data)
+
+
+def _row(report: dict[str, Any], values: dict[str, Any], base: Settings) -> dict[str, Any]:
+    """The point's row; a simulator point's ``server_args`` are the swept simulator options."""
+    row = row_from_report(report)
+    flags = [f"{k} {v}" for k, v in values.items() if k.startswith("-")]
+    if base.server is None and flags and row["server_args"] is None:
+        row["server_args"] = " ".join(flags)
+    return row
 
 
 # ---- console view ----------------------------------------------------------------------------------
@@ -515,13 +598,15 @@ def render_table(data: dict[str, Any]) -> str:
     names = list(data["parameters"])
     cols = [*names, "status", "req/s", "out tok/s", "TTFT p50", "TTFT p99", "TPOT p99", "err%", "valid"]
     lines = []
-    knee = (data.get("knee") or {}).get("index")
+    knees = data.get("knees") or ([data["knee"]] if data.get("knee") else [])
+    at_knee = {k["index"] for k in knees}
     table = [cols]
     for p in data["points"]:
         r = p.get("row") or {}
         err = r.get("error_rate")
         table.append([
-            *(_f(p["values"].get(n)) for n in names), p["status"] + (" *knee*" if p["index"] == knee else ""),
+            *(_f(p["values"].get(n)) for n in names),
+            p["status"] + (" *knee*" if p["index"] in at_knee else ""),
             _f(r.get("requests_per_s")), _f(r.get("output_tokens_per_s"), 0), _f(r.get("ttft_p50_ms")),
             _f(r.get("ttft_p99_ms")), _f(r.get("tpot_p99_ms"), 2),
             _f(100 * err if err is not None else None), _f(r.get("valid")),
@@ -530,8 +615,9 @@ def render_table(data: dict[str, Any]) -> str:
     for row in table:
         lines.append("  ".join(str(v).rjust(w) for v, w in zip(row, widths, strict=True)))
     lines.append("(latencies in ms; TTFT from the scheduled time)")
-    if data.get("knee"):
-        lines.append(f"knee: point {knee}: {data['knee']['reason']}")
-    elif len(names) == 1:
+    for k in knees:
+        group = ", ".join(f"{n}={v}" for n, v in (k.get("group") or {}).items())
+        lines.append(f"knee{f' ({group})' if group else ''}: point {k['index']}: {k['reason']}")
+    if not knees:
         lines.append("knee: none found (throughput never flattened while TTFT p99 rose by > 50%)")
     return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from loadgen.settings import build_settings
 from loadgen.sweep import (
     ROW_FIELDS,
     find_knee,
+    find_knees,
     grid,
     load_sweep_scenario,
     parse_param,
@@ -268,3 +270,90 @@ def test_sweep_block_in_scenario_files(tmp_path: Path) -> None:
         settings, params = load_sweep_scenario(str(path))
         assert params, path
         assert len(grid(params)) >= 2
+
+
+# ---- server settings of the built-in simulator, per-setting knees, the CLI's files -------------------
+
+
+def test_server_args_without_a_server_block_set_simulator_options(tmp_path: Path) -> None:
+    base = build_settings({"scenario": "concurrency", "sim": {"ttft_ms": 5, "max_seqs": 64}}, "t")
+    s = point_settings(base, {"concurrency": 4, "--max-seqs": "2", "--itl-ms": "2.5"}, 1, tmp_path)
+    assert s.sim == {"ttft_ms": 5, "max_seqs": 2, "itl_ms": 2.5} and s.server is None
+    assert isinstance(s.sim["max_seqs"], int)
+    for bad, match in (({"--max-num-seqs": "8"}, "no such option.*--max-seqs"),
+                       ({"--max-seqs": "0"}, "max_seqs"), ({"--max-seqs": "2.5"}, "expected int"),
+                       ({"--api-key": "x"}, "no such option")):
+        with pytest.raises(ConfigError, match=match):
+            point_settings(base, bad, 0, tmp_path)
+    # with --url the server is not ours to configure
+    with pytest.raises(ConfigError, match="server:"):
+        point_settings(base.model_copy(update={"url": "http://127.0.0.1:9"}), {"--max-seqs": "2"}, 0,
+                       tmp_path)
+
+
+def test_each_server_setting_gets_its_own_knee() -> None:
+    """Two settings crossed with load: setting A flattens after its first point, B after its second;
+    a failed point is skipped within its own group only."""
+    a = [_row(10, 20), _row(10.5, 90), _row(10.6, 300)]
+    b = [_row(10, 20), _row(20, 21), _row(20.5, 80)]
+    points = []
+    for i, c in enumerate((1, 2, 3)):
+        for j, (seqs, rows) in enumerate((("2", a), ("8", b))):
+            points.append({"index": 2 * i + j, "values": {"concurrency": c, "--max-seqs": seqs},
+                           "status": "done", "row": rows[i]})
+    knees = find_knees(points, ["concurrency", "--max-seqs"])
+    assert [(k["index"], k["group"]) for k in knees] == [(0, {"--max-seqs": "2"}), (3, {"--max-seqs": "8"})]
+    assert "from point 3 to point 5" in knees[1]["reason"]
+    # B's second point failed: B compares point 1 with point 5 (+105% throughput, no knee), never with
+    # A's points in between
+    points[3].update(status="failed", row=None)
+    knees = find_knees(points, ["concurrency", "--max-seqs"])
+    assert [(k["index"], k["group"]) for k in knees] == [(0, {"--max-seqs": "2"})]
+    # one parameter: one group, the same answer as find_knee
+    one = [{"index": i, "values": {"concurrency": i + 1}, "status": "done", "row": r}
+           for i, r in enumerate(a)]
+    assert find_knees(one, ["concurrency"]) == [{**find_knee(a), "group": {}}]  # type: ignore[dict-item]
+
+
+DOCUMENTED_CSV_COLUMNS = [  # sweep.write_sweep: index, status, seed, swept names not in the row, the row
+    "index", "status", "seed", "--max-seqs", "offered_qps", "concurrency", "requests_per_s",
+    "output_tokens_per_s", "goodput_requests_per_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms",
+    "tpot_p50_ms", "tpot_p99_ms", "e2e_p50_ms", "e2e_p99_ms", "error_rate", "valid", "client_limited",
+    "joules_per_output_token", "server_args",
+]
+
+
+def test_cli_sweep_writes_json_csv_and_html(tmp_path: Path) -> None:
+    """The real CLI (a subprocess): two points over the simulator's max_seqs, one decode slot vs four,
+    at concurrency 4. A request holds a slot for S = 10 + 7 × 2 = 24 ms, so one slot serves 1 / S ≈ 42
+    req/s and four serve 4 / S ≈ 167 req/s."""
+    from tests.conftest import run_cli
+
+    scen = write_scenario(tmp_path / "s.yaml", scenario="concurrency", concurrency=4, num_requests=40,
+                          duration_s=0, input_len=8, output_len=8, slo={"ttft_ms": 500},
+                          sim={"ttft_ms": 10, "itl_ms": 2})
+    out = tmp_path / "sweep"
+    res = run_cli("sweep", str(scen), "--server-arg=--max-seqs=1,4", "--out", str(out), "--quiet")
+    assert res.code == 0, res.output
+    assert f"html: {out / 'sweep.html'}" in res.output
+    with (out / "sweep.csv").open() as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        lines = [dict(zip(header, r, strict=True)) for r in reader]
+    assert header == DOCUMENTED_CSV_COLUMNS
+    assert [(r["index"], r["status"], r["--max-seqs"], r["concurrency"]) for r in lines] == [
+        ("0", "done", "1", "4"), ("1", "done", "4", "4")]
+    data = json.loads((out / "sweep.json").read_text())
+    for r, p in zip(lines, data["points"], strict=True):
+        report = json.loads((out / p["out_dir"] / "report.json").read_text())
+        assert float(r["requests_per_s"]) == report["results"]["requests_per_s"]
+        assert float(r["ttft_p99_ms"]) == report["results"]["ttft_from_scheduled_ms"]["p99"]
+        assert r["error_rate"] == "0.0" and r["server_args"] == f"--max-seqs {p['values']['--max-seqs']}"
+        assert int(r["seed"]) == p["seed"]
+    assert float(lines[0]["requests_per_s"]) == pytest.approx(1 / 0.024, rel=0.15)
+    assert float(lines[1]["requests_per_s"]) == pytest.approx(4 / 0.024, rel=0.15)
+    page = (out / "sweep.html").read_text()
+    for name in ("ttft_vs_load", "goodput_vs_load", "pareto"):
+        m = re.search(rf"<figure data-plot='{name}' data-points='(\d+)'>", page)
+        assert m is not None and int(m.group(1)) > 0, name
+    assert "<td class='l'>--max-seqs=1</td>" in page and "<td class='l'>--max-seqs=4</td>" in page
