@@ -4,7 +4,9 @@ Every request in flight holds a socket, and many distributions start processes w
 1,024 descriptors, so a 2,000-stream run would fail with EMFILE ("Too many open files") — which would
 then show up as ``connect`` errors, i.e. as a server problem. :func:`ensure_descriptors` raises the soft
 limit up to the hard limit (an unprivileged process may) before the run, and refuses the run with a
-clear message when even the hard limit is too low. Worker processes inherit the raised limit.
+clear message when even the hard limit is too low. The runner raises it before it starts the target,
+so worker processes and a server loadgen launches (the simulator, vLLM) inherit the raised limit; the
+simulator's process raises its own as well (it may be started on its own).
 """
 
 from __future__ import annotations

@@ -226,6 +226,7 @@ async def run_async(
     out_dir = Path(settings.out) if settings.out is not None else default_out_dir(settings)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = uuid.uuid4().hex[:12]
+    ensure_descriptors(None)  # before the target starts: a simulator or vLLM we launch inherits it
     async with _target(settings, out_dir, say) as (base_url, launched):
         headers = api_headers(settings.api_key_env, settings.headers, api_key)
         opts = ClientOptions(

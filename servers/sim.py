@@ -50,6 +50,7 @@ from types import TracebackType
 from typing import Any
 
 from loadgen.errors import LaunchError
+from loadgen.limits import ensure_descriptors
 from servers.sim_config import FAULT_KINDS, FaultSpec, SimConfig, capacity_rps, parse_fault, service_time_s
 from servers.sim_http import Conn
 from servers.sim_openai import SimApp
@@ -175,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
+    # One descriptor per client connection: a soft limit of 1,024 (many distributions' default) would
+    # refuse connections beyond it, which the client would report as the server's failures.
+    ensure_descriptors(None)
 
     def ready(url: str) -> None:
         print(json.dumps({"url": url, "pid": os.getpid()}), flush=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import resource
 
+import pytest
+
 from tests.conftest import load_report, run_cli, write_scenario
 
 STREAMS = 2000
@@ -52,3 +54,45 @@ def test_a_too_low_descriptor_limit_is_refused_with_the_numbers(tmp_path):
     assert "Traceback" not in proc.stderr
     assert "2064 file descriptors" in proc.stderr and "only 512 are available" in proc.stderr
     assert "ulimit -n" in proc.stderr
+
+
+def _soft_1024() -> None:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+
+
+LOW_LIMIT_STREAMS = 1500
+
+
+def test_a_low_soft_limit_is_raised_for_the_client_and_the_built_in_simulator(tmp_path):
+    """Started with a soft limit of 1,024 (hard limit higher): 1,500 streams need more descriptors in
+    the client *and* in the simulated server loadgen starts, so both must raise it, the server before
+    it starts (it inherits the limit), or connections beyond ~1,000 fail."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < LOW_LIMIT_STREAMS + 200:
+        pytest.skip(f"the hard descriptor limit ({hard}) is too low to test raising the soft one")
+    f = write_scenario(
+        tmp_path / "s.yaml", scenario="concurrency", concurrency=LOW_LIMIT_STREAMS,
+        num_requests=LOW_LIMIT_STREAMS, duration_s=0, input_len=8, output_len=4,
+        sim={"ttft_ms": 200, "itl_ms": 20, "max_seqs": 4096},
+    )
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadgen", "run", str(f), "--out", str(out), "--quiet", "--workers", "1",
+         "--no-gpu-telemetry"],
+        cwd=ROOT, capture_output=True, text=True, timeout=150, preexec_fn=_soft_1024, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r = load_report(out)["results"]
+    assert r["requests_failed"] == 0, r["errors_by_class"]
+    assert r["requests_completed"] >= LOW_LIMIT_STREAMS
+    recs = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
+    first = sorted(recs, key=lambda x: x["sent_ns"])[:LOW_LIMIT_STREAMS]
+    earliest_end = min(x["end_ns"] for x in first)
+    # more than the 1,024 the limit started at were open at once
+    assert sum(1 for x in first if x["sent_ns"] <= earliest_end <= x["end_ns"]) > 1100
