@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,28 @@ def test_compose_services_and_ports(compose: dict) -> None:
 def test_vllm_has_a_gpu_reservation(compose: dict) -> None:
     devices = compose["services"]["vllm"]["deploy"]["resources"]["reservations"]["devices"]
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+
+
+def test_loadgen_sees_the_same_gpus_through_nvml(compose: dict) -> None:
+    """The GPU power and J/token panels need loadgen's NVML sampler to see vLLM's GPUs: the loadgen
+    container reserves the same count with the driver's utility capability (libnvidia-ml), and its
+    command does not turn GPU telemetry off."""
+    services = compose["services"]
+
+    def nvidia(name: str) -> list[dict]:
+        devices = services[name].get("deploy", {}).get("resources", {}).get("reservations", {}).get(
+            "devices", [])
+        return [d for d in devices if d.get("driver") == "nvidia"]
+
+    loadgen, vllm = nvidia("loadgen"), nvidia("vllm")
+    assert loadgen, "the loadgen service reserves no NVIDIA GPU: NVML would see none"
+    assert {"gpu", "utility"} <= set(loadgen[0]["capabilities"])
+    assert loadgen[0]["count"] == vllm[0]["count"] == "${GPU_COUNT:-1}"
+    caps = str(services["loadgen"].get("environment", {}).get("NVIDIA_DRIVER_CAPABILITIES", ""))
+    assert "utility" in caps.split(",") or caps == "all", caps
+    assert "--no-gpu-telemetry" not in services["loadgen"]["command"]
+    deps = tomllib.loads((DOCKER.parent / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.startswith("nvidia-ml-py") for d in deps)  # `pip install .` in the image brings pynvml
 
 
 def test_vllm_model_and_args_come_from_variables_with_defaults(compose: dict) -> None:
