@@ -23,15 +23,18 @@ class FakeResult:
     interrupted: bool = False
 
 
-def fake_server(limit_qps: float, *, client_limited_at: set[float] | None = None, log: list | None = None):
-    """A run passes iff its QPS <= limit_qps; QPS listed in ``client_limited_at`` are client-limited once."""
+def fake_server(limit_qps: float, *, client_limited_at: set[float] | None = None, log: list | None = None,
+                outcomes: dict[float, list[bool]] | None = None):
+    """A run passes iff its QPS <= limit_qps; QPS listed in ``client_limited_at`` are client-limited once.
+    ``outcomes[q]`` overrides the verdict of the 1st, 2nd, ... run at QPS q (a noisy boundary)."""
     limited = set(client_limited_at or ())
+    scripted = {q: list(v) for q, v in (outcomes or {}).items()}
 
     def run_point(s: Settings) -> FakeResult:
         assert s.qps is not None and s.num_requests >= PEAK_MIN_QUERIES
         if log is not None:
             log.append(s)
-        ok = s.qps <= limit_qps
+        ok = scripted[s.qps].pop(0) if scripted.get(s.qps) else s.qps <= limit_qps
         cl = s.qps in limited
         limited.discard(s.qps)
         checks = {"performance_constraints": ok, "min_duration": True, "min_queries": True,
@@ -70,6 +73,28 @@ def test_search_widens_then_bisects(tmp_path: Path) -> None:
     assert on_disk["peak_qps"] == 36.875 and on_disk["peak_out_dir"] == res.data["runs"][8]["out_dir"]
     assert on_disk["slo"] == {"ttft_ms": 100.0, "tpot_ms": None}
     assert "peak: 36.875 QPS" in render_table(on_disk)
+
+
+@pytest.mark.parametrize(("outcomes", "pass_valid", "fail_valid"), [
+    ({36.875: [True, False]}, 1, 0),  # the pass end fails on its repeat
+    ({37.5: [False, True]}, 2, 1),  # the fail end passes on its repeat
+])
+def test_a_boundary_whose_repeats_disagree_is_reported_noisy(
+    tmp_path: Path, outcomes: dict[float, list[bool]], pass_valid: int, fail_valid: int
+) -> None:
+    """Same search as above (bracket [36.875, 37.5), one repeat at each end), but one end's repeat
+    disagrees with its search run: peak.json says the boundary is noisy, with the counts."""
+    res = find_peak(_base(), tmp_path, start_qps=5, precision=1, repeats=1, max_runs=20,
+                    run_point=fake_server(37.3, outcomes=outcomes))
+    on_disk = json.loads((tmp_path / "peak.json").read_text())
+    assert on_disk["bracket"] == [36.875, 37.5] and on_disk["peak_qps"] == 36.875
+    rep = on_disk["boundary_repeats"]
+    assert rep["noisy"] is True
+    assert (rep["pass"]["runs"], rep["pass"]["valid"]) == (2, pass_valid)
+    assert (rep["fail"]["runs"], rep["fail"]["valid"]) == (2, fail_valid)
+    assert f"at 36.875 QPS {pass_valid}/2 runs VALID, at 37.5 QPS {fail_valid}/2" in rep["verdict"]
+    assert "the boundary is noisy" in rep["verdict"] and "noisy" in render_table(on_disk)
+    assert res.data == on_disk
 
 
 def test_start_that_fails_narrows_down(tmp_path: Path) -> None:
@@ -172,3 +197,80 @@ def test_find_peak_cli_needs_a_bound(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "--ttft-ms" in res.output
     res = CliRunner().invoke(app, ["find-peak", str(scen), "--preset", "nope", "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "unknown MLPerf preset" in res.output
+
+
+# ---- an MLPerf preset's bounds on the simulator --------------------------------------------------------
+
+PRESET = "llama2-70b-interactive"  # MLPerf: p99 TTFT <= 450 ms, p99 TPOT <= 40 ms
+PRESET_SIM = {"ttft_ms": 50.0, "itl_ms": 25.0, "max_seqs": 32, "tokens_per_chunk": 8}
+PRESET_OUT = 15
+
+
+def _cli_app():
+    import typer
+
+    from loadgen.cli_analysis import register
+
+    app = typer.Typer()
+    app.command("noop")(lambda: None)
+    register(app)
+    return app
+
+
+@pytest.mark.slow
+def test_find_peak_with_an_mlperf_preset_whose_ttft_bound_binds(tmp_path: Path) -> None:
+    """``find-peak --preset llama2-70b-interactive`` on a simulator built so the preset's TTFT bound
+    sits exactly one service time above the simulator's TTFT: S = 50 + 14 × 25 = 400 ms and
+    450 ms = 50 ms + S. With c = 32 slots this is the queue of test_find_peak_on_the_simulator (a run
+    fails when more than c requests wait at once), so the peak is the capacity c / S = 80 req/s; TPOT is
+    25 ms, well inside 40 ms, so only the TTFT bound can bind. Start 74 (0.925 of capacity) passes,
+    ×1.25 = 92.5 fails, one bisection to 83.25 (either verdict), bracket 9.25 ≤ 10: the peak is 74 or
+    83.25, both within 10% of 80. Three runs of ≥ 662 queries, about 30 s."""
+    from typer.testing import CliRunner
+
+    from tests.conftest import write_scenario
+
+    cfg = SimConfig(**PRESET_SIM)  # type: ignore[arg-type]
+    assert service_time_s(cfg, IN_LEN, PRESET_OUT, 32) == pytest.approx(0.400)
+    cap = capacity_rps(cfg, IN_LEN, PRESET_OUT)
+    assert cap == pytest.approx(80.0)
+    scen = write_scenario(tmp_path / "s.yaml", scenario="server", qps=10, duration_s=1, input_len=IN_LEN,
+                          output_len=PRESET_OUT, sim=PRESET_SIM, issue_delay_limit_ms=25)
+    out = tmp_path / "peak"
+    res = CliRunner().invoke(_cli_app(), [
+        "find-peak", str(scen), "--preset", PRESET, "--start-qps", "74", "--step", "0.25",
+        "--precision", "10", "--repeats", "0", "--max-runs", "4", "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "peak.json").read_text())
+    assert data["preset"] == PRESET and data["slo"] == {"ttft_ms": 450.0, "tpot_ms": 40.0}
+    assert data["peak_qps"] == pytest.approx(cap, rel=0.10), render_table(data)
+    fails = [r for r in data["runs"] if not r["valid"]]
+    assert fails and all(any(x.startswith("TTFT") for x in r["reasons"]) for r in fails), fails
+    assert not any(x.startswith("TPOT") for r in data["runs"] for x in r["reasons"])
+    assert all(r["tpot_p99_ms"] == pytest.approx(25.0, abs=3.0) for r in data["runs"])
+    report = json.loads((out / data["peak_out_dir"] / "report.json").read_text())
+    assert report["validity"]["valid"] is True and report["settings"]["preset"] == PRESET
+
+
+def test_find_peak_with_an_mlperf_preset_whose_tpot_bound_binds(tmp_path: Path) -> None:
+    """The same preset against a simulator that decodes a token every 45 ms: TPOT 45 ms > 40 ms at
+    any load (its 1024 slots never queue at 400 or 200 QPS), so no rate passes and find-peak exits 1,
+    every run failing the TPOT bound and none the TTFT bound."""
+    from typer.testing import CliRunner
+
+    from tests.conftest import write_scenario
+
+    sim = {**PRESET_SIM, "itl_ms": 45.0, "max_seqs": 1024}
+    scen = write_scenario(tmp_path / "s.yaml", scenario="server", qps=10, duration_s=1, input_len=IN_LEN,
+                          output_len=PRESET_OUT, sim=sim, issue_delay_limit_ms=25)
+    out = tmp_path / "peak"
+    res = CliRunner().invoke(_cli_app(), [
+        "find-peak", str(scen), "--preset", PRESET, "--start-qps", "400", "--repeats", "0",
+        "--max-runs", "2", "--out", str(out), "--quiet"])
+    assert res.exit_code == 1, res.output
+    data = json.loads((out / "peak.json").read_text())
+    assert data["peak_qps"] is None and [r["qps"] for r in data["runs"]] == [400, 200]
+    for r in data["runs"]:
+        assert any(x.startswith("TPOT constraint not met") for x in r["reasons"]), r["reasons"]
+        assert not any(x.startswith("TTFT") for x in r["reasons"]), r["reasons"]
+        assert r["tpot_p99_ms"] == pytest.approx(45.0, abs=3.0)
