@@ -201,6 +201,13 @@ def _note_retries(data: dict[str, Any], records: list[RequestRecord]) -> None:
         )
 
 
+def _start_outputs(out_dir: Path, meta: dict[str, Any]) -> None:
+    """``run.json`` before any request; a rerun into the same folder starts afresh."""
+    _write_json(out_dir / "run.json", meta)
+    for stale in ("requests.jsonl", "warmup.jsonl", "report.json", "summary.txt"):
+        (out_dir / stale).unlink(missing_ok=True)
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
 
@@ -241,9 +248,7 @@ async def run_async(
         )
         ensure_descriptors(_open_at_once(trace))
         model = opts.model
-        _write_json(out_dir / "run.json", meta)
-        for stale in ("requests.jsonl", "warmup.jsonl", "report.json", "summary.txt"):
-            (out_dir / stale).unlink(missing_ok=True)  # a rerun into the same folder starts afresh
+        _start_outputs(out_dir, meta)
         async with make_session(opts, _max_connections(settings, trace)) as session:
             client = Client(session if opts.transport == "aiohttp" else None, opts,
                             tokenizer=counter if settings.tokenizer else None)
