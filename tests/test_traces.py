@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import threading
 import time
 from datetime import datetime, timedelta
 
@@ -19,7 +21,9 @@ from loadgen.scenarios import build_trace, seeded_rngs
 from loadgen.settings import ReplaySpec, Scenario, Settings
 from loadgen.tokens import LocalTokenizer, WordCounter
 from loadgen.traces import read_azure, read_mooncake, retime
-from servers.sim import SimConfig, SimProcess
+from loadgen.workers import preconnect_count
+from servers.sim import SimConfig, SimProcess, SimServer
+from tests.conftest import run_cli, write_scenario
 from tests.tiny_model import write_tiny_model
 
 EXACT = WordCounter(exact=True)
@@ -114,11 +118,46 @@ def test_retime_rejects_a_rate_for_a_single_instant():
         retime(np.array([1.0]), ReplaySpec(target_qps=3))
 
 
+def _lateness_runs(url, ds, trace, attempts):
+    """Issue the trace ``attempts`` times through the real client on the event loop the runner uses
+    (uvloop when installed), connections opened before t0 as the runner does (preconnect_count);
+    yields each run's records."""
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+
+    async def go():
+        client = Client(None, ClientOptions(base_url=url, model="sim-model"))
+        records = []
+        issuer = Issuer(client, ds, trace, records.append)
+        await client.preconnect(preconnect_count(trace))
+        client.t0_ns = time.perf_counter_ns()
+        await issuer.run()
+        await client.close()
+        return records
+
+    for _ in range(attempts):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            yield runner.run(go())
+
+
 def test_replay_issues_at_the_traces_times_on_the_simulator(tmp_path):
     """End to end at the library level: replay trace → Issuer → real Client → simulated server.
 
     200 rows over 2 s of trace time (bursts and pauses), window 0.5..2.5 s, 1.5x faster: every row of
-    the window is sent, each within 1 ms (p99) of its scaled trace time."""
+    the window is sent, its scheduled time is its scaled trace time to the nanosecond, and the issue
+    lateness (sent − scheduled: ``sent_ns`` is taken when the request's bytes were handed to the socket,
+    ``scheduled_ns`` is the trace offset) is at most 1 ms at p99.
+
+    Measured on the shared 2-core development machine (load average ~1 from other work): p50 0.06-0.13
+    ms; p99 0.3-0.7 ms in most runs and 1-5 ms in the others, when another process held a core for a
+    scheduler time slice (the late requests come in runs of consecutive ones). So the best of up to five
+    runs is judged. The one waiver: when the load average exceeds the core count no core is free for the
+    client at all, and the p99 then measures the host (seen up to 40 ms at load 7.5 on 2 cores); the
+    test is skipped with its numbers instead of passing silently. Everything else is checked first."""
     rng = np.random.default_rng(4)
     gaps = np.where(rng.random(300) < 0.7, rng.exponential(0.002, 300), rng.exponential(0.03, 300))
     f = _azure(tmp_path / "az.csv", gaps.tolist(), ins=[int(x) for x in rng.integers(5, 60, 300)],
@@ -131,35 +170,139 @@ def test_replay_issues_at_the_traces_times_on_the_simulator(tmp_path):
     assert trace.scenario == Scenario.REPLAY and trace.open_loop
     assert len(trace.offsets_ns) == len(expect_s) > 50
 
-    async def go(url):
-        client = Client(None, ClientOptions(base_url=url, model="sim-model"))
-        records = []
-        issuer = Issuer(client, ds, trace, records.append)
-        client.t0_ns = time.perf_counter_ns()
-        await issuer.run()
-        await client.close()
-        return records
-
-    # The server in its own process, so serving never delays the issuer's loop. Up to three tries;
-    # the p99 bound is waived only when the host is oversubscribed (load average above the core count:
-    # other jobs on a shared machine delay any process by milliseconds, seen up to 40 ms at load 7.5
-    # on 2 cores); the median bound holds either way.
-    with SimProcess(SimConfig(ttft_ms=5, itl_ms=1)) as sim:
-        for _attempt in range(3):
-            records = asyncio.run(go(sim.url))
+    # The server in its own process, so serving never delays the issuer's loop; 10 ms per token keeps
+    # the simulator's timer thread (which spins the last 0.4 ms before each due time) off the cores.
+    seen = []
+    with SimProcess(SimConfig(ttft_ms=5, itl_ms=10)) as sim:
+        for records in _lateness_runs(sim.url, ds, trace, attempts=5):
+            assert len(records) == len(expect_s) and all(r.ok for r in records)
+            sched = np.sort([r.scheduled_ns for r in records]) / 1e9
+            assert np.allclose(sched, expect_s, atol=1e-9)
+            by_sample = {r.sample: r for r in records}
+            assert all(by_sample[i].input_tokens == ds.samples[i].input_tokens == by_sample[i].prompt_tokens
+                       for i in range(len(ds)))
+            assert sum(r.output_tokens for r in records) == sum(s.output_tokens for s in ds.samples)
             late_ms = np.array([r.sent_ns - r.scheduled_ns for r in records]) / 1e6
-            if np.percentile(late_ms, 99) < 1.0:
+            assert late_ms.min() >= 0  # never sent early
+            seen.append(tuple(np.percentile(late_ms, [50, 99])))
+            if seen[-1][1] <= 1.0:
                 break
-    # The 1 ms p99 target is a benchmark figure (quiet host); a test on a shared CI machine allows 3 ms.
-    busy = os.getloadavg()[0] > (os.cpu_count() or 1)
-    p50, p99 = np.percentile(late_ms, [50, 99])
-    print(f"replay issue lateness: p50 {p50:.3f} ms, p99 {p99:.3f} ms (host busy: {busy})")
-    assert p50 < 0.5, (p50, p99, os.getloadavg())
-    assert busy or p99 < 3.0, (p50, p99, os.getloadavg())
-    assert len(records) == len(expect_s) and all(r.ok for r in records)
-    sched = np.sort([r.scheduled_ns for r in records]) / 1e9
-    assert np.allclose(sched, expect_s, atol=1e-9)
-    by_sample = {r.sample: r for r in records}
-    assert all(by_sample[i].input_tokens == ds.samples[i].input_tokens == by_sample[i].prompt_tokens
-               for i in range(len(ds)))
-    assert sum(r.output_tokens for r in records) == sum(s.output_tokens for s in ds.samples)
+    p50, p99 = min(seen, key=lambda x: x[1])
+    load = os.getloadavg()[0]
+    print("replay issue lateness (sent - scheduled), runs: "
+          + ", ".join(f"p50 {a:.3f} / p99 {b:.3f} ms" for a, b in seen) + f"; load {load:.2f}")
+    assert p50 < 0.5, (seen, load)
+    if p99 > 1.0 and load > (os.cpu_count() or 1):
+        pytest.skip(f"host oversubscribed (load {load:.1f} > {os.cpu_count()} cores): best p99 {p99:.2f} ms "
+                    "not judged")
+    assert p99 <= 1.0, (seen, load)
+
+
+@contextlib.contextmanager
+def _capturing_sim(cfg, monkeypatch):
+    """The simulator on its own event loop in a thread of this process, recording every generation
+    request as it arrives: (CLOCK_MONOTONIC ns, JSON body). CLOCK_MONOTONIC is shared with the loadgen
+    subprocess, so arrival times can be set against its schedule."""
+    from servers.sim_openai import SimApp
+
+    captured: list[tuple[int, dict]] = []
+    generate = SimApp.generate
+
+    def recording(self, conn, req, chat):
+        captured.append((time.perf_counter_ns(), json.loads(req.body)))
+        generate(self, conn, req, chat)
+
+    monkeypatch.setattr(SimApp, "generate", recording)
+    ready = threading.Event()
+    box: dict = {}
+
+    async def serve():
+        box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.Event()
+        async with SimServer(cfg) as url:
+            box["url"] = url
+            ready.set()
+            await box["stop"].wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(10), "the simulator thread did not start"
+    try:
+        yield box["url"], captured
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        thread.join(10)
+
+
+BLOCK = 16
+
+
+def _mooncake_rows(n: int) -> list[dict]:
+    """``n`` rows 20-120 ms apart (trace time). Each row's blocks: 1-3 leading blocks of one of three
+    prefix families (ids 100f, 100f + 1, ...), then blocks of its own; its length ends inside its last
+    block, and no two rows have the same length."""
+    rng = np.random.default_rng(11)
+    rows, t, used = [], 0.0, set()
+    for i in range(n):
+        fam, shared, own = int(rng.integers(0, 3)), int(rng.integers(1, 4)), int(rng.integers(1, 3))
+        ids = [100 * fam + k for k in range(shared)] + [10_000 + 10 * i + k for k in range(own)]
+        length = BLOCK * len(ids) - int(rng.integers(0, BLOCK // 2))
+        while length in used:
+            length -= 1
+        used.add(length)
+        rows.append({"timestamp": round(t, 3), "input_length": length,
+                     "output_length": int(rng.integers(1, 5)), "hash_ids": ids})
+        t += float(rng.uniform(20, 120))
+    return rows
+
+
+def test_mooncake_replay_end_to_end_through_loadgen_run(tmp_path, monkeypatch):
+    """``loadgen run`` (a subprocess) replays a Mooncake JSONL trace against the simulator. Window
+    0.5 s .. 3.5 s of trace time at speedup 2: every row of the window is sent once, at its scaled
+    time, with its lengths; and the prompts the server received share exactly the blocks their
+    ``hash_ids`` share — equal leading ids give identical leading 16-token blocks, the next block
+    differs."""
+    rows = _mooncake_rows(60)
+    trace = tmp_path / "mc.jsonl"
+    trace.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    start, dur, speedup = 0.5, 3.0, 2.0
+    window = [r for r in rows if start <= r["timestamp"] / 1000 < start + dur]
+    expect_s = [(r["timestamp"] / 1000 - start) / speedup for r in window]
+    assert 20 < len(window) < len(rows)
+    scen = write_scenario(tmp_path / "mc.yaml", scenario="replay", endpoint="completions", replay={
+        "format": "mooncake", "path": str(trace), "block_size": BLOCK, "start_s": start,
+        "duration_s": dur, "speedup": speedup})
+    out = tmp_path / "out"
+    with _capturing_sim(SimConfig(ttft_ms=5, itl_ms=2), monkeypatch) as (url, captured):
+        res = run_cli("run", str(scen), "--url", url, "--out", str(out), "--quiet")
+    assert res.code == 0, res.output
+
+    recs = sorted((json.loads(x) for x in (out / "requests.jsonl").read_text().splitlines()),
+                  key=lambda r: r["scheduled_ns"])
+    assert len(recs) == len(window) == len(captured)
+    assert all(r["error_class"] is None for r in recs)
+    sched_s = np.array([r["scheduled_ns"] for r in recs]) / 1e9
+    assert np.allclose(sched_s, expect_s, atol=1e-6)  # the schedule is the scaled trace
+    late_ms = np.array([r["sent_ns"] - r["scheduled_ns"] for r in recs]) / 1e6
+    assert late_ms.min() >= 0 and np.median(late_ms) < 1.0, late_ms
+    assert [(r["input_tokens"], r["prompt_tokens"], r["output_tokens"]) for r in recs] == [
+        (w["input_length"], w["input_length"], w["output_length"]) for w in window]
+    # At the server: arrivals in trace order (rows are >= 10 ms apart once scaled), each arrival's
+    # offset from the first one as the scaled trace says (the median error well under a millisecond;
+    # a missing speedup would be off by hundreds).
+    arrivals = sorted(captured, key=lambda c: c[0])
+    got = np.array([a - arrivals[0][0] for a, _ in arrivals]) / 1e9
+    err_ms = np.abs(got - (np.array(expect_s) - expect_s[0])) * 1e3
+    assert np.median(err_ms) < 1.0 and err_ms.max() < 25, err_ms
+    words = [body["prompt"].split() for _, body in arrivals]
+    assert [len(w) for w in words] == [w["input_length"] for w in window]
+    pairs = 0
+    for i in range(len(window)):
+        for j in range(i):
+            a, b = window[i]["hash_ids"], window[j]["hash_ids"]
+            k = next((n for n, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+            shared = min(BLOCK * k, len(words[i]), len(words[j]))
+            assert words[i][:shared] == words[j][:shared], (i, j, k)
+            if BLOCK * (k + 1) <= min(len(words[i]), len(words[j])):  # both have a full next block
+                assert words[i][BLOCK * k:BLOCK * (k + 1)] != words[j][BLOCK * k:BLOCK * (k + 1)], (i, j)
+            pairs += k > 0
+    assert pairs > 50  # plenty of pairs really share a prefix
