@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -151,12 +152,91 @@ def test_cross_field_rules(data, needle):
         build_settings(data, "test")
 
 
-@pytest.mark.parametrize("name", ["sharegpt", "prompts_csv", "replay_azure", "replay_mooncake",
-                                  "prefix_cache", "bursty", "ramp", "chat_sessions"])
+@pytest.mark.parametrize("name", ["sharegpt", "prompts_csv", "prompts_jsonl", "replay_azure",
+                                  "replay_mooncake", "prefix_cache", "bursty", "ramp", "chat_sessions"])
 def test_example_scenario_files_validate(name):
-    from pathlib import Path
-
     from loadgen.settings import load_settings
 
     path = Path(__file__).resolve().parents[1] / "scenarios" / f"{name}.yaml"
     assert load_settings(str(path)).scenario.value in ("server", "offline", "replay", "concurrency")
+
+
+def test_the_jsonl_scenario_file_end_to_end_on_the_simulator(tmp_path):
+    """``loadgen run scenarios/prompts_jsonl.yaml`` (the real CLI, the built-in simulator, chat) over a
+    JSONL file it finds at its ``data/prompts.jsonl``: the six rows within the bounds are each sent
+    twice in 12 requests (whole passes over the prompts), with their word counts as input tokens (the
+    simulator's usage agrees) and their ``output_len`` (the row without one: --output-len 5); the row
+    over max_input (2,100 tokens) and the one over max_output (1,500) are never sent."""
+    from tests.conftest import run_cli
+
+    rows = [
+        ({"prompt": prompt_of(5), "output_len": 3}, (5, 3)),
+        ({"prompt": prompt_of(9, 50), "output_len": 2}, (9, 2)),
+        ({"messages": [{"role": "system", "content": prompt_of(4, 100)},
+                       {"role": "user", "content": prompt_of(6, 200)}], "output_len": 4}, (10, 4)),
+        ({"messages": [{"role": "user", "content": prompt_of(7, 300)}]}, (7, 5)),
+        ({"prompt": prompt_of(12, 400), "output_len": 6, "timestamp": 3.5}, (12, 6)),
+        ({"prompt": prompt_of(2100, 500), "output_len": 2}, None),
+        ({"prompt": prompt_of(20, 600), "output_len": 1500}, None),
+        ({"prompt": prompt_of(15, 700), "output_len": 2}, (15, 2)),
+    ]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r, _ in rows))
+    scenario = Path(__file__).resolve().parents[1] / "scenarios" / "prompts_jsonl.yaml"
+    res = run_cli("run", str(scenario), "--num-requests", "12", "--duration", "0", "--qps", "40",
+                  "--output-len", "5", "--out", str(tmp_path / "out"), "--quiet", cwd=tmp_path)
+    assert res.code == 0, res.output
+    recs = [json.loads(x) for x in (tmp_path / "out" / "requests.jsonl").read_text().splitlines()]
+    assert len(recs) == 12 and all(r["error_class"] is None for r in recs)
+    sent = sorted((r["input_tokens"], r["output_tokens"]) for r in recs)
+    assert sent == sorted(2 * [e for _, e in rows if e is not None])
+    assert all(r["prompt_tokens"] == r["input_tokens"] for r in recs)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["settings"]["endpoint"] == "chat" and report["settings"]["dataset"]["format"] == "jsonl"
+
+
+def _wordpiece_model(directory):
+    """A tokenizer whose tokens are not words: WordPiece over ``ab ##cd ##ef x ##yz w0000..w0009``,
+    so ``abcdef`` is 3 tokens (ab, ##cd, ##ef), ``xyz`` 2, ``w0001`` 1 and an unknown word 1 ([UNK])."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(["[UNK]", "ab", "##cd", "##ef", "x", "##yz",
+                                         *(f"w{i:04d}" for i in range(10))])}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    directory.mkdir()
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": False}))
+    return LocalTokenizer(str(directory))
+
+
+def test_lengths_are_token_counts_of_the_tokenizer_in_use_not_word_counts(tmp_path):
+    """The same files counted with a sub-word tokenizer: every input and output length is the
+    tokenizer's count (by hand from its vocabulary), different from the word count, and the length
+    bounds apply to tokens."""
+    tok = _wordpiece_model(tmp_path / "wp")
+    assert tok.count(["abcdef xyz w0001", "abcd zzz", "xyz xyz xyz xyz"]) == [6, 3, 8]
+    # text -> (words, tokens): ab|cd|ef + x|yz + w0001 = 6; ab|cd + [UNK] = 3; 4 x (x|yz) = 8
+    prompts = {"abcdef xyz w0001": 6, "abcd zzz": 3, "xyz xyz xyz xyz": 8}
+    sg = tmp_path / "sg.json"
+    sg.write_text(json.dumps([{"conversations": [{"from": "human", "value": p}, {"from": "gpt", "value": r}]}
+                              for p, r in zip(prompts, ("abcdef abcdef", "w0001", "xyz"), strict=True)]))
+    ds = load_file(DatasetSpec(format="sharegpt", path=sg), _settings(), tok, seeded_rngs(0)["lengths"])
+    assert sorted((s.prompt, s.input_tokens, s.output_tokens) for s in ds.samples) == sorted([
+        ("abcdef xyz w0001", 6, 6), ("abcd zzz", 3, 1), ("xyz xyz xyz xyz", 8, 2)])
+    assert all(s.input_tokens != len(s.prompt.split()) for s in ds.samples)
+    jl = tmp_path / "p.jsonl"
+    jl.write_text("".join(json.dumps({"prompt": p, "output_len": 2}) + "\n" for p in prompts)
+                  + json.dumps({"messages": [{"role": "user", "content": "abcdef"},
+                                             {"role": "user", "content": "xyz"}], "output_len": 2}) + "\n")
+    ds = load_file(DatasetSpec(format="jsonl", path=jl), _settings(), tok, seeded_rngs(0)["lengths"])
+    assert sorted(s.input_tokens for s in ds.samples) == [3, 5, 6, 8]  # messages: 3 + 2
+    # max_input 5 keeps 3- and 5-token prompts; by words (2 to 4 words each) all four would pass
+    ds = load_file(DatasetSpec(format="jsonl", path=jl, max_input=5), _settings(), tok,
+                   seeded_rngs(0)["lengths"])
+    assert sorted(s.input_tokens for s in ds.samples) == [3, 5]
+    cv = tmp_path / "p.csv"
+    cv.write_text("prompt,output_len\n" + "".join(f"{p},3\n" for p in prompts))
+    ds = load_file(DatasetSpec(format="csv", path=cv, min_input=4), _settings(), tok,
+                   seeded_rngs(0)["lengths"])
+    assert sorted(s.input_tokens for s in ds.samples) == [6, 8] and ds.exact
