@@ -22,9 +22,14 @@ Metrics (seconds and joules, Prometheus base units):
                                                 ``issue_delay_window_s`` to 2× that (default 5–10 s): a
                                                 max, so one late send is never averaged away between scrapes
 ``loadgen_gpu_power_watts{gpu}``     gauge      last sampled board power
+``loadgen_gpu_power_mean_watts``     gauge      energy since the sampler started / the time since its first
+  ``{gpu}``                                     sample (absent until a second sample)
+``loadgen_gpu_power_peak_watts``     gauge      highest sampled board power since the sampler started
+  ``{gpu}``
 ``loadgen_gpu_energy_joules_total``  counter    energy used since the GPU sampler started (NVML's energy
   ``{gpu}``                                     counter delta, else integrated power); set, not added
 ``loadgen_joules_per_output_token``  gauge      Σ GPU energy / output tokens so far (absent until both > 0)
+``loadgen_output_tokens_per_joule``  gauge      output tokens so far / Σ GPU energy (absent until both > 0)
 ===================================  =========  ==========================================================
 
 Warm-up records (``warmup=True``) only count as finished for ``loadgen_in_flight``; everything else
@@ -43,6 +48,7 @@ import threading
 import time
 import urllib.error
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -126,38 +132,65 @@ class _Collector:
         with exp._lock:
             hists = [h.family(labels) for h in exp._hists]
             gpus = dict(exp._gpu)
+            tokens = exp._tokens_out
         yield from hists
         names, values = [*labels, "gpu"], list(labels.values())
         power = GaugeMetricFamily("loadgen_gpu_power_watts", "Last sampled GPU board power, W.", labels=names)
+        mean = GaugeMetricFamily("loadgen_gpu_power_mean_watts",
+                                 "GPU energy since the sampler started / time since its first sample, W.",
+                                 labels=names)
+        peak = GaugeMetricFamily("loadgen_gpu_power_peak_watts",
+                                 "Highest sampled GPU board power since the sampler started, W.",
+                                 labels=names)
         energy = CounterMetricFamily(
             "loadgen_gpu_energy_joules",
             "GPU energy since the sampler started, J (NVML energy counter delta, else integrated power).",
             labels=names,
         )
         total_j = 0.0
-        for gpu, (watts, joules) in sorted(gpus.items()):
-            if watts is not None:
-                power.add_metric([*values, gpu], watts)
-            if joules is not None:
-                energy.add_metric([*values, gpu], joules)
-                total_j += joules
-        yield power
-        yield energy
+        for gpu, state in sorted(gpus.items()):
+            key = [*values, gpu]
+            if state.watts is not None:
+                power.add_metric(key, state.watts)
+            if state.peak_watts is not None:
+                peak.add_metric(key, state.peak_watts)
+            if state.joules is not None:
+                energy.add_metric(key, state.joules)
+                total_j += state.joules
+                elapsed = state.last_s - state.first_s
+                if elapsed > 0:
+                    mean.add_metric(key, state.joules / elapsed)
+        yield from (power, mean, peak, energy)
         per_token = GaugeMetricFamily(
             "loadgen_joules_per_output_token", "Sum of GPU energy / output tokens so far, J.",
             labels=list(labels),
         )
-        with exp._lock:
-            tokens = exp._tokens_out
+        per_joule = GaugeMetricFamily(
+            "loadgen_output_tokens_per_joule", "Output tokens so far / sum of GPU energy, 1/J.",
+            labels=list(labels),
+        )
         if total_j > 0 and tokens > 0:
             per_token.add_metric(values, total_j / tokens)
+            per_joule.add_metric(values, tokens / total_j)
         yield per_token
+        yield per_joule
+
+
+@dataclass
+class _GpuState:
+    """What the exporter knows of one GPU; times are the exporter's clock (s)."""
+
+    first_s: float
+    last_s: float
+    watts: float | None = None
+    peak_watts: float | None = None
+    joules: float | None = None
 
 
 class Exporter:
     """Prometheus metrics of one run. Thread-safe: the runner feeds it, a scrape thread reads it.
 
-    ``clock`` (seconds, monotonic) is injectable for the issue-delay window.
+    ``clock`` (seconds, monotonic) is injectable for the issue-delay window and the mean GPU power.
     """
 
     def __init__(
@@ -179,7 +212,7 @@ class Exporter:
         self._tpot = hist("loadgen_tpot_seconds", "Time per output token after the first, s.")
         self._e2e = hist("loadgen_e2e_seconds", "End-to-end latency from send, completed requests, s.")
         self._hists = (self._ttft, self._itl, self._tpot, self._e2e)
-        self._gpu: dict[str, tuple[float | None, float | None]] = {}
+        self._gpu: dict[str, _GpuState] = {}
         self._tokens_out = 0  # mirror of loadgen_output_tokens_total for joules per token
 
         names = list(CONST_LABELS)
@@ -286,13 +319,20 @@ class Exporter:
 
     def set_gpu(self, gpu: str | int, *, power_watts: float | None = None,
                 energy_joules: float | None = None) -> None:
-        """Latest reading of one GPU: board power, W, and energy since the sampler started, J."""
+        """Latest reading of one GPU: board power, W, and energy since the sampler started, J (the
+        first reading of a GPU is taken as the sampler's start, for the mean power)."""
+        now = self._clock()
         with self._lock:
-            old_w, old_j = self._gpu.get(str(gpu), (None, None))
-            self._gpu[str(gpu)] = (
-                old_w if power_watts is None else power_watts,
-                old_j if energy_joules is None else energy_joules,
-            )
+            state = self._gpu.get(str(gpu))
+            if state is None:
+                state = self._gpu[str(gpu)] = _GpuState(first_s=now, last_s=now)
+            state.last_s = now
+            if power_watts is not None:
+                state.watts = power_watts
+                state.peak_watts = power_watts if state.peak_watts is None else max(state.peak_watts,
+                                                                                     power_watts)
+            if energy_joules is not None:
+                state.joules = energy_joules
 
     def gpu_callback(self) -> Callable[[Iterable[tuple[str, float | None, float | None]]], None]:
         """An ``on_sample`` for :class:`loadgen.telemetry.GpuSampler`: (gpu, watts, joules) triples."""

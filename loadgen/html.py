@@ -499,7 +499,45 @@ def _power_series(samples: list[Any]) -> dict[str, tuple[list[float], list[float
     return out
 
 
+def _energy_section(report: dict[str, Any]) -> list[str]:
+    """The GPU heading with energy over the measured window, J per output token, output tokens per J,
+    mean and peak power (loadgen.telemetry's ``result()``), or why telemetry is unavailable."""
+    tele = report.get("telemetry")
+    if not isinstance(tele, dict) or not tele:
+        return []
+    if tele.get("available") is False:
+        reason = tele.get("reason") or "unknown reason"
+        return ["<h2>GPU</h2>", f"<p class='note'>GPU telemetry unavailable: {_e(reason)}</p>"]
+    total = tele.get("total")
+    if not isinstance(total, dict):
+        return []
+    power = total.get("power_w") or {}
+    method = total.get("energy_method")
+    rows = [
+        ("energy over the measured window (J)",
+         _num(total.get("energy_j"), 1) + (f" ({_e(method)})" if method else "")),
+        ("joules per output token", _num(total.get("joules_per_output_token"), 4)),
+        ("output tokens per joule", _num(total.get("output_tokens_per_joule"), 2)),
+        ("mean power (W)", _num(power.get("mean"), 1)),
+        ("peak power (W)", _num(power.get("peak"), 1)),
+    ]
+    out = ["<h2>GPU</h2>", _table(["quantity", "all GPUs"], [[_e(k), v] for k, v in rows])]
+    gpus = [g for g in tele.get("gpus") or [] if isinstance(g, dict)]
+    if len(gpus) > 1:
+        out.append(_table(["GPU", "energy (J)", "mean power (W)", "peak power (W)"], [
+            [_e(f"{g.get('index', '?')} {g.get('name') or ''}".strip()), _num(g.get("energy_j"), 1),
+             _num((g.get("power_w") or {}).get("mean"), 1), _num((g.get("power_w") or {}).get("peak"), 1)]
+            for g in gpus
+        ]))
+    covered, window = tele.get("covered_s"), tele.get("window_s")
+    if isinstance(covered, int | float) and isinstance(window, int | float) and covered < 0.99 * window:
+        out.append(f"<p class='note'>The samples cover {_num(float(covered), 1)} s of the "
+                   f"{_num(float(window), 1)} s window; energy covers only that part.</p>")
+    return out
+
+
 def _gpu_figures(report: dict[str, Any]) -> list[str]:
+    head = _energy_section(report)
     tele = report.get("telemetry")
     samples = tele.get("samples") if isinstance(tele, dict) else None
     series = _power_series(samples) if isinstance(samples, list) else {}
@@ -513,12 +551,13 @@ def _gpu_figures(report: dict[str, Any]) -> list[str]:
                 name = f"GPU {gpu.get('index', len(series))}"
                 series[name] = ([float(t) for t, _ in pts], [float(v) for _, v in pts])
     if not series:
-        return []
+        return head
     chart = Chart("GPU board power", Axis("time since run start (s)", zero=True),
                   Axis("power (W)", zero=True))
     for k, (name, (x, y)) in enumerate(sorted(series.items())):
         chart.add(Series(name, x, y, style="line", dashed=k % 2 == 1))
-    return ["<h2>GPU</h2><div class='grid'>", _figure("gpu_power", chart, "Sampled through NVML."), "</div>"]
+    return [*(head or ["<h2>GPU</h2>"]), "<div class='grid'>",
+            _figure("gpu_power", chart, "Sampled through NVML."), "</div>"]
 
 
 def render_run_html(

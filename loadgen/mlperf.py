@@ -289,8 +289,10 @@ class MlperfResult:
             "params": asdict(self.params),
         }
 
-    def summary_text(self) -> str:
-        return _render_summary(self)
+    def summary_text(self, extra_stats: Sequence[str] = ()) -> str:
+        """``mlperf_log_summary.txt``; ``extra_stats`` (``key : value`` lines beyond LoadGen's, e.g.
+        errors by class and GPU energy) go at the end of "Additional Stats"."""
+        return _render_summary(self, extra_stats)
 
 
 # ---- evaluation -------------------------------------------------------------------------------------
@@ -785,7 +787,7 @@ def _parameters(r: MlperfResult) -> list[str]:
     return lines
 
 
-def _render_summary(r: MlperfResult) -> str:
+def _render_summary(r: MlperfResult, extra_stats: Sequence[str] = ()) -> str:
     """``mlperf_log_summary.txt`` in LoadGen's layout; every data line splits on its first ``:``."""
     yes = {True: "Yes", False: "NO"}
     lines = [_BANNER, "MLPerf Results Summary", _BANNER]
@@ -820,6 +822,8 @@ def _render_summary(r: MlperfResult) -> str:
         lines += e.text.split("\n")
     lines += ["", _BANNER, "Additional Stats", _BANNER]
     lines += _additional(r)
+    if extra_stats:
+        lines += ["", *extra_stats]
     lines += ["", _BANNER, "Test Parameters Used", _BANNER]
     lines += _parameters(r)
     return "\n".join(lines) + "\n"

@@ -39,11 +39,52 @@ _MLPERF_SCENARIO: dict[Scenario, mlperf.ScenarioName] = {
 @dataclass
 class Report:
     data: dict[str, Any]
-    summary_text: str
+    mlperf_result: mlperf.MlperfResult
+    scenario_note: str | None = None  # beyond MLPerf: "(concurrency: not an MLPerf scenario; ...)"
 
     @property
     def valid(self) -> bool:
         return bool(self.data["validity"]["valid"])
+
+    @property
+    def summary_text(self) -> str:
+        """``summary.txt`` from the report as it is now (server metrics and GPU telemetry are added to
+        ``data`` after :func:`build_report`): LoadGen's layout, plus :func:`additional_stats`."""
+        text = self.mlperf_result.summary_text(additional_stats(self.data))
+        if self.scenario_note:
+            text = text.replace("Scenario : Server", f"Scenario : Server {self.scenario_note}", 1)
+        return text
+
+
+def _num(x: float | None, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def additional_stats(data: dict[str, Any]) -> list[str]:
+    """``summary.txt`` lines beyond LoadGen's (under "Additional Stats"; each ``key : value``, the key
+    free of ``:``): failed requests in all, by error class and by HTTP status, and the GPU energy over
+    the measured window — or why there is none."""
+    r = data.get("results") or {}
+    lines = [f"Failed requests : {r.get('requests_failed', 0)}"]
+    lines += [f"Failed requests of class {k} : {v}"
+              for k, v in sorted((r.get("errors_by_class") or {}).items())]
+    lines += [f"Failed requests with HTTP status {k} : {v}"
+              for k, v in sorted((r.get("errors_by_status") or {}).items())]
+    tel = data.get("telemetry")
+    if isinstance(tel, dict) and not tel.get("available"):
+        lines.append(f"GPU telemetry : unavailable: {tel.get('reason') or 'unknown reason'}")
+    elif isinstance(tel, dict):
+        total = tel.get("total") or {}
+        power = total.get("power_w") or {}
+        lines += [
+            f"GPU energy (J) : {_num(total.get('energy_j'), '.2f')}",
+            f"GPU energy method : {total.get('energy_method') or 'n/a'}",
+            f"GPU joules per output token : {_num(total.get('joules_per_output_token'), '.6f')}",
+            f"GPU output tokens per joule : {_num(total.get('output_tokens_per_joule'), '.4f')}",
+            f"GPU mean power (W) : {_num(power.get('mean'), '.2f')}",
+            f"GPU peak power (W) : {_num(power.get('peak'), '.2f')}",
+        ]
+    return lines
 
 
 def mlperf_params(settings: Settings, sut_name: str) -> mlperf.MlperfParams:
@@ -102,15 +143,10 @@ def build_report(
         "mlperf": ml.to_dict(),
         "client": health.to_dict() if health is not None else None,
     }
-    summary = ml.summary_text()
+    note = None
     if settings.scenario in (Scenario.CONCURRENCY, Scenario.CONSTANT, Scenario.REPLAY):
-        summary = summary.replace(
-            "Scenario : Server",
-            f"Scenario : Server ({settings.scenario.mlperf_name}: not an MLPerf scenario; judged by "
-            "Server's rules)",
-            1,
-        )
-    return Report(data, summary)
+        note = f"({settings.scenario.mlperf_name}: not an MLPerf scenario; judged by Server's rules)"
+    return Report(data, ml, note)
 
 
 def write_outputs(out_dir: Path, report: Report) -> None:
@@ -190,6 +226,29 @@ def _fmt(v: Any, digits: int = 2) -> str:
     return f"{v:,.{digits}f}"
 
 
+def _console_errors(r: dict[str, Any]) -> list[str]:
+    lines = []
+    for key, what in (("errors_by_class", "class"), ("errors_by_status", "HTTP status")):
+        if r.get(key):
+            lines.append(f"errors by {what}: " + ", ".join(f"{k}: {v}" for k, v in sorted(r[key].items())))
+    return lines
+
+
+def _console_gpu(tel: dict[str, Any]) -> list[str]:
+    if not tel:
+        return []  # --no-gpu-telemetry
+    if not tel.get("available"):
+        return [f"GPU telemetry unavailable: {tel.get('reason') or 'unknown reason'}"]
+    total = tel.get("total") or {}
+    power = total.get("power_w") or {}
+    return [
+        f"GPU: {_fmt(total.get('energy_j'), 0)} J over the run ({total.get('energy_method')}), "
+        f"{_fmt(total.get('joules_per_output_token'), 4)} J/output token, "
+        f"{_fmt(total.get('output_tokens_per_joule'), 2)} output tokens/J, power mean "
+        f"{_fmt(power.get('mean'), 0)} W, peak {_fmt(power.get('peak'), 0)} W"
+    ]
+
+
 def render_console(data: dict[str, Any]) -> str:
     """The human summary printed at the end of a run and by ``loadgen report``."""
     s = data.get("settings", {})
@@ -209,9 +268,7 @@ def render_console(data: dict[str, Any]) -> str:
         f"{_fmt(r.get('output_tokens_per_s'), 0)} output tok/s | {_fmt(r.get('total_tokens_per_s'), 0)} "
         f"total tok/s"
     )
-    if r.get("errors_by_class"):
-        errs = ", ".join(f"{k}: {v}" for k, v in sorted(r["errors_by_class"].items()))
-        lines.append(f"errors by class: {errs}")
+    lines += _console_errors(r)
     lines.append("")
     lines.append(f"{'(ms)':<24}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}{'p99.9':>10}")
     rows = [
@@ -264,14 +321,7 @@ def render_console(data: dict[str, Any]) -> str:
         lines.append(f"server prefix cache: {hit_rate:.1%} of prompt tokens were cached")
     if (data.get("server_metrics") or {}).get("note"):
         lines.append(f"server metrics: {data['server_metrics']['note']}")
-    tel = data.get("telemetry") or {}
-    if tel.get("available"):
-        total = tel.get("total") or {}
-        lines.append(
-            f"GPU: {_fmt(total.get('energy_j'), 0)} J over the run, mean power "
-            f"{_fmt((total.get('power_w') or {}).get('mean'), 0)} W, "
-            f"{_fmt(total.get('joules_per_output_token'), 4)} J/output token"
-        )
+    lines += _console_gpu(data.get("telemetry") or {})
     lines.append("")
     v = data["validity"]
     lines.append("Result is : VALID" if v["valid"] else "Result is : INVALID")

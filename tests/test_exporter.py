@@ -155,6 +155,7 @@ def test_gpu_metrics_and_joules_per_token() -> None:
     v = scrape(exp)
     assert not any(name.startswith("loadgen_gpu") for name, _ in v)
     assert ("loadgen_joules_per_output_token", ()) not in v
+    assert ("loadgen_output_tokens_per_joule", ()) not in v
     exp.set_gpu(0, power_watts=350.0, energy_joules=1000.0)
     exp.gpu_callback()([("1", 150.0, 500.0)])
     exp.request_finished(rec(sent_ns=0, end_ns=MS, output_tokens=300))
@@ -162,7 +163,34 @@ def test_gpu_metrics_and_joules_per_token() -> None:
     assert v[("loadgen_gpu_power_watts", (("gpu", "0"),))] == 350
     assert v[("loadgen_gpu_energy_joules_total", (("gpu", "1"),))] == 500
     assert v[("loadgen_joules_per_output_token", ())] == pytest.approx(1500 / 300)
+    assert v[("loadgen_output_tokens_per_joule", ())] == pytest.approx(300 / 1500)
+    assert v[("loadgen_gpu_power_peak_watts", (("gpu", "0"),))] == 350
     assert "loadgen_gpu_energy_joules_total" in exp.metric_names()
+
+
+def test_gpu_gauges_fed_by_the_real_sampler_over_fake_nvml() -> None:
+    """GpuSampler's on_sample through NVML's fake seam: 2 GPUs at 100 + 10 t W for 10 s, energy counter
+    the exact integral (1,500 J each); 1,500 output tokens."""
+    from loadgen.telemetry import GpuSampler
+    from tests.test_telemetry import FakeClock, FakeNvml
+
+    clock = FakeClock()
+    exp = Exporter("r1", "server", "tiny", clock=lambda: clock.ns / 1e9)
+    sampler = GpuSampler(FakeNvml(clock), interval_s=1e6, clock=clock, env={}, on_sample=exp.gpu_callback())
+    assert sampler.start()
+    for _ in range(100):
+        clock.advance(0.1)
+        sampler.sample_now()
+    sampler.stop()
+    exp.request_finished(rec(sent_ns=0, end_ns=MS, output_tokens=1500))
+    v = scrape(exp)
+    for gpu in ("0", "1"):
+        assert v[("loadgen_gpu_power_watts", (("gpu", gpu),))] == pytest.approx(200.0)
+        assert v[("loadgen_gpu_power_peak_watts", (("gpu", gpu),))] == pytest.approx(200.0)
+        assert v[("loadgen_gpu_power_mean_watts", (("gpu", gpu),))] == pytest.approx(150.0)
+        assert v[("loadgen_gpu_energy_joules_total", (("gpu", gpu),))] == pytest.approx(1500.0)
+    assert v[("loadgen_joules_per_output_token", ())] == pytest.approx(2.0)
+    assert v[("loadgen_output_tokens_per_joule", ())] == pytest.approx(0.5)
 
 
 def test_own_registry_and_no_credentials_in_labels() -> None:
