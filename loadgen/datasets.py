@@ -91,8 +91,12 @@ def synthetic(
     """``size`` prompts of exactly drawn lengths (exact when the counter is)."""
     pool, overhead = single_token_words(counter)
     n = size
-    in_lens = draw_lengths(settings.input_len, n, rngs["lengths"])
-    out_lens = draw_lengths(settings.output_len, n, rngs["lengths"])
+    # Input and output lengths from two children of the ``lengths`` stream, each drawn in sequence, so
+    # prompt k does not depend on how many prompts are made: a longer or faster run sends the same
+    # prompts first (numpy's samplers draw element by element; tests/test_datasets.py checks it).
+    in_rng, out_rng = rngs["lengths"].spawn(2)
+    in_lens = draw_lengths(settings.input_len, n, in_rng)
+    out_lens = draw_lengths(settings.output_len, n, out_rng)
     words = np.array(pool)
     samples = []
     for k in range(n):
@@ -150,6 +154,7 @@ def from_jsonl(path: Path, settings: Settings, counter: TokenCounter, rng: np.ra
         raw.append(_parse_item(obj, path, lineno))
     if not raw:
         raise ConfigError(f"prompts file {path} has no prompts.")
+    raw = [raw[i] for i in rng.permutation(len(raw)).tolist()]  # the seed's order of the file
     texts = [p if p is not None else "\n".join(m["content"] for m in msgs or ()) for p, msgs, _ in raw]
     counts = counter.count(texts)
     default_out = draw_lengths(settings.output_len, len(raw), rng)

@@ -1,10 +1,11 @@
 """Shared-prefix prompts, to measure a server's prefix cache, and TTFT per prefix group.
 
-``prefix: {groups: G, length: L, suffix_len: S}`` builds G random prefixes of exactly L tokens; prompt
-k is prefix ``k mod G`` followed by a unique random suffix of S tokens (a length distribution; default
-the run's ``input_len``). Each sample records its group in ``Sample.group``. With the sample order
-shuffled by the seed, every group's first request fills the cache and later ones can hit it, so the
-difference between :func:`ttft_by_group`'s ``first`` and the rest is what the cache buys.
+``prefix: {groups: G, length: L, suffix_len: S}`` builds G random prefixes of exactly L tokens; the
+prompts are passes of G, each pass using every prefix once in an order shuffled by the seed, each
+prefix followed by a unique random suffix of S tokens (a length distribution; default the run's
+``input_len``). Each sample records its group in ``Sample.group``. Every group's first request fills the
+cache and later ones can hit it, so the difference between :func:`ttft_by_group`'s ``first`` and the
+rest is what the cache buys.
 
 For a baseline without any reuse, use ``groups`` equal to the number of prompts (``dataset_size``):
 same lengths, no prefix seen twice.
@@ -33,12 +34,19 @@ def shared_prefix(
     pool, overhead = single_token_words(counter)
     words = np.array(pool)
     prng = rngs["prompts"]
-    prefixes = [word_prompt(words, spec.length, prng) for _ in range(min(spec.groups, size))]
-    suffix = draw_lengths(spec.suffix_len or settings.input_len, size, rngs["lengths"])
-    out = draw_lengths(settings.output_len, size, rngs["lengths"])
+    n_groups = min(spec.groups, size)
+    prefixes = [word_prompt(words, spec.length, prng) for _ in range(n_groups)]
+    # one child stream each for suffix lengths, output lengths and groups, drawn in sequence: sample k
+    # is the same whatever the number of samples (see loadgen.datasets.synthetic)
+    suffix_rng, out_rng, group_rng = rngs["lengths"].spawn(3)
+    suffix = draw_lengths(spec.suffix_len or settings.input_len, size, suffix_rng)
+    out = draw_lengths(settings.output_len, size, out_rng)
+    # passes of shuffled groups: each pass uses every group once, in the seed's order
+    passes = -(-size // n_groups)
+    groups = np.concatenate([group_rng.permutation(n_groups) for _ in range(passes)])
     samples = []
     for k in range(size):
-        g = k % len(prefixes)
+        g = int(groups[k])
         n_suffix = int(suffix[k])
         prompt = f"{prefixes[g]} {word_prompt(words, n_suffix, prng)}"
         samples.append(Sample(prompt, None, spec.length + n_suffix + overhead, int(out[k]), group=g))

@@ -161,6 +161,14 @@ def build_trace(
 
 
 def _sample_order(n: int, dataset_size: int, rng: np.random.Generator) -> np.ndarray:
-    """Sample indices: whole shuffled passes over the dataset, so every sample is used evenly."""
-    passes = math.ceil(n / dataset_size)
-    return np.concatenate([rng.permutation(dataset_size) for _ in range(passes)])[:n]
+    """Sample indices: the dataset in its own order, then (when the run needs more queries than there
+    are samples) whole shuffled passes, so every sample is used evenly.
+
+    The first pass is not shuffled because every source already is, by the seed (synthetic prompts are
+    independent draws, files are sampled in a seeded order), and because sample k of a source does not
+    depend on how many samples it made: so a run at another rate or duration sends the same prompts,
+    in the same order, as far as both go (as LoadGen, whose sample order does not depend on the QPS).
+    """
+    first = np.arange(min(n, dataset_size), dtype=np.int64)
+    passes = math.ceil(n / dataset_size) - 1
+    return np.concatenate([first, *(rng.permutation(dataset_size) for _ in range(passes))])[:n]

@@ -52,6 +52,28 @@ def test_changing_qps_keeps_the_sample_order():
     assert np.array_equal(slow.order[:n], fast.order[:n])
 
 
+@pytest.mark.parametrize("extra", [{}, {"prefix": {"groups": 4, "length": 6}},
+                                   {"input_len": {"kind": "lognormal", "mean": 20, "std": 8, "max": 60},
+                                    "output_len": {"kind": "uniform", "min": 2, "max": 30}}])
+def test_changing_qps_sends_the_same_prompts_first(extra):
+    """The prompt set is sized from qps × duration, yet the queries both runs send carry the same
+    prompts and lengths, in the same order (MLPERF.md: changing QPS must not change the sample order)."""
+    from loadgen.dataset_files import load_dataset
+    from loadgen.tokens import WordCounter
+
+    def sent(qps: float) -> list[tuple[str, int, int]]:
+        s = Settings(scenario="server", qps=qps, duration_s=5, num_requests=1, seed=11, **extra)
+        rngs = seeded_rngs(11)
+        ds = load_dataset(s, WordCounter(exact=True), rngs)
+        trace = build_trace(s, len(ds), rngs, ds)
+        picked = [ds.samples[i] for i in trace.order[:, 0].tolist()]
+        return [(x.as_prompt(), x.input_tokens, x.output_tokens) for x in picked]
+
+    slow, fast = sent(20), sent(55)
+    assert len(fast) > 2 * len(slow) > 150
+    assert fast[: len(slow)] == slow
+
+
 def test_offline_issues_everything_at_zero_and_multistream_groups_samples():
     off = build_trace(Settings(scenario="offline", num_requests=30), 30, seeded_rngs(0))
     assert off.open_loop and len(off.offsets_ns) == 30 and not off.offsets_ns.any()
