@@ -2,12 +2,16 @@
 
     python benchmarks/gpu_power_check.py OUT.json [--idle 10] [--load 30] [--interval 0.1] [--gpu 0]
 
-Samples at 10 Hz for ``--idle`` seconds with nothing running, then while a PyTorch bf16 matmul loop keeps
-GPU ``--gpu`` busy for ``--load`` seconds. Prints, for each phase, mean and peak power and the energy
-from NVML's counter next to the trapezoidal integral of sampled power (their ratio should be close to 1;
-a large gap means the power reading is averaged or lags). Writes everything (both phase results, the
-matmul rate) as JSON to OUT.json. Exits 0 with a "no GPU" message where NVML sees no GPU; exits 3 when a
-GPU is present but PyTorch with CUDA is not (the idle phase is still written).
+(from the repository root; no install or PYTHONPATH needed). Samples at 10 Hz for ``--idle`` seconds
+with nothing running, then while a PyTorch bf16 matmul loop keeps GPU ``--gpu`` busy for ``--load``
+seconds. Prints, for each phase, mean and peak power and the energy from NVML's counter next to the
+trapezoidal integral of sampled power (their ratio should be close to 1; a large gap means the power
+reading is averaged or lags), then PASS when they agree within 5% in every phase, else FAIL. Writes
+everything (both phase results, the matmul rate, the verdict) as JSON to OUT.json.
+
+Exit status: 0 on PASS; 1 on FAIL; 0 with a message where there is nothing to check (no GPU, or a GPU
+without an energy counter); without PyTorch/CUDA the load phase is skipped with a message and the idle
+phase alone is judged.
 """
 
 from __future__ import annotations
@@ -19,7 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadgen.telemetry import GpuSampler
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from loadgen.telemetry import GpuSampler  # noqa: E402
+
+#: Largest accepted |counter − integral| / integral in a phase.
+TOLERANCE = 0.05
 
 
 def phase_summary(name: str, res: dict[str, Any]) -> dict[str, Any]:
@@ -38,6 +48,27 @@ def phase_summary(name: str, res: dict[str, Any]) -> dict[str, Any]:
               f"(ratio {fmt(r['counter_over_integral'], '.4f')}), util {fmt(r['util_mean_pct'])} %, "
               f"SM {fmt(r['sm_clock_mean_mhz'], '.0f')} MHz, max {fmt(r['temp_max_c'], '.0f')} °C")
     return {"covered_s": res["covered_s"], "samples": res["sample_count"], "gpus": rows}
+
+
+def verdict(phases: dict[str, dict[str, Any]], tolerance: float = TOLERANCE) -> tuple[str, list[str]]:
+    """``("PASS" | "FAIL" | "SKIP", lines)``: each GPU of each phase whose counter and integral are
+    both known must agree within ``tolerance``; SKIP when no phase has both (no energy counter)."""
+    lines, checked, failed = [], 0, 0
+    for name, phase in phases.items():
+        for row in phase.get("gpus", []):
+            counter, integral = row["counter_j"], row["integral_j"]
+            if counter is None or not integral:
+                lines.append(f"{name} gpu{row['gpu']}: no energy counter (or no power samples): not checked")
+                continue
+            gap = abs(counter - integral) / integral
+            checked += 1
+            ok = gap <= tolerance
+            failed += not ok
+            lines.append(f"{name} gpu{row['gpu']}: counter {counter:.1f} J vs integral {integral:.1f} J, "
+                         f"{gap:.2%} apart ({'within' if ok else 'MORE than'} {tolerance:.0%})")
+    if not checked:
+        return "SKIP", lines
+    return ("FAIL" if failed else "PASS"), lines
 
 
 def matmul_load(gpu: int, seconds: float) -> dict[str, Any]:
@@ -59,14 +90,14 @@ def matmul_load(gpu: int, seconds: float) -> dict[str, Any]:
     return {"matmuls": iters, "seconds": elapsed, "tflops": 2 * n**3 * iters / elapsed / 1e12, "n": n}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path)
     ap.add_argument("--idle", type=float, default=10.0)
     ap.add_argument("--load", type=float, default=30.0)
     ap.add_argument("--interval", type=float, default=0.1)
     ap.add_argument("--gpu", type=int, default=0, help="NVML index of the GPU to load (and sample)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     sampler = GpuSampler(interval_s=args.interval, gpus=[args.gpu])
     if not sampler.start():
@@ -74,7 +105,6 @@ def main() -> int:
         args.out.write_text(json.dumps({"available": False, "reason": sampler.reason}, indent=2))
         return 0
     report: dict[str, Any] = {"available": True, "devices": sampler.devices, "interval_s": args.interval}
-    code = 0
     try:
         t_idle = time.perf_counter_ns()
         time.sleep(args.idle)
@@ -87,9 +117,8 @@ def main() -> int:
             if not torch.cuda.is_available():
                 raise ImportError("torch.cuda.is_available() is False")
         except ImportError as exc:
-            print(f"PyTorch with CUDA is needed for the load phase: {exc}", file=sys.stderr)
+            print(f"PyTorch with CUDA is needed for the load phase, skipped: {exc}")
             report["load"] = {"skipped": str(exc)}
-            code = 3
         else:
             t_load = time.perf_counter_ns()
             sampler.sample_now()
@@ -107,9 +136,17 @@ def main() -> int:
     finally:
         sampler.stop()
     report["sampler_errors"] = sampler.errors
+    result, lines = verdict({k: report[k] for k in ("idle", "load") if "gpus" in report.get(k, {})})
+    for line in lines:
+        print(line)
+    report["verdict"] = {"result": result, "tolerance": TOLERANCE, "lines": lines}
     args.out.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")
-    return code
+    if result == "SKIP":
+        print("SKIP: no phase has both an energy counter delta and integrated power; nothing to compare")
+        return 0
+    print(f"{result}: energy counter vs integrated power, tolerance {TOLERANCE:.0%}")
+    return 1 if result == "FAIL" else 0
 
 
 if __name__ == "__main__":
