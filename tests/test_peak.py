@@ -247,7 +247,8 @@ def test_find_peak_with_an_mlperf_preset_whose_ttft_bound_binds(tmp_path: Path) 
     fails = [r for r in data["runs"] if not r["valid"]]
     assert fails and all(any(x.startswith("TTFT") for x in r["reasons"]) for r in fails), fails
     assert not any(x.startswith("TPOT") for r in data["runs"] for x in r["reasons"])
-    assert all(r["tpot_p99_ms"] == pytest.approx(25.0, abs=3.0) for r in data["runs"])
+    # TPOT is the simulator's 25 ms step (host hiccups can only add to it), always inside the 40 ms bound
+    assert all(24.5 <= r["tpot_p99_ms"] < 40 for r in data["runs"]), [r["tpot_p99_ms"] for r in data["runs"]]
     report = json.loads((out / data["peak_out_dir"] / "report.json").read_text())
     assert report["validity"]["valid"] is True and report["settings"]["preset"] == PRESET
 
@@ -273,4 +274,4 @@ def test_find_peak_with_an_mlperf_preset_whose_tpot_bound_binds(tmp_path: Path) 
     for r in data["runs"]:
         assert any(x.startswith("TPOT constraint not met") for x in r["reasons"]), r["reasons"]
         assert not any(x.startswith("TTFT") for x in r["reasons"]), r["reasons"]
-        assert r["tpot_p99_ms"] == pytest.approx(45.0, abs=3.0)
+        assert 44.5 <= r["tpot_p99_ms"] < 60, r["tpot_p99_ms"]
