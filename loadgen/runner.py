@@ -34,7 +34,7 @@ from loadgen.client import Client, ClientOptions, make_session
 from loadgen.dataset_files import load_dataset
 from loadgen.datasets import Dataset
 from loadgen.errors import ConfigError
-from loadgen.gaps import GapStore, compact
+from loadgen.gaps import GapStore, RecordTable
 from loadgen.gcpause import gc_frozen
 from loadgen.health import ClientHealth, LoopLagMonitor, assess
 from loadgen.issuer import ErrorRateGuard, Issuer, IssueStats
@@ -397,7 +397,7 @@ async def _measure_sessions(
 
     assert settings.sessions is not None
     plan = plan_sessions(settings.sessions, settings, counter, seeded_rngs(settings.seed))
-    records: list[RequestRecord] = []
+    records = RecordTable()
     stats = IssueStats()
     writer = RecordWriter(out_dir / "requests.jsonl")
 
@@ -412,7 +412,7 @@ async def _measure_sessions(
         for obs in observers:
             obs.request_finished(rec)
         gaps.add_record(rec)
-        records.append(compact(rec))
+        records.append(rec)
 
     inner = client_sender(client, counter, on_record)
 
@@ -433,7 +433,8 @@ async def _measure_sessions(
     finally:
         writer.close()
     summary = {str(k): v for k, v in turn_summary(results).items()}
-    return records, stats, _health(settings, records, monitor.lags_ns, [monitor.cpu_cores]), summary
+    done = records.to_list()
+    return done, stats, _health(settings, done, monitor.lags_ns, [monitor.cpu_cores]), summary
 
 
 async def _prepare(
@@ -509,7 +510,7 @@ async def _measure(
     max_connections: int = 0,
     gaps: GapStore,
 ) -> tuple[list[RequestRecord], IssueStats, ClientHealth]:
-    records: list[RequestRecord] = []
+    records = RecordTable()  # bounded: rows of numpy columns while the clock runs
     path = out_dir / "requests.jsonl"
     guard = ErrorRateGuard(settings.max_error_rate) if settings.max_error_rate is not None else None
 
@@ -520,7 +521,7 @@ async def _measure(
         if guard is not None and (reason := guard.add(rec)) is not None:
             control.stop(reason)
         gaps.add_record(rec)
-        records.append(compact(rec))
+        records.append(rec)
 
     if workers > 1:
         return await _measure_workers(
@@ -559,8 +560,9 @@ async def _measure(
     finally:
         control._issuer = None
         writer.close()
-    health = _health(settings, records, monitor.lags_ns, [monitor.cpu_cores])
-    return records, issuer.stats, health
+    done = records.to_list()
+    health = _health(settings, done, monitor.lags_ns, [monitor.cpu_cores])
+    return done, issuer.stats, health
 
 
 def _health(
@@ -592,7 +594,7 @@ async def _measure_workers(
     workers: int,
     max_connections: int,
     keep: Callable[[RequestRecord], None],
-    records: list[RequestRecord],
+    records: RecordTable,
     observers: tuple[RunObserver, ...] = (),
 ) -> tuple[list[RequestRecord], IssueStats, ClientHealth]:
     parts = split_trace(trace, workers)
@@ -628,8 +630,9 @@ async def _measure_workers(
         control._issuer = None
     client.t0_ns = pool.t0_ns
     lags = np.concatenate([r.lags_ns for r in results]) if results else np.zeros(0, np.int64)
-    health = _health(settings, records, lags, [r.cpu_cores for r in results])
-    return records, pool.stats, health
+    done = records.to_list()
+    health = _health(settings, done, lags, [r.cpu_cores for r in results])
+    return done, pool.stats, health
 
 
 def run(

@@ -48,3 +48,68 @@ def test_compaction_keeps_what_tpot_needs():
     compact(r)
     assert r.chunk_ns == [] and r.last_chunk_ns == 80
     assert summarize([r])["tpot_ms"]["p50"] == full
+
+
+def test_crossing_the_limit_loses_no_sample_zeros_and_outliers_included():
+    """The histogram is counted from the first sample, so switching to it at the limit drops nothing:
+    right after the switch its percentiles agree with the exact ones of the same samples."""
+    rng = np.random.default_rng(3)
+    blocks = [np.concatenate([rng.normal(8e6, 5e5, 120), [0.0, 0.0], [3e12]]) for _ in range(100)]
+    store = GapStore(exact_limit=sum(b.size for b in blocks) - 1)  # the last block crosses the limit
+    for b in blocks[:-1]:
+        store.add(b)
+    assert store.exact
+    store.add(blocks[-1])
+    assert not store.exact
+    approx, truth = store.distribution(), distribution(np.concatenate(blocks))
+    assert approx["count"] == truth["count"] == 12_300
+    for key in ("p50", "p90", "p99"):
+        assert abs(approx[key] / truth[key] - 1) <= RELATIVE_ERROR + 1e-3, key
+    assert approx["min"] == 0.0 and approx["max"] == pytest.approx(3e6)  # ms: 3e12 ns, beyond the buckets
+
+
+def test_record_table_gives_back_the_compacted_records():
+    """Every field round-trips, None included, across block boundaries; chunk lists are dropped."""
+    from loadgen.gaps import RecordTable
+
+    table, want = RecordTable(), []
+    for i in range(RecordTable.BLOCK + 5):
+        r = _rec(i, [1_000 + i, 2_000 + i, 5_000_000_000_000 + i])
+        if i % 7 == 0:  # a failure: no tokens, no status, a long message
+            r = RequestRecord(index=i, sample=3, query=i, scheduled_ns=5, sent_ns=9, end_ns=12,
+                              error_class="connect", error="refused " * 40, worker=2, retries=1)
+        r.warmup = i % 11 == 0
+        r.prompt_tokens = None if i % 3 else 17
+        table.append(r)
+        want.append(compact(r))
+    got = table.to_list()
+    assert len(table) == len(got) == len(want)
+    assert got == want
+    assert got[1].chunk_ns == [] and got[1].last_chunk_ns == 5_000_000_000_001
+    assert got[0].error == ("refused " * 40)[:200] and got[0].tokens_source == "chunks"
+
+
+def test_record_table_is_smaller_than_the_records_it_replaces():
+    import tracemalloc
+
+    from loadgen.gaps import RecordTable
+
+    def held(make):
+        tracemalloc.start()
+        kept = make()
+        size = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        return size / 20_000, kept
+
+    def records():
+        return [compact(_rec(i, [10**12 + i, 10**12 + 2 * i + 7])) for i in range(20_000)]
+
+    def table():
+        t = RecordTable()
+        for i in range(20_000):
+            t.append(_rec(i, [10**12 + i, 10**12 + 2 * i + 7]))
+        return t
+
+    per_record, _ = held(records)
+    per_row, _ = held(table)
+    assert per_row < 160 and per_record > 2 * per_row, (per_record, per_row)
