@@ -8,7 +8,9 @@ The built-in simulated server runs pinned to CPU 0 with an exactly known behavio
 slowdown, enough slots that nothing queues). Every client runs pinned to CPU 1, alone, one level at a
 time. Whatever a client reports beyond 50 ms TTFT and 10 ms ITL is that client's own error — unless the
 server itself fell behind, which is why the server's own emission lateness is printed beside each level
-(from its ``/sim/stats``, reset before each level).
+(from its ``/sim/stats``, reset before each level): over all chunks (what ITL holds) and over first
+tokens alone (what TTFT holds; a closed loop's requests end together, and the simulator then sends a
+wave of first tokens at once).
 
 Levels: closed-loop concurrency (loadgen's ``concurrency`` scenario; ``vllm bench serve
 --max-concurrency C --request-rate inf``) and Poisson arrivals (loadgen's ``server`` scenario;
@@ -268,8 +270,10 @@ def main() -> int:
                     else:
                         m = run_peer(url, kind, level, work, tokenizer, cpu=args.client_cpu,
                                      python=args.peer_python, cli=args.peer_cli)
-                    m["server_lateness_p99_ms"] = max(
-                        st["lateness_ms"]["p99"] for st in _sim_all(url, pids, "/sim/stats"))
+                    stats = _sim_all(url, pids, "/sim/stats")
+                    m["server_lateness_p99_ms"] = max(st["lateness_ms"]["p99"] for st in stats)
+                    m["server_first_token_lateness_p99_ms"] = max(
+                        st["first_token_lateness_ms"]["p99"] for st in stats)
                     m.update(tool=tool, kind=kind, level=level)
                     rows.append(m)
                     print(_row(m), flush=True)
@@ -291,6 +295,7 @@ def _row(m: dict) -> str:
             f"  ITL p50/p99 {_err(m['itl_p50'], ITL_MS)} {_err(m['itl_p99'], ITL_MS)}  rate {rate}/s"
             f"  CPU {cpu}{late}  RSS {m['rss_mb']:.0f} MB"
             f"  server late p99 {m['server_lateness_p99_ms']:.2f} ms"
+            f" (first tokens {m['server_first_token_lateness_p99_ms']:.2f} ms)"
             f"  failed {m['failed']}")
 
 

@@ -165,6 +165,7 @@ class Engine:
         self._step_ns = [round(step_ms(cfg, b) * 1e6) for b in range(cfg.max_seqs + 1)]
         self._k = cfg.tokens_per_chunk
         self.lateness = LatenessRecorder()
+        self.first_lateness = LatenessRecorder()  # first tokens only: what a client's TTFT error holds
         self.ttft = Histogram(TTFT_BUCKETS)
         self.itl = Histogram(ITL_BUCKETS)
         self.e2e = Histogram(E2E_BUCKETS)
@@ -236,6 +237,7 @@ class Engine:
                 self.lateness.add(now - due)
                 lo = 1 if i == 1 else 2 + (i - 2) // k * k
                 if i == 1:
+                    self.first_lateness.add(now - due)
                     self.ttft.observe((now - seq.arrival_ns) / 1e9)
                 else:
                     self.itl.observe((now - seq.last_emit_ns) / 1e9 / (i - lo + 1))

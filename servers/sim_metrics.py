@@ -6,7 +6,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from servers.sim_engine import Histogram
+from servers.sim_engine import Histogram, LatenessRecorder
 
 if TYPE_CHECKING:
     from servers.sim_openai import SimApp
@@ -61,13 +61,9 @@ def render_metrics(app: SimApp) -> bytes:
 def stats(app: SimApp) -> dict[str, Any]:
     """The sim's own health and counters (JSON of ``GET /sim/stats``)."""
     eng = app.engine
-    late = eng.lateness
     return {
-        "lateness_ms": {"p50": late.percentile_ms(0.5), "p90": late.percentile_ms(0.9),
-                        "p99": late.percentile_ms(0.99), "p999": late.percentile_ms(0.999),
-                        "max": late.max_ns / 1e6,
-                        "mean": late.sum_ns / late.count / 1e6 if late.count else 0.0,
-                        "count": late.count},
+        "lateness_ms": _lateness(eng.lateness),  # every chunk: send time - due time
+        "first_token_lateness_ms": _lateness(eng.first_lateness),  # first chunks only (TTFT)
         "chunks_emitted": eng.chunks_total,
         "tokens_emitted": eng.generation_tokens_total,
         "requests_total": app.requests,
@@ -78,3 +74,9 @@ def stats(app: SimApp) -> dict[str, Any]:
         "uptime_s": (time.perf_counter_ns() - app.started_ns) / 1e9,
         "pid": os.getpid(),  # several processes can share one port (SO_REUSEPORT): which one answered
     }
+
+
+def _lateness(late: LatenessRecorder) -> dict[str, float]:
+    return {"p50": late.percentile_ms(0.5), "p90": late.percentile_ms(0.9), "p99": late.percentile_ms(0.99),
+            "p999": late.percentile_ms(0.999), "max": late.max_ns / 1e6,
+            "mean": late.sum_ns / late.count / 1e6 if late.count else 0.0, "count": late.count}

@@ -136,6 +136,7 @@ class SimApp:
             conn.send_json(200, self.stats())
         elif path == "/sim/stats/reset" and req.method == "POST":
             self.engine.lateness.reset()
+            self.engine.first_lateness.reset()
             conn.send_json(200, {"reset": True})
         else:
             conn.send_json(404, _err(404, f"Not Found: {req.method} {path}", "NotFoundError"))

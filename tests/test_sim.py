@@ -224,6 +224,8 @@ def test_metrics_parse_and_counters_move() -> None:
             stats = await r.json()
         assert stats["chunks_emitted"] == 12 and stats["requests"] == {"completed": 3}
         assert stats["lateness_ms"]["count"] == 12 and stats["lateness_ms"]["max"] < 100
+        assert stats["first_token_lateness_ms"]["count"] == 3  # one first token per request
+        assert stats["first_token_lateness_ms"]["max"] <= stats["lateness_ms"]["max"]
 
     run(SimConfig(**FAST), body)
 
