@@ -53,6 +53,8 @@ def main() -> int:
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         samples: list[tuple[float, float, int]] = []
+        measuring: list[bool] = []  # requests.jsonl grew since the previous sample: the clock runs
+        jsonl, last_size = out / "requests.jsonl", 0
         print(f"soak: {args.minutes:g} min at {args.qps:g} req/s, {args.output_len} tokens each; "
               f"pid {proc.pid}")
         print(f"{'t (s)':>8} {'RSS (MiB)':>10} {'fds':>6}")
@@ -62,6 +64,9 @@ def main() -> int:
             if s is not None:
                 t = time.monotonic() - t0
                 samples.append((t, *s))
+                size = jsonl.stat().st_size if jsonl.exists() else 0
+                measuring.append(size > last_size)
+                last_size = size
                 print(f"{t:8.0f} {s[0]:10.1f} {s[1]:6d}", flush=True)
             time.sleep(args.every)
         if proc.poll() is None:
@@ -71,14 +76,20 @@ def main() -> int:
     if len(samples) < 4:
         print("soak: too few samples")
         return 1
-    start = samples[0][0]
-    first = [s for s in samples if s[0] - start < 60]
-    last = [s for s in samples if s[0] > samples[-1][0] - 60]
+    # The measured window: from the first to the last sample at which requests were still being
+    # written; before it is start-up, after it the report is built (a transient peak, shown apart).
+    run = [s for s, m in zip(samples, measuring, strict=True) if m] or samples
+    start, end = run[0][0], run[-1][0]
+    first = [s for s in run if s[0] - start < 60]
+    last = [s for s in run if s[0] > end - 60]
     mean = lambda xs, i: sum(x[i] for x in xs) / len(xs)  # noqa: E731
     rss0, rss1 = mean(first, 1), mean(last, 1)
     fd0, fd1 = mean(first, 2), mean(last, 2)
-    print(f"RSS first minute {rss0:.1f} MiB, last minute {rss1:.1f} MiB: growth {rss1 - rss0:+.1f} MiB "
-          f"({(rss1 / rss0 - 1) * 100:+.1f}%), max {max(s[1] for s in samples):.1f} MiB")
+    after = [s[1] for s in samples if s[0] > end]
+    print(f"measured window {start:.0f}-{end:.0f} s: RSS first minute {rss0:.1f} MiB, last minute "
+          f"{rss1:.1f} MiB: growth {rss1 - rss0:+.1f} MiB ({(rss1 / rss0 - 1) * 100:+.1f}%), max "
+          f"{max(s[1] for s in run):.1f} MiB; while the report was built: max "
+          f"{max(after) if after else float('nan'):.1f} MiB")
     print(f"open fds first minute {fd0:.1f}, last minute {fd1:.1f}: growth {fd1 - fd0:+.1f}, "
           f"max {max(s[2] for s in samples)}")
     report = out / "report.json"
