@@ -9,17 +9,15 @@ import os
 import subprocess
 import sys
 import sysconfig
-import time
 from pathlib import Path
 
 import pytest
 
 import loadgen.telemetry
 from tests.conftest import ROOT
-from tests.test_telemetry import FakeNvml
+from tests.test_telemetry import FakeNvml, RealClock
 
 SCRIPT = ROOT / "benchmarks" / "gpu_power_check.py"
-S = 1_000_000_000
 
 
 def test_runs_without_loadgen_installed_or_on_the_path(tmp_path: Path) -> None:
@@ -38,15 +36,6 @@ def test_runs_without_loadgen_installed_or_on_the_path(tmp_path: Path) -> None:
         assert proc.stdout.startswith("no GPU: ")
     else:
         assert proc.returncode in (0, 1) and ("PASS" in proc.stdout or "FAIL" in proc.stdout)
-
-
-class RealClock:
-    def __init__(self) -> None:
-        self._origin = time.perf_counter_ns()
-
-    @property
-    def ns(self) -> int:
-        return time.perf_counter_ns() - self._origin + 1000 * S
 
 
 @pytest.fixture

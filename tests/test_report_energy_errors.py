@@ -9,7 +9,6 @@ run's duration and token count alone.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -23,21 +22,9 @@ from loadgen.runner import run
 from loadgen.settings import load_settings
 from tests.conftest import load_report, run_cli, write_scenario
 from tests.test_mlperf import parse_summary
-from tests.test_telemetry import FakeNvml
+from tests.test_telemetry import FakeNvml, RealClock
 
-S = 1_000_000_000
 WATTS = (200.0, 300.0)
-
-
-class RealClock:
-    """FakeNvml's clock interface (``.ns``, with t = 0 at 1000 s) on the sampler's own clock."""
-
-    def __init__(self) -> None:
-        self._origin = time.perf_counter_ns()
-
-    @property
-    def ns(self) -> int:
-        return time.perf_counter_ns() - self._origin + 1000 * S
 
 
 def _run_with_nvml(monkeypatch, tmp_path: Path, fake: FakeNvml, **extra) -> Path:

@@ -23,6 +23,18 @@ class FakeClock:
         self.ns += round(seconds * S)
 
 
+class RealClock:
+    """FakeNvml's clock interface (``.ns``, with t = 0 at 1000 s) on the real monotonic clock, for a
+    sampler that runs on its own thread in real time."""
+
+    def __init__(self) -> None:
+        self._origin = time.perf_counter_ns()
+
+    @property
+    def ns(self) -> int:
+        return time.perf_counter_ns() - self._origin + 1000 * S
+
+
 class FakeNvml:
     """GPUs whose power is ``power(gpu, t_s)`` of a fake clock; the energy counter is its exact integral
     (``energy(gpu, t_s)``, J) unless ``energy_supported`` is False."""
