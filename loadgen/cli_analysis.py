@@ -75,8 +75,10 @@ def sweep(
     scenario: Annotated[str, typer.Argument(help="built-in scenario name or a YAML scenario file")],
     param: Annotated[list[str] | None, typer.Option(
         help="NAME=VALUES to sweep: concurrency=1,4,16,64, qps=5:40:5 (inclusive), input_len=...")] = None,
-    server_arg: Annotated[list[str] | None, typer.Option(help="server flag to sweep, relaunching vLLM per "
-                                                              "point: --server-arg=--max-num-seqs=8,32,128")]
+    server_arg: Annotated[list[str] | None, typer.Option(help=(
+        "server flag to sweep, relaunching the server per point: --server-arg=--max-num-seqs=8,32,128 "
+        "(vLLM's flags with a server: block; without one, the built-in simulator's options, e.g. --max-seqs)"
+    ))]
     = None,
     out: Annotated[Path | None, typer.Option(help="sweep folder (rerun with the same one to resume)")] = None,
     url: _Url = None,
