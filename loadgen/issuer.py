@@ -6,7 +6,9 @@ client falls behind, late queries go out at once and keep their scheduled times,
 in ``issue_delay`` and in the latency from the scheduled time instead of disappearing.
 
 Closed loop (SingleStream, MultiStream, concurrency): each stream sends its next query when its last
-one completes, until both the query count and the duration are met, or the hard stop.
+one completes. As in MLPerf LoadGen, a stream checks *after* issuing: it stops once the query count is
+met and the query it just issued went out at or after the minimum duration, so the last issue is never
+earlier than the duration. The hard stop (checked before each issue) ends it regardless.
 
 Waiting: asyncio timers wake up to ~1 ms late (epoll rounds timeouts to milliseconds), so the issuer
 sleeps until 1 ms before the target and then yields to the loop (``sleep(0)``) until the target; reads
@@ -210,20 +212,43 @@ class Issuer:
             self.stats.last_issue_ns = offset
 
     async def _closed_stream(self, tg: asyncio.TaskGroup) -> None:
+        """One stream of a closed loop, with MLPerf LoadGen's stop rule (``IssueQueriesInternal``):
+        issue a query, wait for it, and stop once the queries issued reach ``min_queries`` and *that*
+        query was issued at or after ``min_duration``. So the last query of every stream is issued at
+        or after the minimum duration (LoadGen's MinDurationMet compares exactly that issue time),
+        and a count-bound run issues exactly ``min_queries`` (at least one per stream). The hard stop
+        is checked before each issue."""
         t0 = self._client.t0_ns
         trace = self._trace
         await sleep_until(t0)  # worker processes are told a common start slightly in the future
         while not self._stop.is_set():
             now = time.perf_counter_ns() - t0
-            pos = self._queries_started
-            if pos >= trace.min_queries and now >= trace.min_duration_ns:
-                return
             if now >= trace.hard_stop_ns:
-                self.stop(f"hard stop at {trace.hard_stop_ns / 1e9:g} s before the query count was met")
+                reason = self._hard_stop_reason()
+                if reason is not None:  # else both minimums are met overall: this stream just ends
+                    self.stop(reason)
                 return
+            pos = self._queries_started
             self._queries_started += 1
             query = self._id_offset + self._id_stride * pos
-            self.stats.last_issue_ns = now
+            self.stats.last_issue_ns = max(self.stats.last_issue_ns, now)
             tasks = [self._spawn(tg, query, s, now) for s in trace.samples_of(query).tolist()]
             await asyncio.wait(tasks)
+            if self._queries_started >= trace.min_queries and now >= trace.min_duration_ns:
+                return
 
+    def _hard_stop_reason(self) -> str | None:
+        """Why the hard stop ended the run early, or None when both minimums are met already."""
+        trace = self._trace
+        missing = []
+        if self._queries_started < trace.min_queries:
+            missing.append(f"the query count ({self._queries_started} of {trace.min_queries})")
+        if self.stats.last_issue_ns < trace.min_duration_ns:
+            missing.append(f"the minimum duration ({trace.min_duration_ns / 1e9:g} s)")
+        if not missing:
+            return None
+        verb = "were" if len(missing) > 1 else "was"
+        return (
+            f"hard stop at {trace.hard_stop_ns / 1e9:g} s before {' and '.join(missing)} {verb} met; "
+            "raise the hard stop (max_duration_s)"
+        )

@@ -153,6 +153,7 @@ class MlperfParams:
     samples_per_query: int = 1
     sut_name: str = "loadgen"
     check_sustained: bool = False  # open-loop Server runs: see _sustained (beyond LoadGen)
+    closed_loop: bool = False  # a closed loop judged by Server's rules (concurrency): wording, advice
     early_stopping_confidence: float = 0.99
     use_token_latencies: bool | None = None
 
@@ -245,6 +246,9 @@ class MlperfResult:
     duration_checked_ns: int = 0  # the time compared with min_duration (see MLPERF.md)
     early_stopping: list[EarlyStopping] = field(default_factory=list)
     sustained: dict[str, float] | None = None  # Server: see _sustained
+    retries_total: int = 0  # resends of --retries (beyond LoadGen, which never resends)
+    stopped_early: str | None = None  # why issuing ended before the trace did (signal, hard stop, ...)
+    interrupted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: ints, finite floats or None, strings, lists and dicts with string keys."""
@@ -286,6 +290,7 @@ class MlperfResult:
             "duration_checked_ns": self.duration_checked_ns,
             "early_stopping": [e.to_dict() for e in self.early_stopping],
             "sustained": self.sustained,
+            "retries_total": self.retries_total,
             "params": asdict(self.params),
         }
 
@@ -385,31 +390,62 @@ def _query_latencies(records: list[RequestRecord]) -> npt.NDArray[np.int64]:
     return np.array(lat, dtype=np.int64)
 
 
+def _ended_early(result: MlperfResult) -> str | None:
+    """The advice for a minimum missed because the run did not run to its end; None if it did."""
+    if result.interrupted or result.stopped_early is not None:
+        return "The run ended early; see why below"
+    return None
+
+
 def _min_duration(result: MlperfResult, measured: list[RequestRecord], done_latency_max: int) -> None:
     params = result.params
     scen = params.scenario
-    if scen == "Server":
+    if scen == "Server" and not params.closed_loop:
         checked = max(r.scheduled_ns for r in measured)
         what = "the last query was scheduled at"
     elif scen == "Offline":
         checked = done_latency_max
         what = "the slowest sample finished at"
+    elif scen == "Server":  # a closed loop: a query's scheduled time is its issue time
+        checked = max(r.scheduled_ns for r in measured)
+        what = "the last query was issued at"
     else:
         checked = max(r.sent_ns for r in measured)
         what = "the last query was issued at"
     result.duration_checked_ns = checked
     ok = checked >= params.min_duration_ns
     result.checks["min_duration"] = ok
-    if not ok:
-        want = _seconds(params.min_duration_ns)
+    if ok:
+        return
+    want = _seconds(params.min_duration_ns)
+    fix = _ended_early(result)
+    if fix is None and scen == "Offline":
+        # Offline sends exactly min_query_count samples at once; the duration only checks the slowest.
+        # Throughput grows with the sample count until the server is saturated, so the scaled count
+        # is a floor when it was not.
+        need = math.ceil(result.samples * params.min_duration_ns / max(checked, 1) * 1.1)
         fix = (
-            "Increase the number of samples (or the expected QPS) so the run lasts longer"
-            if scen == "Offline"
-            else f"Increase --duration to at least {want:g} s"
+            f"Offline issues exactly --num-requests samples, all at once, and this many took "
+            f"{_seconds(checked):.3f} s: raise --num-requests to at least {need} (the count scaled to "
+            f"{want:g} s, +10%; more if the server was not saturated by {result.samples})"
         )
-        result.reasons.append(
-            f"Min duration not met: {what} {_seconds(checked):.3f} s, below {want:g} s. {fix}."
-        )
+    elif fix is None:
+        fix = "The records end before it, so the run was cut short (killed or crashed?); rerun it to its end"
+    result.reasons.append(f"Min duration not met: {what} {_seconds(checked):.3f} s, below {want:g} s. {fix}.")
+
+
+def _min_queries(result: MlperfResult) -> None:
+    params = result.params
+    counted = result.samples if params.scenario == "Offline" else result.queries
+    result.checks["min_queries"] = counted >= params.min_query_count
+    if result.checks["min_queries"]:
+        return
+    what = "samples" if params.scenario == "Offline" else "queries"
+    fix = _ended_early(result) or "The run was cut short (killed or crashed?); rerun it to its end"
+    result.reasons.append(
+        f"Min queries not met: {counted} {what} of min_query_count {params.min_query_count} "
+        f"(--num-requests). {fix}."
+    )
 
 
 def _throughput(result: MlperfResult, measured: list[RequestRecord], s: _Samples) -> None:
@@ -462,10 +498,15 @@ def _constraints(result: MlperfResult, s: _Samples) -> None:
             ok = False
             result.reasons.append(
                 f"{name} constraint not met: {pct} {name} {value} ns > bound {bound} ns. "
-                "Reduce target QPS to improve latency."
+                f"{_reduce_load(params)} to improve latency."
             )
         if all(b is None for _, _, b in checks):
             result.notes.append("No latency bound was given, so the latency constraint was not checked.")
+    elif any(b is not None for b in (params.ttft_bound_ns, params.tpot_bound_ns, params.latency_bound_ns)):
+        result.notes.append(
+            f"The latency bounds given are not part of {params.scenario}'s verdict: in MLPerf only Server "
+            "has a latency constraint (goodput reports the share of requests within them)."
+        )
     result.checks["performance_constraints"] = ok and s.latency.size > 0
 
 
@@ -474,6 +515,7 @@ def _early_stop(result: MlperfResult, s: _Samples, query_lat: npt.NDArray[np.int
     p, conf = params.percentile, params.early_stopping_confidence
     scen = params.scenario
     es: list[EarlyStopping] = []
+    has_bound = False
     if scen == "Server":
         queries = int(s.latency.size)
         bounded = (
@@ -481,7 +523,9 @@ def _early_stop(result: MlperfResult, s: _Samples, query_lat: npt.NDArray[np.int
             if result.token_latencies
             else [("latency", s.latency, params.latency_bound_ns)]
         )
-        bounded = [b for b in bounded if b[2] is not None] or [("latency", s.latency, None)]
+        bounded = [b for b in bounded if b[2] is not None]
+        has_bound = bool(bounded)
+        bounded = bounded or [("latency", s.latency, None)]
         es = [
             _early_stopping_server(name, v, bound, queries, p=p, confidence=conf)
             for name, v, bound in bounded
@@ -503,20 +547,35 @@ def _early_stop(result: MlperfResult, s: _Samples, query_lat: npt.NDArray[np.int
             continue
         label = e.metric.upper() if e.metric in ("ttft", "tpot") else e.metric.replace("_", " ")
         more = e.queries_needed - e.queries
-        if e.overlatency is not None:
+        run_more = f"--num-requests {e.queries_needed} or more"
+        if e.overlatency is not None and e.overlatency == 0:
+            over = "none over the bound" if has_bound else "no latency bound was given"
+            result.reasons.append(
+                f"{label} early stopping not met: only {e.queries} queries ({over}); at p{p * 100:g} "
+                f"early stopping needs at least {e.queries_needed}. Would need to run at least {more} more "
+                f"queries ({run_more})."
+            )
+        elif e.overlatency is not None:
             msg = (
                 f"{label} early stopping not met: {e.overlatency} of {e.queries} queries over the bound. "
-                f"Would need to run at least {more} more queries, with the run being successful if every "
-                "additional query were under latency"
+                f"Would need to run at least {more} more queries ({run_more}), with the run being "
+                "successful if every additional query were under latency"
             )
             if e.queries and e.overlatency / e.queries > 1 - p:
-                msg += f"; more than {(1 - p) * 100:g}% are over the bound, so Reduce target QPS"
+                msg += f"; more than {(1 - p) * 100:g}% are over the bound, so {_reduce_load(params)}"
             result.reasons.append(msg + ".")
         else:
             result.reasons.append(
                 f"{label} early stopping not met: only {e.queries} queries. "
-                f"Would need to run at least {more} more queries (at least {e.queries_needed})."
+                f"Would need to run at least {more} more queries ({run_more})."
             )
+
+
+def _reduce_load(params: MlperfParams) -> str:
+    """The advice that lowers the load of a Server-rules run."""
+    if params.closed_loop:
+        return "Reduce --concurrency"
+    return "Reduce target QPS (--qps)"
 
 
 #: Server: completions over the second half of the schedule must reach this share of what fell due.
@@ -591,6 +650,24 @@ def _beyond_loadgen(
             f"{s.token_errors} completed requests produced fewer than 2 output tokens (or none), so their "
             "TPOT is undefined; MLPerf counts them as errors. Raise max output tokens or check the server."
         )
+    retried = [r for r in measured if r.retries]
+    result.retries_total = sum(r.retries for r in retried)
+    result.checks["no_retries"] = not retried
+    if retried:
+        result.reasons.append(
+            f"{len(retried)} requests needed retries ({result.retries_total} resends, --retries): their "
+            "first attempts failed (connect, HTTP 429 or 503), which without --retries are failed "
+            "requests, and every resend is load the schedule did not offer. MLPerf has no retries: "
+            "--retries keeps a run going but cannot make it VALID. Fix the cause or reduce the load."
+        )
+    result.checks["ran_to_completion"] = not result.interrupted and result.stopped_early is None
+    if result.interrupted:
+        result.reasons.append(
+            f"The run was interrupted ({result.stopped_early or 'stopped early'}); results are partial. "
+            "Rerun it to its end."
+        )
+    elif result.stopped_early is not None:
+        result.reasons.append(f"The run stopped early: {result.stopped_early}.")
     result.checks["client_not_limited"] = client_limited is None
     if client_limited is not None:
         result.reasons.append(
@@ -604,13 +681,22 @@ def _beyond_loadgen(
 
 
 def evaluate(
-    records: Iterable[RequestRecord], params: MlperfParams, *, client_limited: str | None = None
+    records: Iterable[RequestRecord],
+    params: MlperfParams,
+    *,
+    client_limited: str | None = None,
+    stopped_early: str | None = None,
+    interrupted: bool = False,
 ) -> MlperfResult:
     """Judge a run the way LoadGen would (plus loadgen's own checks); see the module docstring.
 
     Warm-up records are ignored. Latency statistics cover completed samples; any failed sample makes
     the result INVALID. ``client_limited`` is the runner's reason the client was the bottleneck, or
-    None.
+    None; ``stopped_early`` why issuing ended before the trace did (a hard stop, ``--max-error-rate``,
+    a signal) and ``interrupted`` whether a signal did it: either makes the result INVALID.
+
+    The verdict and its reasons never disagree: ``valid`` is True exactly when ``reasons`` is empty
+    (see :func:`_verdict`).
     """
     measured = [r for r in records if not r.warmup]
     done = [r for r in measured if r.ok]
@@ -624,7 +710,8 @@ def evaluate(
             or any(r.first_token_ns is not None for r in done)
         )
     )
-    result = MlperfResult(params=params, valid=False, reasons=[], checks={}, token_latencies=token_mode)
+    result = MlperfResult(params=params, valid=False, reasons=[], checks={}, token_latencies=token_mode,
+                          stopped_early=stopped_early, interrupted=interrupted)
     result.samples = len(measured)
     result.samples_completed = len(done)
     result.samples_failed = len(measured) - len(done)
@@ -657,21 +744,25 @@ def evaluate(
     else:
         _constraints(result, s)
         _min_duration(result, measured, int(s.latency.max()) if s.latency.size else 0)
-        counted = result.samples if scen == "Offline" else result.queries
-        result.checks["min_queries"] = counted >= params.min_query_count
-        if not result.checks["min_queries"]:
-            result.reasons.append(
-                f"Min queries not met: {counted} of min_query_count {params.min_query_count}. Would need to "
-                f"run at least {params.min_query_count - counted} more queries."
-            )
+        _min_queries(result)
         _early_stop(result, s, query_lat)
         _throughput(result, measured, s)
         if scen == "Server" and params.check_sustained:
             _sustained(result, measured)
 
     _beyond_loadgen(result, measured, s, client_limited)
-    result.valid = all(result.checks.values())
+    _verdict(result)
     return result
+
+
+def _verdict(result: MlperfResult) -> None:
+    """The one place the verdict is decided: VALID exactly when every check passed and no reason was
+    given. A failed check always comes with its own reason; should one ever come without (a bug), a
+    reason naming the check is added, so that ``valid == (not reasons)`` holds whatever happens."""
+    failed = [name for name, ok in result.checks.items() if not ok]
+    if failed and not result.reasons:
+        result.reasons.append(f"Check(s) failed: {', '.join(failed)} (loadgen gave no reason: a bug).")
+    result.valid = not failed and not result.reasons
 
 
 # ---- mlperf_log_summary.txt -------------------------------------------------------------------------
@@ -812,6 +903,9 @@ def _render_summary(r: MlperfResult, extra_stats: Sequence[str] = ()) -> str:
     ]
     if "sustained" in r.checks:
         lines.append(f"  Offered load sustained : {yes[r.checks['sustained']]}")
+    for key, label in (("no_retries", "No request retried"), ("ran_to_completion", "Ran to completion")):
+        if not r.checks.get(key, True):
+            lines.append(f"  {label} : NO")
     if r.reasons:
         lines.append("Recommendations:")
         lines += [f" * {reason}" for reason in r.reasons]

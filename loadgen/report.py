@@ -103,6 +103,7 @@ def mlperf_params(settings: Settings, sut_name: str) -> mlperf.MlperfParams:
         samples_per_query=settings.samples_per_query if settings.scenario == Scenario.MULTISTREAM else 1,
         sut_name=sut_name,
         check_sustained=settings.scenario in (Scenario.SERVER, Scenario.CONSTANT, Scenario.REPLAY),
+        closed_loop=settings.scenario == Scenario.CONCURRENCY,
     )
 
 
@@ -125,13 +126,10 @@ def build_report(
     server = meta.get("server") or {}
     sut = f"{server.get('model') or settings.model or '?'} @ {server.get('url') or settings.url or '?'}"
     limited = "; ".join(health.reasons) if health is not None and health.limited else None
-    ml = mlperf.evaluate(measured, mlperf_params(settings, sut), client_limited=limited)
-    reasons = list(ml.reasons)
     stopped = stats.stopped_early if stats is not None else None
-    if interrupted:
-        reasons.append(f"the run was interrupted ({stopped or 'stopped early'}); results are partial")
-    elif stopped:
-        reasons.append(f"the run stopped early: {stopped}")
+    ml = mlperf.evaluate(measured, mlperf_params(settings, sut), client_limited=limited,
+                         stopped_early=stopped, interrupted=interrupted)
+    results["retries_total"] = ml.retries_total
     data = {
         **meta,
         "schema_version": SCHEMA_VERSION,
@@ -139,7 +137,8 @@ def build_report(
         "interrupted": interrupted,
         "stopped_early": stopped,
         "results": results,
-        "validity": {"valid": ml.valid and not interrupted and not stopped, "reasons": reasons},
+        # the one verdict: report.json, summary.txt, the console and the HTML all show this one
+        "validity": {"valid": ml.valid, "reasons": list(ml.reasons)},
         "mlperf": ml.to_dict(),
         "client": health.to_dict() if health is not None else None,
     }

@@ -190,17 +190,6 @@ def _open_at_once(trace: Trace) -> int | None:
     return None
 
 
-def _note_retries(data: dict[str, Any], records: list[RequestRecord]) -> None:
-    """``retries_total`` in the results, and a validity reason when any request was retried."""
-    total = sum(r.retries for r in records if not r.warmup)
-    data["results"]["retries_total"] = total
-    if total:
-        data["validity"]["reasons"].append(
-            f"{total} retries were sent (--retries): they add requests the schedule did not offer, so the "
-            "offered load is distorted; latencies of retried requests count from their first attempt."
-        )
-
-
 def _start_outputs(out_dir: Path, meta: dict[str, Any]) -> None:
     """``run.json`` before any request; a rerun into the same folder starts afresh."""
     _write_json(out_dir / "run.json", meta)
@@ -289,7 +278,6 @@ async def run_async(
     # (stopped_early: a validity reason, exit 0).
     report = build_report(meta, records, settings=settings, health=health, stats=stats,
                           interrupted=control.interrupts > 0, itl=gaps.distribution())
-    _note_retries(report.data, records)
     report.data.update(sidecars.results(report.data["results"], client.t0_ns))
     _workload_results(report.data["results"], settings, records, dataset, extra)
     write_outputs(out_dir, report)

@@ -93,11 +93,20 @@ def split_trace(trace: Trace, n: int) -> list[tuple[Trace, list[int] | None]]:
             )
             parts.append((sub, mine.tolist()))
         return parts
+    # Closed loop: each worker runs the issuer's stop rule on its streams with its share of the count
+    # (every stream stops after a query issued at or after min_duration, once its worker's share is
+    # met). The shares sum to min_queries exactly (largest remainder), so a count-bound run issues
+    # min_queries in all, as one process would, and a duration-bound one has every stream's last issue
+    # at or after min_duration, as one process would.
     n = min(n, trace.streams)
-    for w in range(n):
-        streams = trace.streams // n + (1 if w < trace.streams % n else 0)
-        share = math.ceil(trace.min_queries * streams / trace.streams)
-        parts.append((dataclasses.replace(trace, streams=streams, min_queries=share), None))
+    streams = [trace.streams // n + (1 if w < trace.streams % n else 0) for w in range(n)]
+    exact = [trace.min_queries * s / trace.streams for s in streams]
+    shares = [math.floor(x) for x in exact]
+    by_remainder = sorted(range(n), key=lambda w: (shares[w] - exact[w], w))
+    for w in by_remainder[: trace.min_queries - sum(shares)]:
+        shares[w] += 1
+    for s, share in zip(streams, shares, strict=True):
+        parts.append((dataclasses.replace(trace, streams=s, min_queries=share), None))
     return parts
 
 

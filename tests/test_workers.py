@@ -23,7 +23,11 @@ def test_split_trace_keeps_every_query_once_and_splits_streams():
     closed = build_trace(Settings(scenario="concurrency", concurrency=10, num_requests=100), 100,
                          seeded_rngs(0))
     sub = [p for p, _ in split_trace(closed, 3)]
-    assert [p.streams for p in sub] == [4, 3, 3] and sum(p.min_queries for p in sub) >= 100
+    assert [p.streams for p in sub] == [4, 3, 3] and [p.min_queries for p in sub] == [40, 30, 30]
+    # the shares sum to the count exactly (largest remainder), as one process would issue
+    odd = build_trace(Settings(scenario="concurrency", concurrency=4, num_requests=10), 10, seeded_rngs(0))
+    shares = [p.min_queries for p, _ in split_trace(odd, 3)]
+    assert [p.streams for p, _ in split_trace(odd, 3)] == [2, 1, 1] and sum(shares) == 10, shares
 
 
 def test_two_workers_measure_what_one_does(tmp_path):
