@@ -158,7 +158,7 @@ def assess(
     if check_issue_delay and issue["p99"] is not None and issue["p99"] > limit and tail_moved:
         reasons.append(
             f"requests went out late: issue delay p99 {issue['p99']:.2f} ms > {limit:g} ms "
-            "(the client could not keep to the schedule; use more --workers or a lower rate)"
+            "(the client could not keep to the schedule)"
             + (f"; concurrency held {held:.1%}" if held is not None else "")
             + (f"; it moved TTFT p99 by {shift:.2f} ms" if shift is not None and held is None else "")
         )

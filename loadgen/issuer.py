@@ -21,6 +21,7 @@ cancels the requests in flight, which are recorded as ``cancelled``.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -126,6 +127,7 @@ class Issuer:
         self._id_stride = id_stride
         self._next_index = 0
         self._queries_started = 0
+        self._slowest_query_ns = 0  # closed loop: the longest issue-to-completion of a query so far
         self.stats = IssueStats()
 
     # ---- control ---------------------------------------------------------------------------------
@@ -234,21 +236,28 @@ class Issuer:
             self.stats.last_issue_ns = max(self.stats.last_issue_ns, now)
             tasks = [self._spawn(tg, query, s, now) for s in trace.samples_of(query).tolist()]
             await asyncio.wait(tasks)
+            self._slowest_query_ns = max(self._slowest_query_ns, time.perf_counter_ns() - t0 - now)
             if self._queries_started >= trace.min_queries and now >= trace.min_duration_ns:
                 return
 
     def _hard_stop_reason(self) -> str | None:
-        """Why the hard stop ended the run early, or None when both minimums are met already."""
+        """Why the hard stop ended the run early and the hard stop that would do, or None when both
+        minimums are met already. The count needs about ``hard stop × min_queries / issued`` at the
+        rate seen (+10%); the duration needs the minimum plus two of the slowest queries seen (the
+        last issue at or after it, and its completion)."""
         trace = self._trace
-        missing = []
-        if self._queries_started < trace.min_queries:
-            missing.append(f"the query count ({self._queries_started} of {trace.min_queries})")
+        started = self._queries_started
+        missing, need_s = [], 0.0
+        if started < trace.min_queries:
+            missing.append(f"the query count ({started} of {trace.min_queries})")
+            need_s = trace.hard_stop_ns / 1e9 * trace.min_queries / max(started, 1) * 1.1
         if self.stats.last_issue_ns < trace.min_duration_ns:
             missing.append(f"the minimum duration ({trace.min_duration_ns / 1e9:g} s)")
+            need_s = max(need_s, (trace.min_duration_ns + 2 * self._slowest_query_ns) / 1e9)
         if not missing:
             return None
         verb = "were" if len(missing) > 1 else "was"
         return (
             f"hard stop at {trace.hard_stop_ns / 1e9:g} s before {' and '.join(missing)} {verb} met; "
-            "raise the hard stop (max_duration_s)"
+            f"raise the hard stop (max_duration_s) to at least {math.ceil(need_s * 100) / 100:g} s"
         )

@@ -548,22 +548,34 @@ def _early_stop(result: MlperfResult, s: _Samples, query_lat: npt.NDArray[np.int
         label = e.metric.upper() if e.metric in ("ttft", "tpot") else e.metric.replace("_", " ")
         more = e.queries_needed - e.queries
         run_more = f"--num-requests {e.queries_needed} or more"
-        if e.overlatency is not None and e.overlatency == 0:
+        if params.min_query_count >= e.queries_needed and (e.overlatency or 0) / max(e.queries, 1) <= 1 - p:
+            # the run's own count would have been enough: it did not get there
+            how = "ended early; see why below" if _ended_early(result) else "was cut short"
+            result.reasons.append(
+                f"{label} early stopping not met: only {e.queries} queries; at p{p * 100:g} early stopping "
+                f"needs at least {e.queries_needed}, which --num-requests {params.min_query_count} would "
+                f"have given, but the run {how}."
+            )
+        elif e.overlatency is not None and e.overlatency == 0:
             over = "none over the bound" if has_bound else "no latency bound was given"
             result.reasons.append(
                 f"{label} early stopping not met: only {e.queries} queries ({over}); at p{p * 100:g} "
                 f"early stopping needs at least {e.queries_needed}. Would need to run at least {more} more "
                 f"queries ({run_more})."
             )
+        elif e.overlatency is not None and e.overlatency / max(e.queries, 1) > 1 - p:
+            # more queries cannot help: the share over the bound already exceeds what p allows
+            result.reasons.append(
+                f"{label} early stopping not met: {e.overlatency} of {e.queries} queries over the bound "
+                f"({e.overlatency / e.queries:.1%}, more than the {(1 - p) * 100:g}% that p{p * 100:g} "
+                f"allows). {_reduce_load(params)}."
+            )
         elif e.overlatency is not None:
-            msg = (
+            result.reasons.append(
                 f"{label} early stopping not met: {e.overlatency} of {e.queries} queries over the bound. "
                 f"Would need to run at least {more} more queries ({run_more}), with the run being "
-                "successful if every additional query were under latency"
+                "successful if every additional query were under latency."
             )
-            if e.queries and e.overlatency / e.queries > 1 - p:
-                msg += f"; more than {(1 - p) * 100:g}% are over the bound, so {_reduce_load(params)}"
-            result.reasons.append(msg + ".")
         else:
             result.reasons.append(
                 f"{label} early stopping not met: only {e.queries} queries. "
@@ -580,6 +592,9 @@ def _reduce_load(params: MlperfParams) -> str:
 
 #: Server: completions over the second half of the schedule must reach this share of what fell due.
 SUSTAINED_MIN_RATIO = 0.9
+#: Server, runs shorter than twice the median latency: the second half's median latency over this
+#: multiple of the first half's means a growing queue (a server that keeps up has a steady latency).
+SUSTAINED_GROWTH = 1.5
 
 
 def _sustained(result: MlperfResult, measured: list[RequestRecord]) -> None:
@@ -590,7 +605,9 @@ def _sustained(result: MlperfResult, measured: list[RequestRecord]) -> None:
     the last scheduled time and ``L`` the median latency (scheduled → end): the requests that ended in
     ``[T/2, T]`` are compared with those scheduled in ``[T/2 − L, T − L]``, which a server that keeps
     up finishes in that window. Below ``SUSTAINED_MIN_RATIO`` the queue was growing. When ``L > T/2``
-    the run is too short to tell, and is not VALID either.
+    that window does not exist: then a median latency of the queries scheduled in ``[T/2, T]`` over
+    ``SUSTAINED_GROWTH`` × that of ``[0, T/2)`` shows the growing queue; otherwise the run is too short
+    to tell, and is not VALID either.
     """
     sched = np.array([r.scheduled_ns for r in measured], dtype=np.int64)
     ends = np.array([r.end_ns for r in measured if r.end_ns], dtype=np.int64)
@@ -604,10 +621,24 @@ def _sustained(result: MlperfResult, measured: list[RequestRecord]) -> None:
     result.sustained = info
     if lat > half:
         result.checks["sustained"] = False
+        done = [r for r in measured if r.ok and r.end_ns]
+        early = [r.end_ns - r.scheduled_ns for r in done if r.scheduled_ns < half]
+        late = [r.end_ns - r.scheduled_ns for r in done if r.scheduled_ns >= half]
+        first = float(np.median(early)) if early else 0.0
+        second = float(np.median(late)) if late else 0.0
+        info.update(first_half_latency_s=first / 1e9, second_half_latency_s=second / 1e9)
+        if first > 0 and second > SUSTAINED_GROWTH * first:
+            # a queue that grows with time: running longer would only make the latency longer
+            result.reasons.append(
+                f"The server did not keep up with the offered rate: the median latency grew from "
+                f"{first / 1e9:.2f} s (queries of the first half of the run) to {second / 1e9:.2f} s (the "
+                "second half), so its queue was growing. Lower the QPS."
+            )
+            return
         result.reasons.append(
             f"Too short to show that the server keeps up: the median latency ({lat / 1e9:.2f} s) is over "
             f"half the time queries were issued over ({span / 1e9:.2f} s), so a growing queue would not "
-            "have shown yet. Run more queries (--num-requests) or longer (--duration)."
+            f"have shown yet. Run longer: --duration {math.ceil(2.5 * lat / 1e9)} or more."
         )
         return
     due = int(np.count_nonzero((sched >= half - lat) & (sched <= span - lat)))
@@ -671,7 +702,8 @@ def _beyond_loadgen(
     result.checks["client_not_limited"] = client_limited is None
     if client_limited is not None:
         result.reasons.append(
-            f"The client was the bottleneck: {client_limited}. Use more --workers or a bigger client host."
+            f"The client was the bottleneck: {client_limited}. Use more --workers, a bigger client host or "
+            "a lower load."
         )
     if params.min_duration_ns < DEFAULT_MIN_DURATION_NS:
         result.notes.append(

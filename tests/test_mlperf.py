@@ -393,3 +393,71 @@ def test_sustained_needs_an_issue_span_of_twice_the_median_latency():
     plain = evaluate(_server_records(40, qps=20, service_s=3.0),
                      MlperfParams(scenario="Server", min_query_count=1))
     assert "sustained" not in plain.checks
+
+
+def test_a_short_run_at_three_times_capacity_says_lower_the_qps_not_run_longer():
+    """At 3x capacity the median latency grows with the run (about as long as the run itself), so
+    "run longer" could never fix it: the growing latency is named instead, with the advice that does."""
+    from loadgen.mlperf import MlperfParams, evaluate
+
+    params = MlperfParams(scenario="Server", min_query_count=1, check_sustained=True)
+    for n in (60, 120):  # 3 s and 6 s of schedule at 20/s, served at 20/3 per s
+        over = evaluate(_server_records(n, qps=20, service_s=0.05, capacity_qps=20 / 3), params)
+        assert not over.checks["sustained"]
+        assert over.sustained["median_latency_s"] > over.sustained["span_s"] / 2
+        text = " ".join(over.reasons)
+        assert "did not keep up" in text and "Lower the QPS" in text, over.reasons
+        assert "--duration" not in text and "Too short" not in text
+
+
+def test_too_short_advice_names_a_duration_that_makes_the_check_possible():
+    from loadgen.mlperf import MlperfParams, evaluate
+
+    params = MlperfParams(scenario="Server", min_query_count=1, check_sustained=True)
+    short = evaluate(_server_records(40, qps=20, service_s=3.0), params)  # steady latency 3 s
+    (reason,) = [r for r in short.reasons if "Too short" in r]
+    want = int(reason.split("--duration ")[1].split()[0])
+    assert want == 8  # ceil(2.5 x 3 s)
+    followed = evaluate(_server_records(20 * want, qps=20, service_s=3.0), params)
+    assert followed.checks["sustained"], followed.reasons
+
+
+def test_verdict_and_reasons_never_disagree() -> None:
+    """valid == (not reasons) on every path: a failed check without its own reason gets one naming it,
+    and a reason makes the result INVALID whatever the checks say."""
+    from loadgen.mlperf import _verdict
+
+    bare = evaluate(server_run(459), server_params())
+    assert bare.valid and not bare.reasons
+    bare.checks["min_queries"] = False
+    _verdict(bare)
+    assert not bare.valid
+    assert bare.reasons == ["Check(s) failed: min_queries (loadgen gave no reason: a bug)."]
+    odd = evaluate(server_run(459), server_params())
+    odd.reasons.append("something")
+    _verdict(odd)
+    assert not odd.valid
+
+
+def test_retried_requests_fail_a_check_with_their_reason() -> None:
+    """A retry's first attempt failed (connect, 429, 503): without --retries that run is INVALID, so a
+    retry must not make it VALID; the check and its reason say so together."""
+    records = server_run(459)
+    records[3].retries = 2
+    records[7].retries = 1
+    r = evaluate(records, server_params())
+    assert not r.valid and r.checks["no_retries"] is False and r.retries_total == 3
+    assert any(x.startswith("2 requests needed retries (3 resends, --retries)") for x in r.reasons)
+    assert "No request retried : NO" in r.summary_text()
+    assert evaluate(server_run(459), server_params()).checks["no_retries"] is True
+
+
+def test_a_stop_makes_the_result_invalid_in_summary_and_report_alike() -> None:
+    """An interrupted run whose minimums were all met is still INVALID, in the MLPerf result itself (so
+    summary.txt and report.json cannot disagree)."""
+    r = evaluate(server_run(459), server_params(), stopped_early="interrupted by SIGINT: ...",
+                 interrupted=True)
+    assert not r.valid and r.checks["ran_to_completion"] is False
+    assert any("interrupted" in x for x in r.reasons)
+    text = r.summary_text()
+    assert "Result is : INVALID" in text and "Ran to completion : NO" in text
