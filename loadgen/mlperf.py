@@ -27,105 +27,20 @@ import numpy as np
 import numpy.typing as npt
 
 from loadgen.metrics import percentile_key
+from loadgen.mlperf_beyond import beyond_loadgen, sustained
+from loadgen.mlperf_stats import (
+    DEFAULT_MIN_DURATION_NS,
+    MLPERF_PERCENTILES,
+    early_stopping_h,
+    largest_t,
+    percentile,
+)
 from loadgen.records import RequestRecord
 
 ScenarioName = Literal["SingleStream", "MultiStream", "Server", "Offline"]
 SCENARIOS: tuple[str, ...] = ("SingleStream", "MultiStream", "Server", "Offline")
 
-#: LoadGen's reported percentile grid (fractions).
-MLPERF_PERCENTILES = (0.50, 0.90, 0.95, 0.97, 0.99, 0.999)
-#: LoadGen's default ``min_duration`` (600 s), ns.
-DEFAULT_MIN_DURATION_NS = 600 * 10**9
 _NS_PER_S = 1e9
-_BANNER = "================================================"
-
-
-# ---- LoadGen's statistics ---------------------------------------------------------------------------
-
-
-def percentile(sorted_values: Sequence[int] | npt.NDArray[Any], p: float) -> int:
-    """LoadGen's percentile: ``sorted_values[int(n * p)]`` (p a fraction, 0-based, no interpolation),
-    the index clamped to ``n − 1``. With n = 10, p = 0.9 gives the maximum. Raises ValueError when
-    empty."""
-    n = len(sorted_values)
-    if n == 0:
-        raise ValueError("percentile of no values")
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must be a fraction in [0, 1], not {p}")
-    return int(sorted_values[min(int(n * p), n - 1)])
-
-
-def _log_binom_cdf(t: int, n: int, q: float) -> float:
-    """``log P[Binomial(n, q) ≤ t]``, in log space so n can be millions.
-
-    ``log C(n, k)`` is the cumulative sum of ``log(n − j + 1) − log(j)`` (j = 1..k) anchored at
-    ``math.lgamma``'s exact ``log C(n, t)``; the terms are combined with log-sum-exp.
-    """
-    if t >= n:
-        return 0.0
-    k = np.arange(1, t + 1, dtype=np.float64)
-    log_c = np.concatenate(([0.0], np.cumsum(np.log(n - k + 1.0) - np.log(k))))
-    # remove the cumulative rounding drift: the exact value at k = t comes from lgamma
-    exact_t = math.lgamma(n + 1) - math.lgamma(t + 1) - math.lgamma(n - t + 1)
-    if t > 0:
-        log_c += (exact_t - log_c[-1]) * np.arange(t + 1, dtype=np.float64) / t
-    ks = np.arange(t + 1, dtype=np.float64)
-    terms = log_c + ks * math.log(q) + (n - ks) * math.log1p(-q)
-    top = float(terms.max())
-    return top + math.log(float(np.exp(terms - top).sum()))
-
-
-def early_stopping_h(t: int, p: float, confidence: float = 0.99) -> int:
-    """LoadGen's early-stopping bound: the smallest h ≥ 0 with
-    ``P[Binomial(h + t, 1 − p) ≤ t] < 1 − confidence``.
-
-    Read: after ``h + t`` queries of which ``t`` were over the latency bound, we are ``confidence``
-    sure the true ``p``-quantile is within the bound. Check values: p = 0.99 → h(0) = 459,
-    h(1) = 661; p = 0.90 → h(0) = 44, h(1) = 63. The CDF falls as h grows, so h is found by doubling
-    then bisection.
-    """
-    if t < 0:
-        raise ValueError(f"t must be ≥ 0, not {t}")
-    if not 0.0 < p < 1.0 or not 0.0 < confidence < 1.0:
-        raise ValueError("p and confidence must lie strictly between 0 and 1")
-    q = 1.0 - p
-    log_alpha = math.log1p(-confidence)
-
-    def passes(h: int) -> bool:
-        return _log_binom_cdf(t, h + t, q) < log_alpha
-
-    # passes(0) is False (P[Bin(t, q) ≤ t] = 1). While the binomial's mean (h + t)·q is ≤ t its median is
-    # ≤ t, so the CDF is ≥ 1/2 > 1 − confidence: h ≤ t·p/q cannot pass, and the search starts there.
-    lo = max(0, math.floor(t * p / q) - 1) if confidence > 0.5 else 0
-    step = max(1, lo // 8)
-    hi = lo + step
-    while not passes(hi):
-        lo, step = hi, step * 2
-        hi = lo + step
-    while hi - lo > 1:  # invariant: not passes(lo), passes(hi)
-        mid = (lo + hi) // 2
-        if passes(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
-
-
-def _largest_t(n: int, p: float, confidence: float) -> int:
-    """The largest t ≥ 1 with ``n ≥ h(t) + t`` (0 if even t = 1 does not fit); h(t) + t grows with t."""
-    if n < early_stopping_h(1, p, confidence) + 1:
-        return 0
-    # fits(lo), not fits(hi): h ≥ 1 so h(n + 1) + n + 1 > n; and h(t) + t > t / (1 − p) (see
-    # early_stopping_h), so no t ≥ n·(1 − p) fits either.
-    hi = min(n + 1, math.ceil(n * (1.0 - p)) + 1) if confidence > 0.5 else n + 1
-    lo = 1
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if early_stopping_h(mid, p, confidence) + mid <= n:
-            lo = mid
-        else:
-            hi = mid
-    return lo
 
 
 # ---- parameters and results -------------------------------------------------------------------------
@@ -297,7 +212,9 @@ class MlperfResult:
     def summary_text(self, extra_stats: Sequence[str] = ()) -> str:
         """``mlperf_log_summary.txt``; ``extra_stats`` (``key : value`` lines beyond LoadGen's, e.g.
         errors by class and GPU energy) go at the end of "Additional Stats"."""
-        return _render_summary(self, extra_stats)
+        from loadgen.mlperf_summary import render_summary
+
+        return render_summary(self, extra_stats)
 
 
 # ---- evaluation -------------------------------------------------------------------------------------
@@ -329,7 +246,7 @@ def _early_stopping_estimate(
     """SingleStream/MultiStream: ``sorted[n − t]`` for the largest t ≥ 1 with n ≥ h(t) + t."""
     n = int(values.size)
     need = early_stopping_h(1, p, confidence) + 1
-    t = _largest_t(n, p, confidence)
+    t = largest_t(n, p, confidence)
     if t == 0:
         text = (
             f" * Only processed {n} queries.\n * Need to process at least {need} queries for early stopping."
@@ -590,128 +507,6 @@ def _reduce_load(params: MlperfParams) -> str:
     return "Reduce target QPS (--qps)"
 
 
-#: Server: completions over the second half of the schedule must reach this share of what fell due.
-SUSTAINED_MIN_RATIO = 0.9
-#: Server, runs shorter than twice the median latency: the second half's median latency over this
-#: multiple of the first half's means a growing queue (a server that keeps up has a steady latency).
-SUSTAINED_GROWTH = 1.5
-
-
-def _sustained(result: MlperfResult, measured: list[RequestRecord]) -> None:
-    """Did the server keep up with the offered rate? (beyond LoadGen, which relies on 600 s runs).
-
-    A run shorter than MLPerf's default can end before an overloaded server's queue has grown enough
-    to break the latency bounds: 662 queries at twice the capacity take only seconds. So, with ``T``
-    the last scheduled time and ``L`` the median latency (scheduled → end): the requests that ended in
-    ``[T/2, T]`` are compared with those scheduled in ``[T/2 − L, T − L]``, which a server that keeps
-    up finishes in that window. Below ``SUSTAINED_MIN_RATIO`` the queue was growing. When ``L > T/2``
-    that window does not exist: then a median latency of the queries scheduled in ``[T/2, T]`` over
-    ``SUSTAINED_GROWTH`` × that of ``[0, T/2)`` shows the growing queue; otherwise the run is too short
-    to tell, and is not VALID either.
-    """
-    sched = np.array([r.scheduled_ns for r in measured], dtype=np.int64)
-    ends = np.array([r.end_ns for r in measured if r.end_ns], dtype=np.int64)
-    done_lat = np.array([r.end_ns - r.scheduled_ns for r in measured if r.ok and r.end_ns], dtype=np.int64)
-    span = int(sched.max()) if sched.size else 0
-    if span <= 0 or not done_lat.size:
-        return  # everything due at once, or nothing finished (judged elsewhere)
-    lat = int(np.median(done_lat))
-    half = span // 2
-    info: dict[str, float] = {"span_s": span / 1e9, "median_latency_s": lat / 1e9}
-    result.sustained = info
-    if lat > half:
-        result.checks["sustained"] = False
-        done = [r for r in measured if r.ok and r.end_ns]
-        early = [r.end_ns - r.scheduled_ns for r in done if r.scheduled_ns < half]
-        late = [r.end_ns - r.scheduled_ns for r in done if r.scheduled_ns >= half]
-        first = float(np.median(early)) if early else 0.0
-        second = float(np.median(late)) if late else 0.0
-        info.update(first_half_latency_s=first / 1e9, second_half_latency_s=second / 1e9)
-        if first > 0 and second > SUSTAINED_GROWTH * first:
-            # a queue that grows with time: running longer would only make the latency longer
-            result.reasons.append(
-                f"The server did not keep up with the offered rate: the median latency grew from "
-                f"{first / 1e9:.2f} s (queries of the first half of the run) to {second / 1e9:.2f} s (the "
-                "second half), so its queue was growing. Lower the QPS."
-            )
-            return
-        result.reasons.append(
-            f"Too short to show that the server keeps up: the median latency ({lat / 1e9:.2f} s) is over "
-            f"half the time queries were issued over ({span / 1e9:.2f} s), so a growing queue would not "
-            f"have shown yet. Run longer: --duration {math.ceil(2.5 * lat / 1e9)} or more."
-        )
-        return
-    due = int(np.count_nonzero((sched >= half - lat) & (sched <= span - lat)))
-    ended = int(np.count_nonzero((ends >= half) & (ends <= span)))
-    ratio = ended / due if due else 1.0
-    info.update(due=due, ended=ended, ratio=ratio)
-    result.checks["sustained"] = ratio >= SUSTAINED_MIN_RATIO
-    if ratio < SUSTAINED_MIN_RATIO:
-        window = (span - half) / 1e9
-        result.reasons.append(
-            f"The server did not keep up with the offered rate: in the second half of the run it finished "
-            f"{ended / window:.1f} queries/s while {due / window:.1f}/s fell due (ratio {ratio:.2f} < "
-            f"{SUSTAINED_MIN_RATIO}); its queue was growing, and a longer run would show ever-growing "
-            "latency. Lower the QPS."
-        )
-
-
-def _beyond_loadgen(
-    result: MlperfResult, measured: list[RequestRecord], s: _Samples, client_limited: str | None
-) -> None:
-    """loadgen's own checks: failed or token-less requests, a saturated client, a short min duration."""
-    params = result.params
-    result.checks["requests_ok"] = (
-        result.samples_failed == 0 and s.token_errors == 0 and result.samples_completed > 0
-    )
-    if measured and not result.samples_completed:
-        result.reasons.append("No request completed.")
-    if result.samples_failed:
-        kinds: dict[str, int] = {}
-        for r in measured:
-            if r.error_class is not None:
-                kinds[r.error_class] = kinds.get(r.error_class, 0) + 1
-        detail = ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items()))
-        result.reasons.append(
-            f"{result.samples_failed} requests failed ({detail}); MLPerf needs every query to complete. "
-            "Fix the errors (see errors_by_class) or reduce the load."
-        )
-    if s.token_errors:
-        result.reasons.append(
-            f"{s.token_errors} completed requests produced fewer than 2 output tokens (or none), so their "
-            "TPOT is undefined; MLPerf counts them as errors. Raise max output tokens or check the server."
-        )
-    retried = [r for r in measured if r.retries]
-    result.retries_total = sum(r.retries for r in retried)
-    result.checks["no_retries"] = not retried
-    if retried:
-        result.reasons.append(
-            f"{len(retried)} requests needed retries ({result.retries_total} resends, --retries): their "
-            "first attempts failed (connect, HTTP 429 or 503), which without --retries are failed "
-            "requests, and every resend is load the schedule did not offer. MLPerf has no retries: "
-            "--retries keeps a run going but cannot make it VALID. Fix the cause or reduce the load."
-        )
-    result.checks["ran_to_completion"] = not result.interrupted and result.stopped_early is None
-    if result.interrupted:
-        result.reasons.append(
-            f"The run was interrupted ({result.stopped_early or 'stopped early'}); results are partial. "
-            "Rerun it to its end."
-        )
-    elif result.stopped_early is not None:
-        result.reasons.append(f"The run stopped early: {result.stopped_early}.")
-    result.checks["client_not_limited"] = client_limited is None
-    if client_limited is not None:
-        result.reasons.append(
-            f"The client was the bottleneck: {client_limited}. Use more --workers, a bigger client host or "
-            "a lower load."
-        )
-    if params.min_duration_ns < DEFAULT_MIN_DURATION_NS:
-        result.notes.append(
-            f"min_duration is {_seconds(params.min_duration_ns):g} s, shorter than MLPerf's default "
-            f"{_seconds(DEFAULT_MIN_DURATION_NS):g} s: this run is not long enough for an MLPerf submission."
-        )
-
-
 def evaluate(
     records: Iterable[RequestRecord],
     params: MlperfParams,
@@ -780,9 +575,9 @@ def evaluate(
         _early_stop(result, s, query_lat)
         _throughput(result, measured, s)
         if scen == "Server" and params.check_sustained:
-            _sustained(result, measured)
+            sustained(result, measured)
 
-    _beyond_loadgen(result, measured, s, client_limited)
+    beyond_loadgen(result, measured, s, client_limited)
     _verdict(result)
     return result
 
@@ -795,161 +590,3 @@ def _verdict(result: MlperfResult) -> None:
     if failed and not result.reasons:
         result.reasons.append(f"Check(s) failed: {', '.join(failed)} (loadgen gave no reason: a bug).")
     result.valid = not failed and not result.reasons
-
-
-# ---- mlperf_log_summary.txt -------------------------------------------------------------------------
-
-
-def _f2(x: float | None) -> str:
-    """LoadGen's DoubleToString: two decimals."""
-    return "n/a" if x is None else f"{x:.2f}"
-
-
-def _stat_lines(stats: LatencyStats | None, label: str) -> list[str]:
-    """LoadGen's Min/Max/Mean/percentile lines; ``label`` is "" (latency), "First Token", ...."""
-    if stats is None:
-        return []
-    lower = label.lower() + " " if label else ""
-    pad = label + " " if label else ""
-    lines = [
-        f"Min {pad}latency (ns)                : {stats.min}",
-        f"Max {pad}latency (ns)                : {stats.max}",
-        f"Mean {pad}latency (ns)               : {stats.mean}",
-    ]
-    lines += [f"{p * 100:.2f} percentile {lower}latency (ns)   : {v}" for p, v in stats.percentiles.items()]
-    return lines
-
-
-def _tpot_lines(stats: LatencyStats | None) -> list[str]:
-    if stats is None:
-        return []
-    lines = [
-        f"Min Time to Output Token (ns)                : {stats.min}",
-        f"Max Time to Output Token (ns)                : {stats.max}",
-        f"Mean Time to Output Token (ns)               : {stats.mean}",
-    ]
-    lines += [
-        f"{p * 100:.2f} percentile time to output token (ns)   : {v}" for p, v in stats.percentiles.items()
-    ]
-    return lines
-
-
-def _headline(r: MlperfResult) -> list[str]:
-    scen = r.params.scenario
-    pct = f"{r.params.percentile * 100:.0f}th"
-    lines: list[str] = []
-    if scen in ("SingleStream", "MultiStream"):
-        lines.append(f"{pct} percentile latency (ns) : {r.target_latency_ns}")
-        if r.token_latencies:
-            lines.append(f"{pct} first token percentile latency (ns) : {r.target_ttft_ns}")
-    elif scen == "Server" and r.token_latencies:
-        lines.append(f"Completed samples per second    : {_f2(r.samples_per_s)}")
-        lines.append(f"Completed tokens per second: {_f2(r.tokens_per_s)}")
-    elif scen == "Server":  # LoadGen's headline without token latencies is the scheduled rate
-        lines.append(f"Scheduled samples per second : {_f2(r.scheduled_samples_per_s)}")
-    else:
-        lines.append(f"Samples per second: {_f2(r.samples_per_s)}")
-        if r.token_latencies:
-            lines.append(f"Tokens per second: {_f2(r.tokens_per_s)}")
-    return lines
-
-
-def _additional(r: MlperfResult) -> list[str]:
-    scen = r.params.scenario
-    lines: list[str] = []
-    if scen == "SingleStream":
-        lines += [
-            f"QPS w/ loadgen overhead         : {_f2(r.samples_per_s)}",
-            f"QPS w/o loadgen overhead        : {_f2(r.samples_per_s_without_overhead)}",
-            "",
-        ]
-    elif scen == "Server" and r.token_latencies:
-        lines += [f"Scheduled samples per second : {_f2(r.scheduled_samples_per_s)}", ""]
-    elif scen == "Server":
-        lines += [f"Completed samples per second    : {_f2(r.samples_per_s)}", ""]
-    if scen == "MultiStream":
-        lines.append("Per-query latency:  ")
-        lines += _stat_lines(r.query_latency_ns, "")
-    else:
-        lines += _stat_lines(r.latency_ns, "")
-    if r.token_latencies:
-        lines.append("")
-        if scen == "SingleStream":
-            lines += [
-                f"TPS w/ loadgen overhead         : {_f2(r.tokens_per_s)}",
-                f"TPS w/o loadgen overhead        : {_f2(r.tokens_per_s_without_overhead)}",
-            ]
-        elif scen == "Server":
-            lines.append(f"Completed tokens per second                 : {_f2(r.tokens_per_s)}")
-        if scen != "Offline":
-            lines += _stat_lines(r.ttft_ns, "First Token")
-            lines.append("")
-            lines += _tpot_lines(r.tpot_ns)
-    return lines
-
-
-def _parameters(r: MlperfResult) -> list[str]:
-    p = r.params
-    lines = [
-        f"samples_per_query : {p.samples_per_query if p.scenario != 'Offline' else r.samples}",
-        f"target_qps : {p.target_qps:g}" if p.target_qps is not None else "target_qps : n/a",
-    ]
-    if r.token_latencies:
-        lines += [
-            f"ttft_latency (ns): {p.ttft_bound_ns if p.ttft_bound_ns is not None else 'none'}",
-            f"tpot_latency (ns): {p.tpot_bound_ns if p.tpot_bound_ns is not None else 'none'}",
-        ]
-    else:
-        lines.append(f"target_latency (ns): {p.latency_bound_ns if p.latency_bound_ns is not None else 0}")
-    lines += [
-        f"target_latency_percentile : {p.percentile:g}",
-        f"min_duration (ms): {p.min_duration_ns // 10**6}",
-        f"min_query_count : {p.min_query_count}",
-        f"early_stopping_confidence : {p.early_stopping_confidence:g}",
-    ]
-    return lines
-
-
-def _render_summary(r: MlperfResult, extra_stats: Sequence[str] = ()) -> str:
-    """``mlperf_log_summary.txt`` in LoadGen's layout; every data line splits on its first ``:``."""
-    yes = {True: "Yes", False: "NO"}
-    lines = [_BANNER, "MLPerf Results Summary", _BANNER]
-    lines += [
-        f"SUT name : {r.params.sut_name}",
-        f"Scenario : {r.params.scenario}",
-        "Mode     : PerformanceOnly",
-    ]
-    lines += _headline(r)
-    lines.append(f"Result is : {'VALID' if r.valid else 'INVALID'}")
-    if r.params.scenario == "Server":
-        lines.append(
-            f"  Performance constraints satisfied : {yes[r.checks.get('performance_constraints', False)]}"
-        )
-    lines += [
-        f"  Min duration satisfied : {yes[r.checks.get('min_duration', False)]}",
-        f"  Min queries satisfied : {yes[r.checks.get('min_queries', False)]}",
-        f"  Early stopping satisfied: {yes[r.checks.get('early_stopping', False)]}",
-        # beyond LoadGen: failed requests and a saturated client also decide validity
-        f"  All requests completed : {yes[r.checks.get('requests_ok', False)]}",
-        f"  Client not the bottleneck : {yes[r.checks.get('client_not_limited', False)]}",
-    ]
-    if "sustained" in r.checks:
-        lines.append(f"  Offered load sustained : {yes[r.checks['sustained']]}")
-    for key, label in (("no_retries", "No request retried"), ("ran_to_completion", "Ran to completion")):
-        if not r.checks.get(key, True):
-            lines.append(f"  {label} : NO")
-    if r.reasons:
-        lines.append("Recommendations:")
-        lines += [f" * {reason}" for reason in r.reasons]
-    lines += [f"Note : {note}" for note in r.notes]
-    for e in r.early_stopping:
-        title = {"ttft": "TTFT ", "tpot": "TPOT "}.get(e.metric, "")
-        lines.append(f"{title}Early Stopping Result:")
-        lines += e.text.split("\n")
-    lines += ["", _BANNER, "Additional Stats", _BANNER]
-    lines += _additional(r)
-    if extra_stats:
-        lines += ["", *extra_stats]
-    lines += ["", _BANNER, "Test Parameters Used", _BANNER]
-    lines += _parameters(r)
-    return "\n".join(lines) + "\n"
