@@ -68,3 +68,26 @@ def test_an_impossible_rate_is_reported_as_client_limited(tmp_path):
     assert report["validity"]["valid"] is False
     assert any("client" in r.lower() for r in report["validity"]["reasons"])
     assert "CLIENT-LIMITED" in res.stdout
+
+
+def test_a_closed_loop_split_over_workers_keeps_the_stop_rule(tmp_path):
+    """5 streams over 2 workers: a count-bound run issues exactly the count (shares 7 + 4 of 11), and
+    a duration-bound one issues exactly one query per stream at or after the duration, as one process
+    would (LoadGen's rule: issue, then stop once the count is met and that issue was at/after it)."""
+    f = write_scenario(tmp_path / "s.yaml", scenario="concurrency", concurrency=5, input_len=8, output_len=4,
+                       sim={"ttft_ms": 5, "itl_ms": 2})
+    for bound, n, d in (("count", 11, 0.0), ("duration", 5, 0.6)):
+        out = tmp_path / bound
+        res = run_cli("run", str(f), "--out", str(out), "--quiet", "--workers", "2",
+                      "--num-requests", str(n), "--duration", str(d))
+        assert res.code == 0, res.output
+        report = load_report(out)
+        assert report["client"]["workers"] == 2
+        recs = read_records(out / "requests.jsonl")
+        if bound == "count":
+            assert len(recs) == n
+        else:
+            assert len(recs) > 5 * 20  # 0.6 s of 11 ms requests on 5 streams
+            assert sum(r.scheduled_ns >= d * 1e9 for r in recs) == 5
+            assert report["mlperf"]["checks"]["min_duration"] is True
+            assert not any("Min duration" in r for r in report["validity"]["reasons"])
