@@ -344,8 +344,17 @@ def _min_duration(result: MlperfResult, measured: list[RequestRecord], done_late
         fix = (
             f"Offline issues exactly --num-requests samples, all at once, and this many took "
             f"{_seconds(checked):.3f} s: raise --num-requests to at least {need} (the count scaled to "
-            f"{want:g} s, +10%; more if the server was not saturated by {result.samples})"
+            f"{want:g} s, +10%)"
         )
+        ttft = result.ttft_ns
+        if ttft is not None and ttft.max < 2 * ttft.min:
+            # no sample waited for another's slot: more samples would have run alongside, so the
+            # count that lasts the duration is higher than the scaled one by an unknown factor
+            fix += (
+                f"; but every sample's first token came within {_seconds(ttft.max):.3f} s, so all "
+                f"{result.samples} ran at once and the server was not saturated: {need} is a floor, "
+                "run it and follow this advice again"
+            )
     elif fix is None:
         fix = "The records end before it, so the run was cut short (killed or crashed?); rerun it to its end"
     result.reasons.append(f"Min duration not met: {what} {_seconds(checked):.3f} s, below {want:g} s. {fix}.")

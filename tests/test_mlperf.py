@@ -461,3 +461,18 @@ def test_a_stop_makes_the_result_invalid_in_summary_and_report_alike() -> None:
     assert any("interrupted" in x for x in r.reasons)
     text = r.summary_text()
     assert "Result is : INVALID" in text and "Ran to completion : NO" in text
+
+
+def test_offline_min_duration_advice_says_when_the_count_is_only_a_floor() -> None:
+    """Offline issues exactly the count; the advice scales it to the duration. Saturated (samples
+    waited for slots) that count lasts; unsaturated (every first token at once) it is only a floor."""
+    waves = [rec(i, scheduled=0, ttft=(i // 4 + 1) * 100 * MS, e2e=(i // 4 + 1) * 100 * MS + MS)
+             for i in range(16)]  # 4 slots, 4 waves of 100 ms
+    r = evaluate(waves, MlperfParams("Offline", min_duration_ns=2 * S, min_query_count=16))
+    (reason,) = [x for x in r.reasons if x.startswith("Min duration not met")]
+    # 16 samples x 2 s / 0.401 s x 1.1
+    assert "raise --num-requests to at least 88 " in reason and "floor" not in reason, reason
+    at_once = [rec(i, scheduled=0, ttft=20 * MS, e2e=100 * MS) for i in range(16)]
+    r = evaluate(at_once, MlperfParams("Offline", min_duration_ns=2 * S, min_query_count=16))
+    (reason,) = [x for x in r.reasons if x.startswith("Min duration not met")]
+    assert "at least 352 " in reason and "not saturated" in reason and "floor" in reason, reason

@@ -247,6 +247,7 @@ def test_offline_min_duration_advice_gives_a_count_that_lasts(tmp_path):
     _, short = _run(tmp_path, "short", fields, "--num-requests", "16", "--duration", "1")
     reason = _reason(short, "Min duration not met")
     assert "the slowest sample finished at" in reason and "--duration" not in reason, reason
+    assert "floor" not in reason, reason  # 16 samples on 4 slots waited: the scaled count is the count
     need = int(re.search(r"raise --num-requests to at least (\d+)", reason).group(1))
     cap = capacity_rps(SimConfig(**OFFLINE_SLOW), 16, 6)
     assert cap * 1.0 <= need <= cap * 1.3  # the scaled count against the analytic one
