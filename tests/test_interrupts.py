@@ -7,6 +7,7 @@ to the whole foreground process group (``os.killpg``, and Ctrl-C typed into a re
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -423,3 +424,29 @@ def wait_measuring_file(out: Path, seconds: float, what: str = "requests.jsonl")
             return
         time.sleep(0.05)
     raise AssertionError(f"no {what} after 60 s")
+
+
+def test_the_drain_grace_ends_by_cancelling_what_is_still_in_flight(tmp_path, server):
+    from loadgen.runner import RunControl, run_async
+    from loadgen.settings import Settings
+
+    settings = Settings(scenario="server", url=server.url, qps=20, duration_s=30, num_requests=600,
+                        input_len=16, output_len=3000, out=tmp_path / "run", progress=False,
+                        gpu_telemetry=False)  # 30 s per request: all still in flight when the grace ends
+    control, said = RunControl(grace_s=1.0), []
+
+    async def main():
+        asyncio.get_running_loop().call_later(2.0, control.interrupt, "SIGINT")
+        return await run_async(settings, control=control, log=said.append)
+
+    t = time.monotonic()
+    report = asyncio.run(main()).report
+    assert time.monotonic() - t < 8  # 2 s of run + 1 s of grace, not 30 s
+    assert report["interrupted"] is True
+    assert report["stopped_early"] == ("interrupted by SIGINT: stopped issuing; the requests still in flight "
+                                       "after 1 s were cancelled")
+    n = report["results"]["requests_issued"]
+    assert n >= 20 and report["results"]["errors_by_class"] == {"cancelled": n}
+    assert "SIGINT: stopped issuing; waiting for the requests in flight to finish (at most 1 s). Ctrl-C " \
+           "again cancels them." in said
+    assert "the requests in flight did not finish within 1 s: cancelling them" in said
