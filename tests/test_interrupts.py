@@ -324,13 +324,13 @@ class Terminal:
     its own foreground process group, as a user's terminal does."""
 
     def __init__(self, tmp: Path) -> None:
-        self.socket = f"loadgen-test-{os.getpid()}-{tmp.name}"
+        self.socket = str(tmp / "tmux.sock")  # a private server, its socket in the test's folder
         self.rc = tmp / "rc"
         self._tmux("-f", "/dev/null", "new-session", "-d", "-s", "t", "-x", "200", "-y", "50",
                    "-c", str(ROOT), "bash --norc --noprofile -i")
 
     def _tmux(self, *args: str) -> str:
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=True,
+        return subprocess.run(["tmux", "-S", self.socket, *args], capture_output=True, text=True, check=True,
                               timeout=10).stdout
 
     def type(self, *keys: str) -> None:
