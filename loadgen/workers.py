@@ -30,7 +30,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -133,9 +133,21 @@ def auto_workers(expected_chunks_per_s: float, streams: float, cores: int | None
 # ---- worker side -----------------------------------------------------------------------------------
 
 
-def worker_main(conn: Connection, job: WorkerJob) -> None:
-    """Entry point of a worker process (spawned)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it sends "stop"/"abort"
+def worker_main(conn: Connection) -> None:
+    """Entry point of a worker process (spawned); its job is the first message on ``conn``.
+
+    The parent decides what a Ctrl-C means and sends "stop"/"abort": a worker ignores SIGINT. The
+    terminal sends it to the whole foreground process group, workers included, also while they start:
+    the parent starts them with SIGINT blocked (a blocked signal stays pending across ``exec``), so one
+    that comes before this line is discarded here instead of killing the interpreter mid-import.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    try:
+        kind, job = conn.recv()
+    except (EOFError, OSError):  # the parent gave up before sending the job
+        return
+    assert kind == "job", kind
     try:
         import uvloop
 
@@ -148,7 +160,8 @@ def worker_main(conn: Connection, job: WorkerJob) -> None:
         except Exception as exc:  # report the bug to the parent, which fails the run loudly
             result = WorkerResult(job.worker, IssueStats(), np.zeros(0, np.int64), None,
                                   f"{type(exc).__name__}: {exc}")
-    conn.send(("done", result))
+    with contextlib.suppress(OSError):  # the parent went away: nobody to tell
+        conn.send(("done", result))
     conn.close()
 
 
@@ -162,13 +175,16 @@ async def _worker(conn: Connection, job: WorkerJob) -> WorkerResult:
             client, job.dataset, job.trace, writer.write, query_ids=job.query_ids,
             id_offset=job.worker, id_stride=job.workers,
         )
-        start: asyncio.Future[int] = loop.create_future()
+        start: asyncio.Future[int | None] = loop.create_future()
 
         def on_message() -> None:
             try:
                 kind, arg = conn.recv()
             except (EOFError, OSError):
+                loop.remove_reader(conn.fileno())
                 issuer.abort("the parent process went away")
+                if not start.done():  # before the start: there is nothing to run
+                    start.set_result(None)
                 return
             if kind == "start" and not start.done():
                 start.set_result(arg)
@@ -179,10 +195,14 @@ async def _worker(conn: Connection, job: WorkerJob) -> WorkerResult:
 
         loop.add_reader(conn.fileno(), on_message)
         await client.preconnect(job.preconnect)
-        conn.send(("ready", job.worker))
-        client.t0_ns = await start
+        with contextlib.suppress(OSError):
+            conn.send(("ready", job.worker))
+        t0_ns = await start
         monitor = LoopLagMonitor()
         try:
+            if t0_ns is None:
+                return WorkerResult(job.worker, issuer.stats, np.zeros(0, np.int64), None)
+            client.t0_ns = t0_ns
             async with gc_frozen(), asyncio.TaskGroup() as tg:
                 monitor.start(tg)
                 ticker = tg.create_task(_tick(conn, issuer))
@@ -220,6 +240,11 @@ class WorkerPool:
     _on_in_flight: Callable[[int], None] | None = None
     t0_ns: int = 0
 
+    @property
+    def measuring(self) -> bool:
+        """The workers' clock has started (before ``t0`` nothing can have been issued)."""
+        return self.t0_ns != 0 and time.perf_counter_ns() >= self.t0_ns
+
     def _send_all(self, kind: str, arg: Any) -> None:
         for conn in self._conns:
             with contextlib.suppress(OSError, ValueError):
@@ -249,18 +274,11 @@ class WorkerPool:
         self._ready: set[int] = set()
         self._all_ready: asyncio.Future[None] = loop.create_future()
         self._all_done: asyncio.Future[None] = loop.create_future()
-        ctx = mp.get_context("spawn")
-        for job in self.jobs:
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=worker_main, args=(child, job), daemon=True,
-                               name=f"loadgen-worker-{job.worker}")
-            proc.start()
-            child.close()
-            self._conns.append(parent)
-            self._procs.append(proc)
-            loop.add_reader(parent.fileno(), self._on_message, parent)
         tail = _JsonlTail(self.jobs[0].records_path)
         try:
+            self._start_processes()
+            for conn in self._conns:
+                loop.add_reader(conn.fileno(), self._on_message, conn)
             async with asyncio.timeout(READY_TIMEOUT_S):
                 await self._all_ready
             self.t0_ns = time.perf_counter_ns() + START_MARGIN_NS
@@ -273,6 +291,7 @@ class WorkerPool:
             for conn in self._conns:
                 with contextlib.suppress(OSError, ValueError):
                     loop.remove_reader(conn.fileno())
+                conn.close()  # a worker still running sees end-of-file and aborts (the parent went away)
             for proc in self._procs:
                 await asyncio.to_thread(proc.join, 10)
                 if proc.is_alive():
@@ -282,6 +301,39 @@ class WorkerPool:
         if on_in_flight is not None:
             on_in_flight(0)
         return results
+
+    def _start_processes(self) -> None:
+        """Spawn every worker, then hand each its job over its pipe.
+
+        The job (trace and prompts: megabytes) is not an argument of the process: ``Process.start()``
+        writes its arguments into a pipe whose read end the parent keeps open until the write is done, so
+        a worker that died before reading them all would hang the parent for ever. Over the
+        ``Connection``, whose other end only the worker holds, a dead worker is a ``BrokenPipeError``.
+        Sent from the loop's thread, like every other message (one writer per pipe): it blocks until
+        the worker reads it, while the workers start in parallel.
+        """
+        from multiprocessing import resource_tracker
+
+        ctx = mp.get_context("spawn")
+        for job in self.jobs:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=worker_main, args=(child,), daemon=True,
+                               name=f"loadgen-worker-{job.worker}")
+            self._conns.append(parent)
+            # Started here, not inside proc.start(): starting the tracker unblocks SIGINT afterwards
+            # (CPython protects the tracker the same way), which would undo the block for this worker.
+            resource_tracker.ensure_running()
+            with _sigint_blocked():  # see worker_main; the mask is inherited through fork and exec
+                proc.start()
+            self._procs.append(proc)
+            child.close()
+        for conn, job, proc in zip(self._conns, self.jobs, self._procs, strict=True):
+            try:
+                conn.send(("job", job))
+            except OSError as exc:  # BrokenPipeError, ConnectionResetError
+                proc.join(5)
+                raise RuntimeError(f"worker process {job.worker} exited during its start-up "
+                                   f"(exit code {proc.exitcode})") from exc
 
     def _on_message(self, conn: Connection) -> None:
         try:
@@ -334,6 +386,16 @@ class WorkerPool:
         st.in_flight = sum(f for _, f in self._issued.values())
         if self._on_in_flight is not None:
             self._on_in_flight(st.in_flight)
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread (a SIGINT meanwhile stays pending and is handled at the end)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class _JsonlTail:

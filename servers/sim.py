@@ -8,7 +8,12 @@ Public API::
     async with SimServer(cfg, host, port) as base_url   in the caller's event loop
     serve(cfg, host, port, *, ready=None)               blocking; SIGINT/SIGTERM stop it
     with SimProcess(cfg) as sim: sim.url                a subprocess: ``python -m servers.sim``
-    python -m servers.sim --config-json JSON [--host H] [--port P] [--cpu N]
+    python -m servers.sim --config-json JSON [--host H] [--port P] [--cpu N] [--exit-on-stdin-eof]
+
+A :class:`SimProcess` runs in its own session, so the SIGINT a terminal sends to its foreground process
+group on Ctrl-C reaches only the program that started it (which drains its requests in flight against a
+server that is still there), and it exits when that program dies in any way, ``kill -9`` included: its
+stdin is a pipe from the parent, and end-of-file on it stops the server (``--exit-on-stdin-eof``).
 
 Timing model (details and chunking rule in :mod:`servers.sim_config`)::
 
@@ -140,15 +145,30 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def serve(cfg: SimConfig, host: str = "127.0.0.1", port: int = 0, *,
-          ready: Callable[[str], None] | None = None, reuse_port: bool = False) -> None:
-    """Run the simulated server until SIGINT or SIGTERM (main thread only); ``ready(base_url)`` is called
-    once it listens. Uses uvloop when importable."""
+          ready: Callable[[str], None] | None = None, reuse_port: bool = False,
+          stop_on_eof: int | None = None) -> None:
+    """Run the simulated server until SIGINT or SIGTERM (main thread only) or, with ``stop_on_eof`` (a
+    pipe's file descriptor), until end-of-file on it; ``ready(base_url)`` is called once it listens. Uses
+    uvloop when importable."""
 
     async def _main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if stop_on_eof is not None:
+            fd = stop_on_eof
+
+            def readable() -> None:
+                try:
+                    data = os.read(fd, 4096)
+                except OSError:
+                    data = b""
+                if not data:  # every writer is gone: the parent exited, however it died
+                    loop.remove_reader(fd)
+                    stop.set()
+
+            loop.add_reader(fd, readable)
         async with SimServer(cfg, host, port, reuse_port=reuse_port) as url:
             if ready is not None:
                 ready(url)
@@ -168,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--cpu", type=int, default=None, help="pin to this CPU (os.sched_setaffinity)")
     parser.add_argument("--reuse-port", action="store_true", help="share the port with other processes")
+    parser.add_argument("--exit-on-stdin-eof", action="store_true",
+                        help="stop when stdin reaches end-of-file (stdin: a pipe from the parent process)")
     args = parser.parse_args(argv)
     try:
         cfg = SimConfig.from_dict(json.loads(args.config_json))
@@ -183,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     def ready(url: str) -> None:
         print(json.dumps({"url": url, "pid": os.getpid()}), flush=True)
 
-    serve(cfg, args.host, args.port, ready=ready, reuse_port=args.reuse_port)
+    serve(cfg, args.host, args.port, ready=ready, reuse_port=args.reuse_port,
+          stop_on_eof=sys.stdin.fileno() if args.exit_on_stdin_eof else None)
     return 0
 
 
@@ -193,6 +216,10 @@ class SimProcess:
     ``with SimProcess(cfg) as sim: sim.url``. Entering waits up to ``start_timeout`` s for the ready line
     and raises :class:`SimLaunchError` (a ``RuntimeError``) with the stderr tail if it does not come.
     Leaving always sends SIGTERM, waits 5 s, then SIGKILL.
+
+    The server leads a new session (out of reach of the terminal's Ctrl-C, which the parent handles) and
+    holds the read end of a pipe whose write end only this process has (``O_CLOEXEC``: no other child
+    inherits it); when this process dies, even by SIGKILL, the server sees end-of-file and stops.
     """
 
     def __init__(self, cfg: SimConfig | None = None, host: str = "127.0.0.1", port: int = 0,
@@ -212,11 +239,13 @@ class SimProcess:
             cmd += ["--cpu", str(self.cpu)]
         if self.reuse_port:
             cmd += ["--reuse-port"]
+        cmd += ["--exit-on-stdin-eof"]
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self._stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, env=env)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                     env=env, start_new_session=True)
         try:
             line = self._read_ready_line()
             info = json.loads(line)
@@ -265,8 +294,10 @@ class SimProcess:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None

@@ -32,7 +32,9 @@ group. Entry polls ``GET /health`` until it answers 200, reporting progress abou
 and :class:`loadgen.errors.LaunchError` carries the command line and the last 30 log lines. Exit (normal,
 exception, KeyboardInterrupt) sends SIGTERM to the group and to every descendant seen at that moment
 (one that called setsid would have left the group), waits up to ``term_timeout_s`` for all of them to
-be gone, then SIGKILLs what is left. "Gone" means no such process, or a zombie.
+be gone, then SIGKILLs what is left. "Gone" means no such process, or a zombie. When the launching
+process dies without that teardown (``kill -9``, the OOM killer, a terminal's hang-up), a watcher in
+its own session (:class:`servers.guard.GroupGuard`) sees its pipe close and does the same to the group.
 
 Zombies. vLLM's children outlive the API server by a moment and are re-parented; on machines whose
 PID 1 does not reap (containers, micro-VMs) they would stay in the process table, in the group, for
@@ -67,6 +69,7 @@ from types import TracebackType
 from typing import Any, BinaryIO
 
 from loadgen.errors import ConfigError, LaunchError
+from servers.guard import GroupGuard
 
 __all__ = ["LOG_TAIL_LINES", "VllmLaunchSpec", "VllmLauncher", "local_gpu_names"]
 
@@ -171,6 +174,7 @@ class VllmLauncher:
         self.progress_every_s = progress_every_s
         self._progress = progress or (lambda _line: None)
         self._proc: subprocess.Popen[bytes] | None = None
+        self._guard: GroupGuard | None = None
         self._last_pid: int | None = None
         self._log: BinaryIO | None = None
         self._log_start = 0
@@ -320,6 +324,7 @@ class VllmLauncher:
         self._last_pid = self._proc.pid
         atexit.register(self._atexit_kill)
         try:
+            self._guard = GroupGuard.start(self._proc.pid, self.spec.term_timeout_s)
             self._wait_healthy(t0)
         except BaseException:
             # LaunchError, KeyboardInterrupt, anything: never leave a half-started server behind.
@@ -389,6 +394,9 @@ class VllmLauncher:
                 self._kill_hard(proc, pgid, strays)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=1)
+            if self._guard is not None:
+                self._guard.dismiss()
+                self._guard = None
             self._proc = None
             self._close_log()
             with contextlib.suppress(Exception):
