@@ -21,6 +21,7 @@ import typer
 from loadgen.cli_analysis import register as register_analysis
 from loadgen.errors import ConfigError, LoadgenError
 from loadgen.report import Report, rebuild, render_console, write_outputs
+from loadgen.run_length import check_max_duration, expected_length
 from loadgen.runner import RunControl, RunResult, run_async
 from loadgen.settings import Settings, load_settings
 
@@ -131,8 +132,14 @@ def run(
     out: Annotated[Path | None, typer.Option(help="output folder (default: runs/<time>-<scenario>)")] = None,
     qps: Annotated[float | None, typer.Option(help="target queries per second (server, constant)")] = None,
     concurrency: Annotated[int | None, typer.Option(help="virtual users (concurrency)")] = None,
-    duration: Annotated[float | None, typer.Option(help="minimum duration in seconds")] = None,
-    num_requests: Annotated[int | None, typer.Option(help="minimum number of queries")] = None,
+    duration: Annotated[float | None, typer.Option(help="minimum duration in seconds (with --num-requests: "
+                                                       "the run lasts until both are met)")] = None,
+    num_requests: Annotated[int | None, typer.Option(help="minimum number of queries (with --duration: "
+                                                          "the run lasts until both are met)")] = None,
+    max_duration: Annotated[float | None, typer.Option(help="hard stop in seconds of closed loops "
+                                                            "(default max(10 x --duration, --duration + "
+                                                            "600)); an open-loop schedule due past it is "
+                                                            "refused")] = None,
     input_len: Annotated[int | None, typer.Option(help="input tokens per prompt (fixed)")] = None,
     output_len: Annotated[int | None, typer.Option(help="output tokens per request (fixed)")] = None,
     seed: Annotated[int | None, typer.Option(help="seed of the schedule and the prompts")] = None,
@@ -185,6 +192,7 @@ def run(
         overrides: dict[str, Any] = {
             "url": url, "model": model, "api_key_env": api_key_env, "out": out, "qps": qps,
             "concurrency": concurrency, "duration_s": duration, "num_requests": num_requests,
+            "max_duration_s": max_duration,
             "input_len": input_len, "output_len": output_len, "seed": seed, "endpoint": endpoint,
             "warmup": warmup, "samples_per_query": samples_per_query, "tokenizer": tokenizer,
             "prompts_file": prompts_file, "preset": preset, "headers": _parse_headers(header),
@@ -207,6 +215,9 @@ def run(
                 k: v for k, v in (("ttft_ms", ttft_ms), ("tpot_ms", tpot_ms)) if v is not None
             })
             settings = settings.model_copy(update={"slo": slo})
+        expectation = expected_length(settings, {k for k, v in overrides.items() if v is not None})
+        check_max_duration(settings, expectation.issue_s)
+        _info(expectation.line)  # the first line of the run: how long it will take, and why
         if settings.insecure:
             _info("WARNING: --insecure: TLS certificates are NOT verified")
         key = prompt_api_key(settings.api_key_env) if api_key_prompt else None

@@ -26,6 +26,7 @@ from loadgen.arrivals import (
 )
 from loadgen.datasets import Dataset
 from loadgen.errors import ConfigError
+from loadgen.run_length import check_max_duration
 from loadgen.settings import Scenario, Settings
 
 __all__ = [
@@ -152,11 +153,13 @@ def build_trace(
         last = int(offsets[-1]) if len(offsets) else 0
         return Trace(sc, True, offsets, order, 1, len(offsets), last, max(hard_ns, last))
     spq = settings.samples_per_query if sc == Scenario.MULTISTREAM else 1
-    if sc == Scenario.SERVER:
-        offsets = server_offsets(settings, rngs["schedule"], max_queries=max_queries)
-    elif sc == Scenario.CONSTANT:
-        offsets = constant_offsets(settings.qps or 0.0, settings.num_requests, settings.duration_s,
-                                   max_queries=max_queries)
+    if sc in (Scenario.SERVER, Scenario.CONSTANT):
+        offsets = (
+            server_offsets(settings, rngs["schedule"], max_queries=max_queries) if sc == Scenario.SERVER
+            else constant_offsets(settings.qps or 0.0, settings.num_requests, settings.duration_s,
+                                  max_queries=max_queries)
+        )
+        check_max_duration(settings, int(offsets[-1]) / _NS, exact=True)
     elif sc == Scenario.OFFLINE:
         _check_count(settings, settings.num_requests, max_queries)
         offsets = np.zeros(settings.num_requests, dtype=np.int64)
