@@ -48,6 +48,8 @@ class Expectation:
 
 
 def _secs(s: float) -> str:
+    if s < 1:
+        return f"{s * 1000:.0f} ms"
     return f"{s:.1f} s" if s < 10 else f"{s:,.0f} s"
 
 
@@ -106,11 +108,24 @@ def _rate(settings: Settings, given: Collection[str]) -> Expectation:
         issue = max(n, math.ceil(d * qps - 1e-9)) / qps
     else:
         issue = max(by_count, d)
+    cap = settings.max_concurrency
     sim = _sim_latency_s(settings, 1)
     if sim is not None:  # Little's law: about qps x latency requests run together
-        sim = _sim_latency_s(settings, max(1, math.ceil(qps * sim[0])))
+        batch = max(1, math.ceil(qps * sim[0]))
+        sim = _sim_latency_s(settings, min(batch, cap) if cap is not None else batch)
     tail = sim[0] if sim is not None else None
     total = issue + tail if tail is not None else None
+    capped = ""
+    if cap is not None and tail is not None and qps * tail > cap:
+        # the cap lets through cap / latency queries a second: the queries wait and the run stretches
+        queries = max(n, math.ceil(at_duration))
+        total = max(total or 0.0, queries * tail / cap + tail)
+        capped = (f" --max-concurrency {cap} lets through only ~{cap / tail:.3g} queries/s here (at "
+                  f"~{_secs(tail)} each on the built-in simulator), so queries wait for a slot and the "
+                  "run stretches.")
+    elif cap is not None:
+        capped = (f" With --max-concurrency {cap}, queries due while {cap} are in flight wait for a "
+                  "slot, which can stretch the run.")
     head = f"expect ~{_secs(total)}" if total is not None else f"expect ~{_secs(issue)} + the last responses"
     if by_count > d:
         line = (f"{head}: {n:,} queries at {rate}, set by --num-requests {n:,}"
@@ -125,28 +140,31 @@ def _rate(settings: Settings, given: Collection[str]) -> Expectation:
         from servers.sim_config import SimConfig, capacity_rps
 
         lens = settings.input_len.mean, settings.output_len.mean
-        cap = capacity_rps(SimConfig.from_dict(settings.sim), *lens)
-        if qps > cap:
-            line += (f" The built-in simulator serves at most ~{cap:.3g} req/s, below {qps:g}: its queue "
+        most = capacity_rps(SimConfig.from_dict(settings.sim), *lens)
+        if qps > most and not capped:
+            line += (f" The built-in simulator serves at most ~{most:.3g} req/s, below {qps:g}: its queue "
                      "will grow and the run end later than this.")
-    return Expectation(total, issue, bound, line)
+    return Expectation(total, issue, bound, line + capped)
 
 
 def _offline(settings: Settings, given: Collection[str]) -> Expectation:
-    n, d = settings.num_requests, settings.duration_s
-    sim = _sim_latency_s(settings, n)
+    n, d, cap = settings.num_requests, settings.duration_s, settings.max_concurrency
+    sim = _sim_latency_s(settings, min(n, cap or n))
     checked = (f" --duration {d:g} is checked, not waited for: a run that ends sooner is INVALID (raise "
                "--num-requests)." if d > 0 else "")
     sent = f"{n:,} samples sent at once (--num-requests {n:,}{_origin('num_requests', given, paren=False)})"
     if sim is None:
         return Expectation(None, 0.0, "server", (
-            f"expect: {sent}; the run lasts as long as the server takes to finish them ({n:,} / its "
-            f"throughput). Lower --num-requests to shorten.{checked}"))
+            f"expect: {sent}{f', at most {cap} in flight (--max-concurrency)' if cap else ''}; the run "
+            f"lasts as long as the server takes to finish them ({n:,} / its throughput). Lower "
+            f"--num-requests to shorten.{checked}"))
     latency, slots = sim
+    slots = min(slots, cap or slots)
     waves = math.ceil(n / slots)
     total = waves * latency
     return Expectation(total, 0.0, "num_requests", (
-        f"expect ~{_secs(total)}: {sent}, {waves:,} wave(s) of {min(n, slots)} on the built-in simulator "
+        f"expect ~{_secs(total)}: {sent}, {waves:,} wave(s) of {min(n, slots)}"
+        f"{f' (--max-concurrency {cap})' if cap else ''} on the built-in simulator "
         f"at ~{_secs(latency)} each. Lower "
         f"--num-requests to shorten.{checked}"))
 

@@ -30,8 +30,8 @@ from loadgen.run_length import check_max_duration
 from loadgen.settings import Scenario, Settings
 
 __all__ = [
-    "MAX_QUERIES", "Trace", "build_trace", "constant_offsets", "expected_queries", "poisson_offsets",
-    "replay_trace", "seeded_rngs", "server_offsets",
+    "MAX_QUERIES", "Trace", "build_trace", "cap_shares", "constant_offsets", "expected_queries",
+    "poisson_offsets", "replay_trace", "seeded_rngs", "server_offsets",
 ]
 
 SEED_STREAMS = ("order", "schedule", "lengths", "prompts")
@@ -56,6 +56,8 @@ class Trace:
     min_queries: int
     min_duration_ns: int
     hard_stop_ns: int
+    # open loop: at most this many requests in flight (--max-concurrency); None: no cap
+    max_in_flight: int | None = None
 
     @property
     def samples_per_query(self) -> int:
@@ -151,7 +153,8 @@ def build_trace(
         offsets, order = replay_trace(dataset, max_queries=max_queries)
         # a replay is complete when every row was sent: the trace itself is the minimum
         last = int(offsets[-1]) if len(offsets) else 0
-        return Trace(sc, True, offsets, order, 1, len(offsets), last, max(hard_ns, last))
+        return Trace(sc, True, offsets, order, 1, len(offsets), last, max(hard_ns, last),
+                     settings.max_concurrency)
     spq = settings.samples_per_query if sc == Scenario.MULTISTREAM else 1
     if sc in (Scenario.SERVER, Scenario.CONSTANT):
         offsets = (
@@ -169,7 +172,14 @@ def build_trace(
     n_queries = len(offsets) if sc.open_loop else max(settings.num_requests, 1)
     order = _sample_order(n_queries * spq, dataset_size, rngs["order"]).reshape(n_queries, spq)
     streams = {Scenario.CONCURRENCY: settings.concurrency}.get(sc, 1)
-    return Trace(sc, sc.open_loop, offsets, order, streams, settings.num_requests, min_ns, hard_ns)
+    cap = settings.max_concurrency if sc.open_loop else None
+    return Trace(sc, sc.open_loop, offsets, order, streams, settings.num_requests, min_ns, hard_ns, cap)
+
+
+def cap_shares(cap: int, parts: int) -> list[int]:
+    """An in-flight cap split over ``parts`` worker processes as evenly as possible (they sum to
+    ``cap``); callers use at most ``cap`` parts so that every share is at least 1."""
+    return [cap // parts + (1 if w < cap % parts else 0) for w in range(parts)]
 
 
 def _sample_order(n: int, dataset_size: int, rng: np.random.Generator) -> np.ndarray:

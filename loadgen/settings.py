@@ -264,6 +264,9 @@ class Settings(_Model):
     num_requests: int = Field(100, ge=1)  # minimum query count (MLPerf min_query_count)
     # hard stop of closed loops (default: see hard_stop_s); open loops: the schedule must end before it
     max_duration_s: float | None = Field(None, gt=0, le=10 * MAX_SCHEDULE_S, allow_inf_nan=False)
+    # open loops: at most this many requests in flight; a query due while all are busy waits for one
+    # to end (keeping its scheduled time, so the wait shows in issue delay and TTFT from scheduled)
+    max_concurrency: int | None = Field(None, ge=1, le=1_000_000)
     warmup: int = Field(0, ge=0)  # requests sent before the clock starts, excluded from every statistic
     seed: int = Field(0, ge=0)
     # --- data -------------------------------------------------------------------------------------
@@ -286,7 +289,9 @@ class Settings(_Model):
     # --- client -----------------------------------------------------------------------------------
     request_timeout_s: float = Field(600.0, gt=0)  # whole request
     idle_timeout_s: float = Field(120.0, gt=0)  # no bytes between chunks
-    max_connections: int | None = Field(None, ge=1)  # default: enough for the load, never queueing
+    # the aiohttp transport's pool size (default: enough for the load, never queueing); the fast one has
+    # no pool. To cap requests in flight use max_concurrency.
+    max_connections: int | None = Field(None, ge=1)
     workers: int | None = Field(None, ge=1, le=256)  # client processes; None: chosen from the load
     http_client: Literal["fast", "aiohttp"] = "fast"  # streaming transport (see loadgen.http1)
     # extra attempts for connect failures and HTTP 429/503 (loadgen.client.RETRY_STATUSES); 0: none.
@@ -372,6 +377,12 @@ class Settings(_Model):
                 f"max_duration_s ({self.max_duration_s:g} s, --max-duration) is below duration_s "
                 f"({self.duration_s:g} s, --duration): the run would stop before its minimum duration; "
                 "raise --max-duration or lower --duration"
+            )
+        if self.max_concurrency is not None and not self.scenario.open_loop:
+            raise ValueError(
+                f"max_concurrency (--max-concurrency) caps an open loop's requests in flight; the "
+                f"{self.scenario.value} scenario is a closed loop whose in-flight count is already fixed "
+                "(use --concurrency with the concurrency scenario)"
             )
         problem = self._schedule_problem()
         if problem is not None:
@@ -523,6 +534,15 @@ def build_settings(data: dict[str, Any], source: str) -> Settings:
         return Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def declared_scenario(name_or_path: str) -> str | None:
+    """The scenario a built-in name or a scenario file declares (None when the file says none)."""
+    path = scenario_source(name_or_path)
+    value = read_scenario_file(path).get("scenario")
+    if value is None and path.parent == BUILTIN_DIR:
+        return path.stem
+    return None if value is None else str(value)
 
 
 def load_settings(scenario: str, overrides: dict[str, Any] | None = None) -> Settings:

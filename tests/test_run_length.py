@@ -22,9 +22,9 @@ UNREACHABLE = "http://127.0.0.1:9"  # nothing listens on the discard port: the r
 
 def _expected_s(stderr: str) -> float:
     first = stderr.splitlines()[0]
-    m = re.match(r"loadgen: expect ~([\d.,]+) s", first)
+    m = re.match(r"loadgen: expect ~([\d.,]+) (m?s)", first)
     assert m, first
-    return float(m.group(1).replace(",", ""))
+    return float(m.group(1).replace(",", "")) / (1000 if m.group(2) == "ms" else 1)
 
 
 def test_the_issue_example_says_150_s_set_by_the_scenarios_600_queries():
