@@ -57,7 +57,11 @@ VLLM_EQUIVALENTS: dict[str, str] = {
 
 
 def unsupported_vllm_flag(argv: Sequence[str]) -> str | None:
-    """The message for the first vllm-only flag in ``argv`` (after a ``--``, nothing counts), or None."""
+    """The message for the first vllm-only flag of a ``loadgen run`` command line (``argv`` without
+    the program; after a ``--``, nothing counts), or None. Other commands have options of these names
+    (``loadgen sim --port``)."""
+    if not argv or argv[0] != "run":
+        return None
     for arg in argv:
         if arg == "--":
             return None

@@ -80,3 +80,11 @@ def test_help_lists_the_vllm_names():
     for flag in ("--num-prompts", "--request-rate", "--max-concurrency", "--random-input-len",
                  "--random-output-len", "--max-duration"):
         assert flag in res.stdout, flag
+
+
+def test_other_commands_keep_their_own_options_of_those_names():
+    from loadgen.cli_aliases import unsupported_vllm_flag
+
+    assert unsupported_vllm_flag(["sim", "--port", "0"]) is None
+    assert unsupported_vllm_flag(["run", "server", "--port", "8000"]) is not None
+    assert unsupported_vllm_flag(["run", "server", "--", "--port"]) is None
