@@ -1,8 +1,9 @@
-"""Open-loop arrival processes beyond Poisson: gamma (bursty) gaps and rate ramps.
+"""Open-loop arrival processes: Poisson, constant rate, gamma (bursty) gaps and rate ramps.
 
-Every process here is built the same way, by **time rescaling**: draw a renewal process of unit mean
-rate in "operational time" ``s`` (gaps ``Gamma(shape=k, scale=1/k)``, mean 1), then map each point to
-wall time with the inverse of the cumulative rate, ``t = Λ⁻¹(s)`` where ``Λ(t) = ∫₀ᵗ rate(u) du``.
+Every process but the constant one is built the same way, by **time rescaling**: draw a renewal
+process of unit mean rate in "operational time" ``s`` (gaps ``Gamma(shape=k, scale=1/k)``, mean 1),
+then map each point to wall time with the inverse of the cumulative rate, ``t = Λ⁻¹(s)`` where
+``Λ(t) = ∫₀ᵗ rate(u) du``.
 
 * Constant rate λ: ``Λ(t) = λt``, so the gaps are ``Gamma(k, 1/(kλ))``: mean ``1/λ`` whatever the
   burstiness ``k``, coefficient of variation ``1/√k``. ``k = 1`` is Poisson, ``k < 1`` is burstier,
@@ -17,16 +18,133 @@ wall time with the inverse of the cumulative rate, ``t = Λ⁻¹(s)`` where ``Λ
 
 As in LoadGen's Server scenario the first query is due one gap after the start, and generation stops at
 the first query that meets both the minimum count and the minimum duration.
+
+**Limits.** A schedule holds at most ``max_queries`` queries (default :data:`MAX_QUERIES`, 10 million:
+80 MB of offsets, and a run of that many requests is already hours at high rates) and spans at most
+:data:`MAX_SCHEDULE_S` seconds (offsets are int64 nanoseconds). The expected count (``Λ(duration)``,
+or ``num_requests``) is checked *before* anything is drawn, so an impossible schedule fails at once
+without allocating; a random schedule whose draws run past the cap fails too, never returning more
+than ``max_queries`` offsets. Either way the error is a :class:`~loadgen.errors.ConfigError` naming
+the settings (``qps``, ``duration_s``, ``num_requests``) and what to change.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from loadgen.errors import ConfigError
+
 MAX_QUERIES = 10_000_000
+#: The longest schedule (s): about 3 years, well inside int64 nanoseconds (292 years).
+MAX_SCHEDULE_S = 1e8
 _NS = 1_000_000_000
+
+_FIX_COUNT = "lower num_requests (--num-requests)"
+_FIX_RATE = "lower qps (--qps) or duration_s (--duration)"
+
+
+def schedule_problem(
+    expected: float, min_count: int, span_s: float, *, max_queries: int = MAX_QUERIES
+) -> str | None:
+    """Why a schedule cannot be made, or None: checked before any draw.
+
+    ``expected`` is the expected number of queries due by ``duration_s`` (``qps × duration_s`` at a
+    constant rate, ``Λ(duration_s)`` on a ramp), ``min_count`` the ``num_requests`` minimum and
+    ``span_s`` the expected time of the last query.
+    """
+    if min_count > max_queries:
+        return (
+            f"num_requests is {min_count:,}, above the {max_queries:,} queries one run's schedule may hold: "
+            f"{_FIX_COUNT}, or split the load into several runs"
+        )
+    if not expected <= max_queries:  # also catches inf and nan
+        return (
+            f"qps × duration_s is about {expected:,.0f} queries, above the {max_queries:,} one run's "
+            f"schedule may hold: {_FIX_RATE}, or split the load into several runs"
+        )
+    if not span_s <= MAX_SCHEDULE_S:
+        return (
+            f"the schedule would last about {span_s:,.0f} s (num_requests {min_count:,} at this qps), "
+            f"beyond the {MAX_SCHEDULE_S:g} s a schedule may span: raise qps (--qps) or {_FIX_COUNT}"
+        )
+    return None
+
+
+def _check_rate(qps: float) -> None:
+    if not 0 < qps < math.inf:
+        raise ConfigError(f"qps must be a finite number of queries per second above 0 (got {qps!r})")
+
+
+def _overrun(max_queries: int, expected: float) -> ConfigError:
+    return ConfigError(
+        f"the schedule's random draws needed more than {max_queries:,} queries to reach duration_s and "
+        f"num_requests (qps × duration_s is about {expected:,.0f}, close to that cap): {_FIX_RATE}"
+    )
+
+
+def constant_offsets(
+    qps: float, min_count: int, min_duration_s: float, *, max_queries: int = MAX_QUERIES
+) -> np.ndarray:
+    """Offsets ``i/qps`` for i = 1…n, n the smallest count meeting both minimums.
+
+    Raises ConfigError when n would exceed ``max_queries`` (checked before allocating).
+    """
+    _check_rate(qps)
+    expected = min_duration_s * qps
+    n = max(min_count, math.ceil(expected - 1e-9)) if math.isfinite(expected) else math.inf
+    problem = schedule_problem(n, min_count, n / qps, max_queries=max_queries)
+    if problem is not None:
+        raise ConfigError(problem)
+    return np.rint(np.arange(1, int(n) + 1) * (_NS / qps)).astype(np.int64)
+
+
+def _first_meeting(count: int, times: np.ndarray, min_count: int, min_duration_s: float) -> int | None:
+    """Index in ``times`` (the queries ``count+1…``) of the first one that meets both minimums."""
+    number = np.arange(count + 1, count + 1 + len(times))
+    ok = np.nonzero((number >= min_count) & (times >= min_duration_s))[0]
+    return int(ok[0]) if len(ok) else None
+
+
+def poisson_offsets(
+    qps: float, min_count: int, min_duration_s: float, rng: np.random.Generator,
+    *, max_queries: int = MAX_QUERIES,
+) -> np.ndarray:
+    """Arrival offsets (int ns) of a Poisson process at ``qps``, until both minimums are met.
+
+    Inter-arrival gaps are exponential with mean ``1/qps``; the first query is due one gap after the
+    start, as in LoadGen. Generation stops at the first query that makes the count at least
+    ``min_count`` *and* is scheduled at or after ``min_duration_s``. Never returns more than
+    ``max_queries`` offsets: raises ConfigError instead (see the module docstring). The draws do not
+    depend on ``max_queries``, so a cap that holds gives the same schedule as no cap.
+    """
+    _check_rate(qps)
+    expected = qps * min_duration_s
+    problem = schedule_problem(expected, min_count, max(min_duration_s, min_count / qps),
+                               max_queries=max_queries)
+    if problem is not None:
+        raise ConfigError(problem)
+    gaps: list[np.ndarray] = []
+    total = 0.0
+    count = 0
+    block_size = max(min_count, int(expected * 1.05) + 16)
+    while True:
+        block = rng.exponential(1.0 / qps, size=block_size)
+        times = total + np.cumsum(block)
+        cut = _first_meeting(count, times, min_count, min_duration_s)
+        if cut is not None:
+            if count + cut + 1 > max_queries:
+                raise _overrun(max_queries, expected)
+            gaps.append(block[: cut + 1])
+            break
+        gaps.append(block)
+        total = float(times[-1])
+        count += len(block)
+        if count >= max_queries:
+            raise _overrun(max_queries, expected)
+    return np.rint(np.cumsum(np.concatenate(gaps)) * _NS).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -44,8 +162,12 @@ class RateProfile:
     steps: int | None = None
 
     def __post_init__(self) -> None:
-        if self.qps <= 0 or (self.start_qps is not None and self.start_qps <= 0) or self.ramp_s < 0:
-            raise ValueError("rates must be > 0 and the ramp duration >= 0")
+        bad_start = self.start_qps is not None and not 0 < self.start_qps < math.inf
+        if not 0 < self.qps < math.inf or bad_start or not 0 <= self.ramp_s < math.inf:
+            raise ConfigError(
+                f"a rate profile needs qps > 0, arrival.ramp.start_qps > 0 and arrival.ramp.duration_s >= 0 "
+                f"(got {self.qps!r}, {self.start_qps!r}, {self.ramp_s!r})"
+            )
 
     @property
     def _r0(self) -> float:
@@ -109,30 +231,39 @@ def renewal_offsets(
     min_count: int,
     min_duration_s: float,
     rng: np.random.Generator,
+    *,
+    max_queries: int = MAX_QUERIES,
 ) -> np.ndarray:
     """Arrival offsets (int ns from the start) of a gamma renewal process on ``profile``'s clock.
 
     Gaps in operational time are ``Gamma(burstiness, 1/burstiness)``; see the module docstring.
     Stops at the first query that makes the count >= ``min_count`` and is due at or after
-    ``min_duration_s``. Raises ValueError past 10 million queries.
+    ``min_duration_s``. Never returns more than ``max_queries`` offsets: raises ConfigError instead.
     """
-    if burstiness <= 0:
-        raise ValueError("burstiness must be > 0")
+    if not burstiness > 0:
+        raise ConfigError(f"arrival.burstiness must be > 0 (got {burstiness!r})")
     k = float(burstiness)
+    expected = float(profile.cumulative(np.array(min_duration_s)))
+    span = max(min_duration_s, float(profile.inverse(np.array(float(min_count)))))
+    problem = schedule_problem(expected, min_count, span, max_queries=max_queries)
+    if problem is not None:
+        raise ConfigError(problem)
     total = 0.0
     count = 0
     pieces: list[np.ndarray] = []
-    expect = max(min_count, int(float(profile.cumulative(np.array(min_duration_s))) * 1.05) + 16)
+    block_size = max(min_count, int(expected * 1.05) + 16)
     while True:
-        s = total + np.cumsum(rng.gamma(k, 1.0 / k, size=expect))
+        s = total + np.cumsum(rng.gamma(k, 1.0 / k, size=block_size))
         t = profile.inverse(s)
-        ok = np.nonzero((np.arange(count + 1, count + 1 + len(t)) >= min_count) & (t >= min_duration_s))[0]
-        if len(ok):
-            pieces.append(t[: int(ok[0]) + 1])
+        cut = _first_meeting(count, t, min_count, min_duration_s)
+        if cut is not None:
+            if count + cut + 1 > max_queries:
+                raise _overrun(max_queries, expected)
+            pieces.append(t[: cut + 1])
             break
         pieces.append(t)
         total = float(s[-1])
         count += len(t)
-        if count > MAX_QUERIES:
-            raise ValueError("schedule would exceed 10 million queries; lower qps or duration")
+        if count >= max_queries:
+            raise _overrun(max_queries, expected)
     return np.rint(np.concatenate(pieces) * _NS).astype(np.int64)

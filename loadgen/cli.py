@@ -18,11 +18,13 @@ from typing import Annotated, Any
 
 import typer
 
+from loadgen.cli_aliases import pick, rate_overrides, unsupported_vllm_flag, vllm_endpoint
 from loadgen.cli_analysis import register as register_analysis
 from loadgen.errors import ConfigError, LoadgenError
 from loadgen.report import Report, rebuild, render_console, write_outputs
+from loadgen.run_length import check_max_duration, expected_length
 from loadgen.runner import RunControl, RunResult, run_async
-from loadgen.settings import Settings, load_settings
+from loadgen.settings import Settings, declared_scenario, load_settings
 
 app = typer.Typer(
     add_completion=False,
@@ -131,8 +133,14 @@ def run(
     out: Annotated[Path | None, typer.Option(help="output folder (default: runs/<time>-<scenario>)")] = None,
     qps: Annotated[float | None, typer.Option(help="target queries per second (server, constant)")] = None,
     concurrency: Annotated[int | None, typer.Option(help="virtual users (concurrency)")] = None,
-    duration: Annotated[float | None, typer.Option(help="minimum duration in seconds")] = None,
-    num_requests: Annotated[int | None, typer.Option(help="minimum number of queries")] = None,
+    duration: Annotated[float | None, typer.Option(help="minimum duration in seconds (with --num-requests: "
+                                                       "the run lasts until both are met)")] = None,
+    num_requests: Annotated[int | None, typer.Option(help="minimum number of queries (with --duration: "
+                                                          "the run lasts until both are met)")] = None,
+    max_duration: Annotated[float | None, typer.Option(help="hard stop in seconds of closed loops "
+                                                            "(default max(10 x --duration, --duration + "
+                                                            "600)); an open-loop schedule due past it is "
+                                                            "refused")] = None,
     input_len: Annotated[int | None, typer.Option(help="input tokens per prompt (fixed)")] = None,
     output_len: Annotated[int | None, typer.Option(help="output tokens per request (fixed)")] = None,
     seed: Annotated[int | None, typer.Option(help="seed of the schedule and the prompts")] = None,
@@ -179,13 +187,31 @@ def run(
     max_error_rate: Annotated[float | None, typer.Option(help="stop issuing when more than this fraction "
                                                               "of the last 100 finished requests "
                                                               "failed, e.g. 0.5")] = None,
+    max_concurrency: Annotated[int | None, typer.Option(help="open loops: at most N requests in flight; a "
+                                                             "query due while N are out waits for one to "
+                                                             "end, keeping its scheduled time (as vllm "
+                                                             "bench serve's)")] = None,
+    num_prompts: Annotated[int | None, typer.Option(help="= --num-requests (vllm bench serve's name)",
+                                                    rich_help_panel="vllm bench serve names")] = None,
+    request_rate: Annotated[float | None, typer.Option(help="= --qps (vllm bench serve's name); inf: every "
+                                                            "request at once, the offline scenario",
+                                                       rich_help_panel="vllm bench serve names")] = None,
+    random_input_len: Annotated[int | None, typer.Option(help="= --input-len (vllm bench serve's name)",
+                                                         rich_help_panel="vllm bench serve names")] = None,
+    random_output_len: Annotated[int | None, typer.Option(help="= --output-len (vllm bench serve's name)",
+                                                          rich_help_panel="vllm bench serve names")] = None,
 ) -> None:
     """Run a scenario and write report.json, summary.txt and requests.jsonl."""
     try:
+        rate, note = rate_overrides(request_rate, qps, declared_scenario(scenario), duration is not None)
         overrides: dict[str, Any] = {
             "url": url, "model": model, "api_key_env": api_key_env, "out": out, "qps": qps,
-            "concurrency": concurrency, "duration_s": duration, "num_requests": num_requests,
-            "input_len": input_len, "output_len": output_len, "seed": seed, "endpoint": endpoint,
+            "concurrency": concurrency, "duration_s": duration,
+            "num_requests": pick("--num-requests", num_requests, "--num-prompts", num_prompts),
+            "max_duration_s": max_duration, "max_concurrency": max_concurrency,
+            "input_len": pick("--input-len", input_len, "--random-input-len", random_input_len),
+            "output_len": pick("--output-len", output_len, "--random-output-len", random_output_len),
+            "seed": seed, "endpoint": vllm_endpoint(endpoint),
             "warmup": warmup, "samples_per_query": samples_per_query, "tokenizer": tokenizer,
             "prompts_file": prompts_file, "preset": preset, "headers": _parse_headers(header),
             "stream": False if no_stream else None, "insecure": True if insecure else None,
@@ -196,6 +222,7 @@ def run(
             "gpus": _parse_gpus(gpus), "gpu_telemetry": False if no_gpu_telemetry else None,
         }
         overrides["server_metrics_url"] = server_metrics_url
+        overrides.update(rate)
         overrides.update(request_timeout_s=request_timeout, idle_timeout_s=idle_timeout, retries=retries,
                          max_error_rate=max_error_rate)
         if launch is not None:
@@ -207,6 +234,11 @@ def run(
                 k: v for k, v in (("ttft_ms", ttft_ms), ("tpot_ms", tpot_ms)) if v is not None
             })
             settings = settings.model_copy(update={"slo": slo})
+        expectation = expected_length(settings, {k for k, v in overrides.items() if v is not None})
+        check_max_duration(settings, expectation.issue_s)
+        _info(expectation.line)  # the first line of the run: how long it will take, and why
+        if note:
+            _info(note)
         if settings.insecure:
             _info("WARNING: --insecure: TLS certificates are NOT verified")
         key = prompt_api_key(settings.api_key_env) if api_key_prompt else None
@@ -292,6 +324,10 @@ register_analysis(app)  # sweep, find-peak, plan, compare
 
 
 def main() -> None:
+    problem = unsupported_vllm_flag(sys.argv[1:])
+    if problem is not None:  # before typer: its "No such option" would not say what to use instead
+        _err(problem)
+        sys.exit(2)
     try:
         app()
     except KeyboardInterrupt:  # Ctrl-C outside a run (e.g. during `loadgen sim` start-up)

@@ -172,8 +172,9 @@ class Client:
     """Sends one sample per call of :meth:`fill`; ``t0_ns`` is the run's clock origin.
 
     Transport: the fast HTTP/1.1 client (:mod:`loadgen.http1`) by default, or an aiohttp session
-    (``session``) when one is given — kept for comparison in the benchmark and for endpoints that need
-    what the fast client leaves out (proxies, HTTP/2 gateways).
+    (``session``) when one is given — a second HTTP/1.1 implementation, kept to cross-check the fast
+    one (it also follows redirects). Neither speaks HTTP/2 (aiohttp has no HTTP/2 client) nor uses an
+    HTTP proxy (the session does not trust the environment's proxy variables).
     """
 
     def __init__(

@@ -3,7 +3,11 @@
 Open loop (Server, Offline, constant): query *i* goes out at ``t0 + offsets_ns[i]`` — absolute target
 times, never a chain of sleeps — and issuing never waits for completions or for a connection. When the
 client falls behind, late queries go out at once and keep their scheduled times, so the lateness shows
-in ``issue_delay`` and in the latency from the scheduled time instead of disappearing.
+in ``issue_delay`` and in the latency from the scheduled time instead of disappearing. The one
+exception is asked for: with ``trace.max_in_flight`` (``--max-concurrency``) a query due while that
+many requests are in flight waits for one to end (:class:`InFlightCap`), in order, and keeps its
+scheduled time too, so the wait shows the same way (:func:`loadgen.health.admission_times` tells it
+apart from the client's own lateness).
 
 Closed loop (SingleStream, MultiStream, concurrency): each stream sends its next query when its last
 one completes. As in MLPerf LoadGen, a stream checks *after* issuing: it stops once the query count is
@@ -58,6 +62,41 @@ class IssueStats:
     last_issue_ns: int = 0  # relative to t0
     issue_ended_ns: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+
+
+class InFlightCap:
+    """At most ``limit`` requests in flight (an open loop's ``--max-concurrency``).
+
+    One coroutine (the open-loop issuer) waits in :meth:`admit`, so slots go in schedule order
+    without a queue of waiters; :meth:`release` (a request ended) and :meth:`wake` (issuing is
+    stopping) wake it. ``peak`` is the most in flight at once, for tests and the report.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"an in-flight cap needs at least one slot (got {limit})")
+        self.limit = limit
+        self.in_flight = 0
+        self.peak = 0
+        self._changed = asyncio.Event()
+
+    async def admit(self, stop: asyncio.Event) -> bool:
+        """Take a slot, waiting for one if all are busy; False when ``stop`` was set meanwhile."""
+        while self.in_flight >= self.limit:
+            if stop.is_set():
+                return False
+            self._changed.clear()
+            await self._changed.wait()
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        return True
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._changed.set()
+
+    def wake(self) -> None:
+        self._changed.set()
 
 
 class ErrorRateGuard:
@@ -129,6 +168,7 @@ class Issuer:
         self._queries_started = 0
         self._slowest_query_ns = 0  # closed loop: the longest issue-to-completion of a query so far
         self.stats = IssueStats()
+        self.cap = InFlightCap(trace.max_in_flight) if trace.open_loop and trace.max_in_flight else None
 
     # ---- control ---------------------------------------------------------------------------------
     def stop(self, reason: str) -> None:
@@ -136,6 +176,8 @@ class Issuer:
         if not self._stop.is_set():
             self.stats.stopped_early = reason
             self._stop.set()
+            if self.cap is not None:
+                self.cap.wake()
 
     def abort(self, reason: str) -> None:
         """Stop issuing and cancel the requests in flight (they are recorded as cancelled)."""
@@ -148,7 +190,9 @@ class Issuer:
         return self._stop.is_set()
 
     # ---- one request -----------------------------------------------------------------------------
-    async def _request(self, query: int, sample: int, scheduled_ns: int) -> None:
+    async def _request(
+        self, query: int, sample: int, scheduled_ns: int, cap: InFlightCap | None = None
+    ) -> None:
         rec = RequestRecord(
             index=self._id_offset + self._id_stride * self._next_index, sample=sample, query=query,
             scheduled_ns=scheduled_ns, sent_ns=0, end_ns=0, warmup=self._warmup,
@@ -162,6 +206,8 @@ class Issuer:
         try:
             await self._client.fill(rec, self._dataset.samples[sample])
         finally:
+            if cap is not None:
+                cap.release()  # first: the next query may go while this record is handled
             st.in_flight -= 1
             if rec.error_class is None:
                 st.completed += 1
@@ -171,8 +217,11 @@ class Issuer:
                 st.errors[rec.error_class] = st.errors.get(rec.error_class, 0) + 1
             self._on_record(rec)
 
-    def _spawn(self, tg: asyncio.TaskGroup, query: int, sample: int, scheduled_ns: int) -> asyncio.Task[None]:
-        task = tg.create_task(self._request(query, sample, scheduled_ns))
+    def _spawn(
+        self, tg: asyncio.TaskGroup, query: int, sample: int, scheduled_ns: int,
+        cap: InFlightCap | None = None,
+    ) -> asyncio.Task[None]:
+        task = tg.create_task(self._request(query, sample, scheduled_ns, cap))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -202,6 +251,7 @@ class Issuer:
         trace = self._trace
         offsets = trace.offsets_ns.tolist()
         ids = self._query_ids
+        cap = self.cap
         for pos, offset in enumerate(offsets):
             if self._stop.is_set():
                 return
@@ -210,7 +260,9 @@ class Issuer:
                 return
             query = ids[pos] if ids is not None else pos
             for sample in trace.samples_of(pos).tolist():
-                self._spawn(tg, query, sample, offset)
+                if cap is not None and not await cap.admit(self._stop):
+                    return
+                self._spawn(tg, query, sample, offset, cap)
             self.stats.last_issue_ns = offset
 
     async def _closed_stream(self, tg: asyncio.TaskGroup) -> None:

@@ -248,6 +248,14 @@ def _console_gpu(tel: dict[str, Any]) -> list[str]:
     ]
 
 
+def _slot_wait(client: dict[str, Any]) -> str:
+    wait = client.get("slot_wait_ms")
+    if not client.get("max_concurrency") or not wait:
+        return ""
+    return (f" (of which waiting for one of --max-concurrency {client['max_concurrency']} slots: p50/p99 "
+            f"{_fmt(wait.get('p50'), 3)}/{_fmt(wait.get('p99'), 3)} ms)")
+
+
 def render_console(data: dict[str, Any]) -> str:
     """The human summary printed at the end of a run and by ``loadgen report``."""
     s = data.get("settings", {})
@@ -302,7 +310,7 @@ def render_console(data: dict[str, Any]) -> str:
         iss, lag = client["issue_delay_ms"], client["loop_lag_ms"]
         lines.append(
             f"client: issue delay p50/p99/max {_fmt(iss.get('p50'), 3)}/{_fmt(iss.get('p99'), 3)}/"
-            f"{_fmt(iss.get('max'), 3)} ms, loop lag p99 {_fmt(lag.get('p99'), 3)} ms, "
+            f"{_fmt(iss.get('max'), 3)} ms{_slot_wait(client)}, loop lag p99 {_fmt(lag.get('p99'), 3)} ms, "
             f"CPU {_fmt(client.get('cpu_cores'))} cores"
             + (f", concurrency held {client['concurrency_held']:.2%}"
                if client.get("concurrency_held") else "")

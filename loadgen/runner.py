@@ -37,14 +37,14 @@ from loadgen.datasets import Dataset
 from loadgen.errors import ConfigError
 from loadgen.gaps import GapStore, RecordTable
 from loadgen.gcpause import gc_frozen
-from loadgen.health import ClientHealth, LoopLagMonitor, assess
+from loadgen.health import ClientHealth, LoopLagMonitor, admission_times, assess
 from loadgen.issuer import ErrorRateGuard, Issuer, IssueStats
 from loadgen.limits import ensure_descriptors
 from loadgen.prefix import ttft_by_group
 from loadgen.progress import Progress
 from loadgen.records import RecordWriter, RequestRecord
 from loadgen.report import build_report, write_outputs
-from loadgen.scenarios import Trace, build_trace, seeded_rngs
+from loadgen.scenarios import Trace, build_trace, cap_shares, seeded_rngs
 from loadgen.settings import Scenario, Settings
 from loadgen.target import api_headers, probe
 from loadgen.tokens import LocalTokenizer, ServerTokenizer, TokenCounter, WordCounter
@@ -228,6 +228,23 @@ def _open_at_once(trace: Trace) -> int | None:
     return None
 
 
+def _note_cap(data: dict[str, Any], settings: Settings) -> None:
+    """Under --max-concurrency, say when the cap, not the server, held back the offered rate: a failed
+    sustained-load check would otherwise read as the server's queue."""
+    cap = (data.get("client") or {}).get("max_concurrency")
+    e2e = (data["results"].get("e2e_ms") or {}).get("p50")
+    sustained = ((data.get("mlperf") or {}).get("checks") or {}).get("sustained")
+    if not cap or not e2e or not settings.qps or sustained is not False:
+        return
+    allowed = cap / (e2e / 1000)
+    if allowed < settings.qps:
+        data["validity"]["reasons"].append(
+            f"the offered rate was held back by --max-concurrency {cap}: at most {cap} in flight at a "
+            f"median E2E of {e2e:.3g} ms lets through ~{allowed:.3g} req/s, below --qps {settings.qps:g}, so "
+            "queries waited for slots; raise --max-concurrency (or lower --qps) to offer this rate."
+        )
+
+
 def _start_outputs(out_dir: Path, meta: dict[str, Any]) -> None:
     """``run.json`` before any request; a rerun into the same folder starts afresh."""
     _write_json(out_dir / "run.json", meta)
@@ -316,6 +333,7 @@ async def run_async(
     # (stopped_early: a validity reason, exit 0).
     report = build_report(meta, records, settings=settings, health=health, stats=stats,
                           interrupted=control.interrupts > 0, itl=gaps.distribution())
+    _note_cap(report.data, settings)
     report.data.update(sidecars.results(report.data["results"], client.t0_ns))
     _workload_results(report.data["results"], settings, records, dataset, extra)
     write_outputs(out_dir, report)
@@ -600,13 +618,24 @@ def _health(
     closed = None
     if not settings.scenario.open_loop:
         closed = np.array([r.end_ns - r.sent_ns for r in sent if r.end_ns], dtype=np.int64)
-    firsts = [r for r in sent if r.first_token_ns is not None and r.error_class is None]
-    from_sched = np.array([r.first_token_ns - r.scheduled_ns for r in firsts], dtype=np.int64)  # type: ignore[operator]
-    from_sent = np.array([r.first_token_ns - r.sent_ns for r in firsts], dtype=np.int64)  # type: ignore[operator]
+    # under --max-concurrency a request is due when it got its slot (the wait was asked for)
+    cap = settings.max_concurrency if settings.scenario.open_loop else None
+    scheduled = np.array([r.scheduled_ns for r in sent], dtype=np.int64)
+    due = scheduled
+    if cap is not None:
+        due = admission_times(np.array([r.index for r in sent], dtype=np.int64), scheduled,
+                              np.array([max(r.end_ns, r.sent_ns) for r in sent], dtype=np.int64),
+                              cap_shares(cap, len(cpus)))
+    ok = np.array([r.first_token_ns is not None and r.error_class is None for r in sent], dtype=bool)
+    first = np.array([r.first_token_ns or 0 for r in sent], dtype=np.int64)
+    from_due = (first - due)[ok]
+    from_sent = (first - np.array([r.sent_ns for r in sent], dtype=np.int64))[ok]
+    waits = due - scheduled if cap is not None else None
     return assess(delays, lags_ns, max(known) if known else None,
                   check_issue_delay=settings.scenario != Scenario.OFFLINE, cpu_per_worker=cpus,
                   issue_delay_limit_ms=settings.issue_delay_limit_ms, closed_loop_latencies_ns=closed,
-                  ttft_from_scheduled_ns=from_sched, ttft_from_sent_ns=from_sent)
+                  ttft_from_scheduled_ns=from_due, ttft_from_sent_ns=from_sent, slot_wait_ns=waits,
+                  max_concurrency=cap)
 
 
 async def _measure_workers(

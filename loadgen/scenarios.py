@@ -17,12 +17,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from loadgen.arrivals import RateProfile, renewal_offsets
+from loadgen.arrivals import (
+    MAX_QUERIES,
+    RateProfile,
+    constant_offsets,
+    poisson_offsets,
+    renewal_offsets,
+)
 from loadgen.datasets import Dataset
+from loadgen.errors import ConfigError
+from loadgen.run_length import check_max_duration
 from loadgen.settings import Scenario, Settings
 
+__all__ = [
+    "MAX_QUERIES", "Trace", "build_trace", "cap_shares", "constant_offsets", "expected_queries",
+    "poisson_offsets", "replay_trace", "seeded_rngs", "server_offsets",
+]
+
 SEED_STREAMS = ("order", "schedule", "lengths", "prompts")
-MAX_OPEN_LOOP_QUERIES = 10_000_000
 _NS = 1_000_000_000
 
 
@@ -30,44 +42,6 @@ def seeded_rngs(seed: int) -> dict[str, np.random.Generator]:
     """Independent generators derived from one root seed (same seed, same trace)."""
     children = np.random.SeedSequence(seed).spawn(len(SEED_STREAMS))
     return {name: np.random.default_rng(c) for name, c in zip(SEED_STREAMS, children, strict=True)}
-
-
-def poisson_offsets(
-    qps: float, min_count: int, min_duration_s: float, rng: np.random.Generator
-) -> np.ndarray:
-    """Arrival offsets (int ns) of a Poisson process at ``qps``, until both minimums are met.
-
-    Inter-arrival gaps are exponential with mean ``1/qps``; the first query is due one gap after the
-    start, as in LoadGen. Generation stops at the first query that makes the count at least
-    ``min_count`` *and* is scheduled at or after ``min_duration_s``.
-    """
-    gaps: list[np.ndarray] = []
-    total = 0.0
-    count = 0
-    expect = max(min_count, int(qps * min_duration_s * 1.05) + 16)
-    while True:
-        block = rng.exponential(1.0 / qps, size=expect)
-        gaps.append(block)
-        times = total + np.cumsum(block)
-        ok = np.nonzero((np.arange(count + 1, count + 1 + len(block)) >= min_count)
-                        & (times >= min_duration_s))[0]
-        if len(ok):
-            cut = int(ok[0]) + 1
-            gaps[-1] = block[:cut]
-            break
-        total = float(times[-1])
-        count += len(block)
-        if count > MAX_OPEN_LOOP_QUERIES:
-            raise ValueError("schedule would exceed 10 million queries; lower qps or duration")
-    return np.rint(np.cumsum(np.concatenate(gaps)) * _NS).astype(np.int64)
-
-
-def constant_offsets(qps: float, min_count: int, min_duration_s: float) -> np.ndarray:
-    """Offsets ``i/qps`` for i = 1…n, n the smallest count meeting both minimums."""
-    n = max(min_count, math.ceil(min_duration_s * qps - 1e-9))
-    if n > MAX_OPEN_LOOP_QUERIES:
-        raise ValueError("schedule would exceed 10 million queries; lower qps or duration")
-    return np.rint(np.arange(1, n + 1) * (_NS / qps)).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -82,6 +56,8 @@ class Trace:
     min_queries: int
     min_duration_ns: int
     hard_stop_ns: int
+    # open loop: at most this many requests in flight (--max-concurrency); None: no cap
+    max_in_flight: int | None = None
 
     @property
     def samples_per_query(self) -> int:
@@ -105,27 +81,55 @@ def expected_queries(settings: Settings) -> int:
     return settings.num_requests
 
 
-def server_offsets(settings: Settings, rng: np.random.Generator) -> np.ndarray:
-    """The Server scenario's schedule: Poisson at ``qps``, or the ``arrival:`` block's process."""
+def rate_profile(settings: Settings) -> RateProfile:
+    """The Server scenario's rate over time: ``qps``, or the ``arrival.ramp`` rising to it."""
+    ramp = settings.arrival.ramp if settings.arrival is not None else None
     qps = settings.qps or 0.0
+    if ramp is None:
+        return RateProfile(qps)
+    return RateProfile(qps, start_qps=ramp.start_qps, ramp_s=ramp.duration_s, steps=ramp.steps)
+
+
+def server_offsets(
+    settings: Settings, rng: np.random.Generator, *, max_queries: int = MAX_QUERIES
+) -> np.ndarray:
+    """The Server scenario's schedule: Poisson at ``qps``, or the ``arrival:`` block's process."""
     arr = settings.arrival
     if arr is None or (arr.burstiness == 1.0 and arr.ramp is None):
-        return poisson_offsets(qps, settings.num_requests, settings.duration_s, rng)
-    ramp = arr.ramp
-    profile = RateProfile(qps) if ramp is None else RateProfile(
-        qps, start_qps=ramp.start_qps, ramp_s=ramp.duration_s, steps=ramp.steps
-    )
-    return renewal_offsets(profile, arr.burstiness, settings.num_requests, settings.duration_s, rng)
+        return poisson_offsets(settings.qps or 0.0, settings.num_requests, settings.duration_s, rng,
+                               max_queries=max_queries)
+    return renewal_offsets(rate_profile(settings), arr.burstiness, settings.num_requests,
+                           settings.duration_s, rng, max_queries=max_queries)
 
 
-def replay_trace(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Offsets and order of a replay: sample i is sent at its own ``arrival_ns``, in time order."""
+def replay_trace(dataset: Dataset, *, max_queries: int = MAX_QUERIES) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets and order of a replay: sample i is sent at its own ``arrival_ns``, in time order.
+
+    Raises ConfigError when a sample has no arrival time or the window holds more than
+    ``max_queries`` rows."""
     arrivals = [s.arrival_ns for s in dataset.samples]
     if not arrivals or any(a is None for a in arrivals):
-        raise ValueError("trace replay needs an arrival time on every sample (a timestamp column)")
+        raise ConfigError(
+            "trace replay needs an arrival time on every sample: give the dataset: file a `timestamp` "
+            "column, or a replay: {format: azure|mooncake, path: FILE} trace"
+        )
+    if len(arrivals) > max_queries:
+        raise ConfigError(
+            f"the replay window holds {len(arrivals):,} rows, above the {max_queries:,} queries one run's "
+            "schedule may hold: narrow it with replay.duration_s (and replay.start_s)"
+        )
     times = np.array(arrivals, dtype=np.int64)
     order = np.argsort(times, kind="stable")
     return times[order], order.reshape(-1, 1)
+
+
+def _check_count(settings: Settings, n: int, max_queries: int) -> None:
+    if n > max_queries:
+        per = " × samples_per_query" if settings.scenario == Scenario.MULTISTREAM else ""
+        raise ConfigError(
+            f"num_requests{per} is {n:,}, above the {max_queries:,} queries one run's schedule may hold: "
+            "lower num_requests (--num-requests), or split the load into several runs"
+        )
 
 
 def build_trace(
@@ -133,31 +137,49 @@ def build_trace(
     dataset_size: int,
     rngs: dict[str, np.random.Generator],
     dataset: Dataset | None = None,
+    *,
+    max_queries: int = MAX_QUERIES,
 ) -> Trace:
-    """The run's trace. ``dataset`` is needed only for ``replay`` (its samples carry the times)."""
+    """The run's trace. ``dataset`` is needed only for ``replay`` (its samples carry the times).
+
+    Holds at most ``max_queries`` queries (samples, for MultiStream): more raises ConfigError, before
+    anything is drawn wherever the count is known up front (see :mod:`loadgen.arrivals`)."""
     sc = settings.scenario
     min_ns = int(settings.duration_s * _NS)
     hard_ns = int(settings.hard_stop_s * _NS)
     if sc == Scenario.REPLAY:
         if dataset is None:
             raise ValueError("build_trace(replay) needs the dataset: its samples carry the arrival times")
-        offsets, order = replay_trace(dataset)
+        offsets, order = replay_trace(dataset, max_queries=max_queries)
         # a replay is complete when every row was sent: the trace itself is the minimum
         last = int(offsets[-1]) if len(offsets) else 0
-        return Trace(sc, True, offsets, order, 1, len(offsets), last, max(hard_ns, last))
-    if sc == Scenario.SERVER:
-        offsets = server_offsets(settings, rngs["schedule"])
-    elif sc == Scenario.CONSTANT:
-        offsets = constant_offsets(settings.qps or 0.0, settings.num_requests, settings.duration_s)
+        return Trace(sc, True, offsets, order, 1, len(offsets), last, max(hard_ns, last),
+                     settings.max_concurrency)
+    spq = settings.samples_per_query if sc == Scenario.MULTISTREAM else 1
+    if sc in (Scenario.SERVER, Scenario.CONSTANT):
+        offsets = (
+            server_offsets(settings, rngs["schedule"], max_queries=max_queries) if sc == Scenario.SERVER
+            else constant_offsets(settings.qps or 0.0, settings.num_requests, settings.duration_s,
+                                  max_queries=max_queries)
+        )
+        check_max_duration(settings, int(offsets[-1]) / _NS, exact=True)
     elif sc == Scenario.OFFLINE:
+        _check_count(settings, settings.num_requests, max_queries)
         offsets = np.zeros(settings.num_requests, dtype=np.int64)
     else:
+        _check_count(settings, max(settings.num_requests, 1) * spq, max_queries)
         offsets = np.zeros(0, dtype=np.int64)
-    spq = settings.samples_per_query if sc == Scenario.MULTISTREAM else 1
     n_queries = len(offsets) if sc.open_loop else max(settings.num_requests, 1)
     order = _sample_order(n_queries * spq, dataset_size, rngs["order"]).reshape(n_queries, spq)
     streams = {Scenario.CONCURRENCY: settings.concurrency}.get(sc, 1)
-    return Trace(sc, sc.open_loop, offsets, order, streams, settings.num_requests, min_ns, hard_ns)
+    cap = settings.max_concurrency if sc.open_loop else None
+    return Trace(sc, sc.open_loop, offsets, order, streams, settings.num_requests, min_ns, hard_ns, cap)
+
+
+def cap_shares(cap: int, parts: int) -> list[int]:
+    """An in-flight cap split over ``parts`` worker processes as evenly as possible (they sum to
+    ``cap``); callers use at most ``cap`` parts so that every share is at least 1."""
+    return [cap // parts + (1 if w < cap % parts else 0) for w in range(parts)]
 
 
 def _sample_order(n: int, dataset_size: int, rng: np.random.Generator) -> np.ndarray:

@@ -12,9 +12,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from loadgen.arrivals import MAX_QUERIES, MAX_SCHEDULE_S, RateProfile, schedule_problem
 from loadgen.errors import ConfigError
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
@@ -254,12 +256,17 @@ class Settings(_Model):
     headers: dict[str, str] = Field(default_factory=dict)
     insecure: bool = False  # skip TLS verification
     # --- load -------------------------------------------------------------------------------------
-    qps: float | None = Field(None, gt=0)  # server, constant
+    qps: float | None = Field(None, gt=0, allow_inf_nan=False)  # server, constant
     concurrency: int = Field(1, ge=1, le=100_000)  # concurrency scenario
     samples_per_query: int = Field(8, ge=1, le=10_000)  # multistream
-    duration_s: float = Field(60.0, ge=0)  # minimum run duration (MLPerf min_duration)
+    # minimum run duration (MLPerf min_duration)
+    duration_s: float = Field(60.0, ge=0, le=MAX_SCHEDULE_S, allow_inf_nan=False)
     num_requests: int = Field(100, ge=1)  # minimum query count (MLPerf min_query_count)
-    max_duration_s: float | None = Field(None, gt=0)  # hard stop for closed loops; default 10x duration
+    # hard stop of closed loops (default: see hard_stop_s); open loops: the schedule must end before it
+    max_duration_s: float | None = Field(None, gt=0, le=10 * MAX_SCHEDULE_S, allow_inf_nan=False)
+    # open loops: at most this many requests in flight; a query due while all are busy waits for one
+    # to end (keeping its scheduled time, so the wait shows in issue delay and TTFT from scheduled)
+    max_concurrency: int | None = Field(None, ge=1, le=1_000_000)
     warmup: int = Field(0, ge=0)  # requests sent before the clock starts, excluded from every statistic
     seed: int = Field(0, ge=0)
     # --- data -------------------------------------------------------------------------------------
@@ -282,7 +289,9 @@ class Settings(_Model):
     # --- client -----------------------------------------------------------------------------------
     request_timeout_s: float = Field(600.0, gt=0)  # whole request
     idle_timeout_s: float = Field(120.0, gt=0)  # no bytes between chunks
-    max_connections: int | None = Field(None, ge=1)  # default: enough for the load, never queueing
+    # the aiohttp transport's pool size (default: enough for the load, never queueing); the fast one has
+    # no pool. To cap requests in flight use max_concurrency.
+    max_connections: int | None = Field(None, ge=1)
     workers: int | None = Field(None, ge=1, le=256)  # client processes; None: chosen from the load
     http_client: Literal["fast", "aiohttp"] = "fast"  # streaming transport (see loadgen.http1)
     # extra attempts for connect failures and HTTP 429/503 (loadgen.client.RETRY_STATUSES); 0: none.
@@ -363,7 +372,42 @@ class Settings(_Model):
                 f"arrival.ramp.start_qps ({self.arrival.ramp.start_qps:g}) is above qps ({self.qps:g}); "
                 "a ramp rises to qps"
             )
+        if self.max_duration_s is not None and self.max_duration_s < self.duration_s:
+            raise ValueError(
+                f"max_duration_s ({self.max_duration_s:g} s, --max-duration) is below duration_s "
+                f"({self.duration_s:g} s, --duration): the run would stop before its minimum duration; "
+                "raise --max-duration or lower --duration"
+            )
+        if self.max_concurrency is not None and not self.scenario.open_loop:
+            raise ValueError(
+                f"max_concurrency (--max-concurrency) caps an open loop's requests in flight; the "
+                f"{self.scenario.value} scenario is a closed loop whose in-flight count is already fixed "
+                "(use --concurrency with the concurrency scenario)"
+            )
+        problem = self._schedule_problem()
+        if problem is not None:
+            raise ValueError(problem)
         return self
+
+    def _schedule_problem(self) -> str | None:
+        """A schedule that cannot be made (too many queries, too long), found before anything runs."""
+        sc = self.scenario
+        if sc in (Scenario.SERVER, Scenario.CONSTANT) and self.qps is not None:
+            ramp = self.arrival.ramp if self.arrival is not None else None
+            profile = RateProfile(self.qps) if ramp is None else RateProfile(
+                self.qps, start_qps=ramp.start_qps, ramp_s=ramp.duration_s, steps=ramp.steps)
+            expected = float(profile.cumulative(np.array(self.duration_s)))
+            span = max(self.duration_s, float(profile.inverse(np.array(float(self.num_requests)))))
+            return schedule_problem(expected, self.num_requests, span)
+        if sc == Scenario.REPLAY:
+            return None  # known once the trace is read (loadgen.scenarios.replay_trace)
+        if sc == Scenario.MULTISTREAM and self.num_requests * self.samples_per_query > MAX_QUERIES:
+            return (
+                f"num_requests × samples_per_query is {self.num_requests * self.samples_per_query:,} "
+                f"samples, above the {MAX_QUERIES:,} one run's schedule may hold: lower num_requests "
+                "(--num-requests) or samples_per_query (--samples-per-query)"
+            )
+        return schedule_problem(0.0, self.num_requests, 0.0)
 
     # ---- derived values ----------------------------------------------------------------------------
     @property
@@ -463,14 +507,25 @@ def read_scenario_file(path: Path) -> dict[str, Any]:
     return data
 
 
+#: Fields whose command-line option is not ``--`` + the name with ``-`` for ``_``.
+FIELD_OPTIONS = {
+    "duration_s": "--duration", "max_duration_s": "--max-duration", "request_timeout_s": "--request-timeout",
+    "idle_timeout_s": "--idle-timeout", "headers": "--header", "stream": "--no-stream",
+    "progress": "--quiet", "gpu_telemetry": "--no-gpu-telemetry",
+}
+
+
 def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per invalid field: its path (with its command-line option) and the reason."""
     lines = [f"invalid settings in {source}:"]
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = ".".join(str(p) for p in err["loc"])
+        if len(err["loc"]) == 1 and loc in FIELD_OPTIONS:
+            loc += f" ({FIELD_OPTIONS[loc]})"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check its spelling; `loadgen run --help` lists the options)"
-        lines.append(f"  - {loc}: {msg}")
+        lines.append(f"  - {loc}: {msg}" if loc else f"  - {msg}")
     return "\n".join(lines)
 
 
@@ -479,6 +534,15 @@ def build_settings(data: dict[str, Any], source: str) -> Settings:
         return Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def declared_scenario(name_or_path: str) -> str | None:
+    """The scenario a built-in name or a scenario file declares (None when the file says none)."""
+    path = scenario_source(name_or_path)
+    value = read_scenario_file(path).get("scenario")
+    if value is None and path.parent == BUILTIN_DIR:
+        return path.stem
+    return None if value is None else str(value)
 
 
 def load_settings(scenario: str, overrides: dict[str, Any] | None = None) -> Settings:

@@ -80,7 +80,8 @@ class LocalTokenizer:
             from tokenizers import Tokenizer
         except ImportError as exc:
             raise ConfigError(
-                "--tokenizer needs the `tokenizers` package: pip install 'loadgen[tokenizer]'."
+                "--tokenizer needs the `tokenizers` package, a dependency of loadgen that this Python "
+                f"environment lacks ({exc}): `pip install tokenizers`, or reinstall loadgen."
             ) from exc
         try:
             self._tok = Tokenizer.from_file(str(file))

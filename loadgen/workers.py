@@ -44,7 +44,7 @@ from loadgen.gcpause import gc_frozen
 from loadgen.health import LoopLagMonitor
 from loadgen.issuer import Issuer, IssueStats
 from loadgen.records import RecordWriter, RequestRecord
-from loadgen.scenarios import Trace
+from loadgen.scenarios import Trace, cap_shares
 from loadgen.tokens import TokenCounter
 
 READY_TIMEOUT_S = 120.0
@@ -79,17 +79,23 @@ class WorkerResult:
 
 def split_trace(trace: Trace, n: int) -> list[tuple[Trace, list[int] | None]]:
     """``n`` sub-traces whose union is ``trace``: open-loop queries round-robin (with their original
-    ids), closed-loop streams and query counts divided as evenly as possible."""
+    ids) and an in-flight cap split with them (at most ``cap`` parts), closed-loop streams and query
+    counts divided as evenly as possible."""
     if n <= 1:
         return [(trace, None)]
     parts: list[tuple[Trace, list[int] | None]] = []
     if trace.open_loop:
         ids = np.arange(len(trace.offsets_ns))
+        cap = trace.max_in_flight
+        n = min(n, cap) if cap else n  # an in-flight cap is split: every worker needs a slot
+        if n <= 1:
+            return [(trace, None)]
+        shares = cap_shares(cap, n) if cap else [None] * n
         for w in range(n):
             mine = ids[w::n]
             sub = dataclasses.replace(
                 trace, offsets_ns=trace.offsets_ns[mine], order=trace.order[mine],
-                min_queries=len(mine),
+                min_queries=len(mine), max_in_flight=shares[w],
             )
             parts.append((sub, mine.tolist()))
         return parts

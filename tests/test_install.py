@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+from tests.tiny_model import write_tiny_model
 
 
 def _copy_tree(dest: Path) -> None:
@@ -62,3 +63,16 @@ def test_pip_install_into_a_fresh_venv_runs_a_builtin_scenario_elsewhere(tmp_pat
     report = json.loads((elsewhere / "out" / "report.json").read_text())
     assert report["settings"]["scenario"] == "server" and report["settings"]["qps"] == 20
     assert report["results"]["requests_completed"] >= 20 and report["results"]["requests_failed"] == 0
+
+    # --tokenizer works after a plain install: `tokenizers` is a runtime dependency, not an extra
+    requires = subprocess.run([str(py), "-c", "import importlib.metadata as m; print(m.requires('loadgen'))"],
+                              capture_output=True, text=True, cwd=elsewhere, env=env, check=True).stdout
+    assert "tokenizers" in requires and "extra ==" not in requires.split("tokenizers")[1].split(",")[0]
+    tok = write_tiny_model(tmp_path / "tiny")
+    res = subprocess.run([str(venv / "bin" / "loadgen"), "run", "singlestream", "--tokenizer", str(tok),
+                          "--num-requests", "3", "--duration", "0", "--input-len", "12", "--output-len", "2",
+                          "--out", "tok", "--quiet"],
+                         capture_output=True, text=True, timeout=120, cwd=elsewhere, env=env, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    dataset = json.loads((elsewhere / "tok" / "report.json").read_text())["dataset"]
+    assert dataset["input_tokens_exact"] is True and dataset["token_counter"].startswith("tokenizer:")
