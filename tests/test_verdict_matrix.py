@@ -255,22 +255,35 @@ def test_offline_min_duration_advice_gives_a_count_that_lasts(tmp_path):
     assert followed["validity"] == {"valid": True, "reasons": []}, followed["validity"]
 
 
-@pytest.mark.parametrize("missing", ["duration", "count"])
-def test_hard_stop_advice_gives_a_hard_stop_that_lets_the_run_finish(tmp_path, missing):
-    """A closed loop cut by its hard stop (max_duration_s) before the minimum duration or the query
-    count: the reasons say so (never "increase --duration" to the duration that was asked), and the
-    hard stop they name lets the next run meet the minimum."""
-    n, d, hard = (10, 1.0, 0.5) if missing == "duration" else (200, 0.0, 0.3)
+def test_hard_stop_advice_gives_a_hard_stop_that_lets_the_run_finish(tmp_path):
+    """A closed loop cut by its hard stop (max_duration_s) before the query count: the reasons say so
+    (never "increase --duration" to the duration that was asked), and the hard stop they name lets the
+    next run meet the minimum. (A hard stop below the minimum duration is refused up front: below.)"""
+    n, d, hard = 200, 0.0, 0.3
     fields = {"scenario": "singlestream", "input_len": 16, "output_len": 6, "sim": FAST,
               "issue_delay_limit_ms": 5, "max_duration_s": hard}
     _, cut = _run(tmp_path, "cut", fields, "--num-requests", str(n), "--duration", str(d))
     assert cut["stopped_early"] and "hard stop at" in cut["stopped_early"]
-    first = "Min duration not met" if missing == "duration" else "Min queries not met"
-    assert "ended early" in _reason(cut, first)
+    assert "ended early" in _reason(cut, "Min queries not met")
     stop = _reason(cut, "The run stopped early")
     need = float(re.search(r"max_duration_s\) to at least (\d+(?:\.\d+)?) s", stop).group(1))
     _, followed = _run(tmp_path, "followed", {**fields, "max_duration_s": need},
                        "--num-requests", str(n), "--duration", str(d))
+    assert followed["validity"] == {"valid": True, "reasons": []}, followed["validity"]
+
+
+def test_a_hard_stop_below_the_minimum_duration_is_refused_and_the_advice_fixes_it(tmp_path):
+    """--max-duration below --duration could only cut the run short: exit 2 naming both, and raising
+    --max-duration as told runs to a VALID result."""
+    fields = {"scenario": "singlestream", "input_len": 16, "output_len": 6, "sim": FAST,
+              "issue_delay_limit_ms": 5}
+    f = write_scenario(tmp_path / "cut.yaml", **fields)
+    res = run_cli("run", str(f), "--out", str(tmp_path / "cut"), "--quiet", "--no-gpu-telemetry",
+                  "--num-requests", "10", "--duration", "1", "--max-duration", "0.5", timeout=90)
+    assert res.code == 2 and "Traceback" not in res.output, res.output
+    assert "--max-duration" in res.output and "--duration" in res.output and "raise --max-duration" in res.output
+    _, followed = _run(tmp_path, "followed", fields, "--num-requests", "10", "--duration", "1",
+                       "--max-duration", "2")
     assert followed["validity"] == {"valid": True, "reasons": []}, followed["validity"]
 
 
