@@ -27,7 +27,7 @@ import aiohttp
 import pytest
 
 from loadgen.errors import ConfigError, LaunchError
-from loadgen.server_metrics import ServerMetricsScraper
+from loadgen.server_scraper import ServerMetricsScraper
 from servers.vllm import VllmLauncher, VllmLaunchSpec
 from tests.conftest_vllm import (
     TINY_MODEL_NAME,
