@@ -11,7 +11,8 @@ The parsing and arithmetic are :mod:`loadgen.server_metrics` (pure).
 
 Window. The deltas are ``final − baseline``. The baseline is taken before the first request is sent: a
 scrape sent beside the first requests (offline sends everything at t0) can be answered after the engine
-has already counted some of their prompt and generated tokens, and the deltas come out short. The final
+has already counted some of their prompt and generated tokens (vLLM renders ``/metrics`` in a worker
+thread while its event loop goes on processing outputs), and the deltas come out short. The final
 scrape is repeated every ``settle_poll_s`` until the counters have stood still for ``settle_s`` with no
 request running or waiting on the server, for at most ``settle_timeout_s``; ``final_scrape.settled``
 says whether they did, and a note says the deltas may be incomplete when they did not (a server that
