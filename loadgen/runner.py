@@ -8,7 +8,9 @@ Order of work (nothing before step 6 is measured):
 3. the probe: reachable, authorised, model served (errors here exit 2 and lose nothing);
 4. the prompts (exact token counts where a tokenizer is known) and the trace, from the seed;
 5. warm-up requests, if asked for (recorded in ``warmup.jsonl``, excluded from every statistic);
-6. the measured trace from ``t0``, every record appended to ``requests.jsonl`` as it completes;
+6. the measured trace from ``t0``, every record appended to ``requests.jsonl`` as it completes (the
+   server's ``/metrics`` is scraped once just before, the baseline of its deltas, and after the run
+   until its counters settle: :mod:`loadgen.server_scraper`);
 7. metrics, MLPerf validity, client health -> ``report.json``, ``summary.txt``.
 """
 
@@ -27,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import aiohttp
 import numpy as np
 import orjson
 
@@ -307,10 +310,10 @@ async def run_async(
                 say(f"running {settings.scenario.mlperf_name}; results in {out_dir}")
                 workers = choose_workers(settings, trace)
                 meta["client_workers"] = workers
+                await sidecars.scrape_baseline(session)
                 stop_scraping = asyncio.Event()
                 async with asyncio.TaskGroup() as tg:
-                    if sidecars.scraper is not None:
-                        tg.create_task(sidecars.scraper.run(session, stop_scraping))
+                    sidecars.scrape_during(tg, session, stop_scraping)
                     try:
                         if settings.sessions is not None:
                             records, stats, health, extra = await _measure_sessions(
@@ -366,7 +369,8 @@ class Sidecars:
     def start(
         cls, settings: Settings, run_id: str, model: str, base_url: str, say: Callable[[str], None]
     ) -> Sidecars:
-        from loadgen.server_metrics import ServerMetricsScraper, metrics_endpoint
+        from loadgen.server_metrics import metrics_endpoint
+        from loadgen.server_scraper import ServerMetricsScraper
         from loadgen.telemetry import GpuSampler
 
         cars = cls(settings)
@@ -391,6 +395,18 @@ class Sidecars:
             if not cars.sampler.start():
                 say(f"GPU telemetry unavailable: {cars.sampler.reason}")
         return cars
+
+    async def scrape_baseline(self, session: aiohttp.ClientSession) -> None:
+        """The server's /metrics before the first measured request (after the warm-up): the deltas
+        count from here, so it must not race the requests that start the run."""
+        if self.scraper is not None:
+            await self.scraper.baseline(session)
+
+    def scrape_during(self, tg: asyncio.TaskGroup, session: aiohttp.ClientSession, stop: asyncio.Event
+                      ) -> None:
+        """Scrape every second while the run lasts; after ``stop``, until the server's counters settle."""
+        if self.scraper is not None:
+            tg.create_task(self.scraper.run(session, stop))
 
     @property
     def observers(self) -> tuple[RunObserver, ...]:

@@ -1,19 +1,14 @@
-"""Scraping a server's Prometheus ``/metrics`` during a run, and what the report says about it.
+"""A server's Prometheus ``/metrics``: parsing, deltas, histogram quantiles, the TTFT cross-check.
 
-Pure part (no I/O, no clocks)::
+Pure (no I/O, no clocks); the scraper that takes the snapshots during a run is
+:mod:`loadgen.server_scraper`::
 
     parse_exposition(text) -> Snapshot              text format → series summed over label sets
+    parse_selected(text, scalars, histograms)       the same for the named series, in one cheap pass
     counter_deltas(before, after, names)            after − before per counter (None: reset or absent)
     histogram_delta(before, after) -> Histogram     bucket-wise after − before
     histogram_quantile(q, hist) -> Quantile | None  Prometheus-style linear interpolation in a bucket
-
-I/O part::
-
-    scraper = ServerMetricsScraper(base_url, run_start_ns=perf_counter_ns(), interval_s=1.0)
-    async with asyncio.TaskGroup() as tg:
-        tg.create_task(scraper.run(session, stop))     # once before, every interval_s, once after stop
-        ...                                            # the run; then stop.set()
-    report["server_metrics"] = scraper.result(client_ttft_ms={"p50_ms": 123.0})
+    cross_check(client_ttft_ms, server_ttft)        client TTFT p50 beside the server's
 
 Series are summed over label sets (``model_name``, ``engine``, ``finished_reason``…): one number per
 metric for the whole server. Names are vLLM's (the built-in simulated server uses the same).
@@ -27,15 +22,11 @@ as the highest finite bound. The report carries the width next to each estimate.
 
 from __future__ import annotations
 
-import asyncio
 import math
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
-
-import aiohttp
 
 __all__ = [
     "DEFAULT_COUNTERS",
@@ -44,16 +35,17 @@ __all__ = [
     "NO_METRICS_NOTE",
     "Histogram",
     "Quantile",
-    "ServerMetricsScraper",
     "Snapshot",
     "counter_deltas",
     "cross_check",
     "cross_check_problems",
     "histogram_delta",
     "histogram_quantile",
+    "histogram_summary",
     "metrics_endpoint",
     "parse_exposition",
     "parse_selected",
+    "prefix_cache_hit_rate",
 ]
 
 DEFAULT_GAUGES = (
@@ -85,7 +77,7 @@ _CROSS_CHECK_EXPLANATION = (
 )
 
 
-# -- pure part --------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------------------
 
 
 def metrics_endpoint(base_url: str, metrics_url: str | None = None) -> tuple[str, str]:
@@ -241,7 +233,7 @@ def parse_selected(text: str, scalars: Iterable[str], histograms: Iterable[str])
     return Snapshot(scalars=out_scalars, histograms=hists)
 
 
-def _hit_rate(deltas: Mapping[str, float | None]) -> float | None:
+def prefix_cache_hit_rate(deltas: Mapping[str, float | None]) -> float | None:
     """Prefix-cache hit rate over the run (hit tokens / looked-up tokens), None when not exported.
     Comparisons between load generators are only fair at equal hit rates: a cached prefix skips
     its prefill."""
@@ -370,174 +362,3 @@ def cross_check_problems(cross: Mapping[str, Any], *, max_overhead_ms: float, sl
             "client overhead"
         )
     return problems
-
-
-# -- the scraper ------------------------------------------------------------------------------------------
-
-
-class ServerMetricsScraper:
-    """Scrapes ``base_url + path`` once at start, every ``interval_s`` while ``stop`` is unset (absolute
-    schedule: ticks missed because a scrape was slow are skipped, not bunched), and once more
-    ``settle_s`` after ``stop`` is set.
-
-    Never raises into the run for a failed scrape (HTTP error, timeout, unparsable text): it is counted
-    in ``failed_scrapes`` and its first few reasons noted. A 404 or a refused connection on the *first*
-    scrape means the server has no metrics endpoint: the scraper stops and notes :data:`NO_METRICS_NOTE`.
-    Cancellation propagates (the caller's TaskGroup owns this task).
-
-    ``t_s`` of a sample is (perf_counter_ns when its request was sent − ``run_start_ns``) / 1e9.
-    """
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        run_start_ns: int | None = None,
-        interval_s: float = 1.0,
-        timeout_s: float = 5.0,
-        path: str = "/metrics",
-        gauges: Sequence[str] = DEFAULT_GAUGES,
-        counters: Sequence[str] = DEFAULT_COUNTERS,
-        histograms: Mapping[str, str] | None = None,
-        clock_ns: Callable[[], int] = time.perf_counter_ns,
-        max_samples: int = 100_000,
-        settle_s: float = 0.25,
-    ) -> None:
-        self.url = base_url.rstrip("/") + path
-        self.interval_s = interval_s
-        self.timeout_s = timeout_s
-        self.gauges = tuple(gauges)
-        self.counters = tuple(counters)
-        self.histograms = dict(DEFAULT_HISTOGRAMS if histograms is None else histograms)
-        self._clock_ns = clock_ns
-        self.run_start_ns = clock_ns() if run_start_ns is None else run_start_ns
-        self.max_samples = max_samples
-        self.settle_s = settle_s
-        self.samples: list[dict[str, float | None]] = []
-        self.before: Snapshot | None = None
-        self.after: Snapshot | None = None
-        self.scrapes = 0
-        self.failed_scrapes = 0
-        self.errors: list[str] = []
-        self.skipped = False
-        self._final_failed = False
-
-    async def run(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
-        first = await self._scrape(session, first=True)
-        if self.skipped:
-            return
-        self.before = self.after = first
-        loop_start = self._clock_ns()
-        interval_ns = int(self.interval_s * 1e9)
-        tick = 1
-        while not stop.is_set():
-            now = self._clock_ns()
-            due = loop_start + tick * interval_ns
-            if due <= now:  # a slow scrape: skip the ticks already past
-                tick += (now - due) // interval_ns + 1
-                due = loop_start + tick * interval_ns
-            try:
-                async with asyncio.timeout((due - now) / 1e9):
-                    await stop.wait()
-            except TimeoutError:
-                pass
-            if stop.is_set():
-                break
-            tick += 1
-            await self._take(session)
-        # vLLM counts a request's tokens just after its last chunk has been sent: give the server a
-        # moment so the final scrape includes the requests that ended the run.
-        await asyncio.sleep(self.settle_s)
-        self._final_failed = not await self._take(session)
-
-    async def _take(self, session: aiohttp.ClientSession) -> bool:
-        snap = await self._scrape(session)
-        if snap is None:
-            return False
-        if self.before is None:
-            self.before = snap
-        self.after = snap
-        return True
-
-    async def _scrape(self, session: aiohttp.ClientSession, *, first: bool = False) -> Snapshot | None:
-        sent_ns = self._clock_ns()
-        try:
-            async with asyncio.timeout(self.timeout_s), session.get(self.url) as resp:
-                if first and resp.status == 404:
-                    self.skipped = True
-                    return None
-                if resp.status != 200:
-                    self._failed(f"HTTP {resp.status}")
-                    return None
-                text = await resp.text()
-            snap = parse_selected(text, (*self.gauges, *self.counters), self.histograms.values())
-        except aiohttp.ClientConnectorError as e:
-            if first:
-                self.skipped = True
-                self.errors.append(f"{type(e).__name__}: {e}")
-            else:
-                self._failed(f"{type(e).__name__}: {e}")
-            return None
-        except (aiohttp.ClientError, TimeoutError, ValueError, UnicodeDecodeError) as e:
-            self._failed(f"{type(e).__name__}: {e}")
-            return None
-        self.scrapes += 1
-        if len(self.samples) < self.max_samples:
-            sample: dict[str, float | None] = {"t_s": (sent_ns - self.run_start_ns) / 1e9}
-            sample.update({g: snap.scalars.get(g) for g in self.gauges})
-            self.samples.append(sample)
-        return snap
-
-    def _failed(self, reason: str) -> None:
-        self.failed_scrapes += 1
-        if len(self.errors) < 5:
-            self.errors.append(reason)
-
-    def result(self, client_ttft_ms: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The report section (JSON-ready); see the module docstring for what the numbers mean."""
-        notes: list[str] = []
-        out: dict[str, Any] = {
-            "url": self.url,
-            "interval_s": self.interval_s,
-            "scrapes": self.scrapes,
-            "failed_scrapes": self.failed_scrapes,
-            "errors": list(self.errors),
-            "samples": list(self.samples),
-            "deltas": {},
-            "histograms": {},
-            "cross_check": None,
-            "note": None,
-        }
-        if self.skipped:
-            out["note"] = NO_METRICS_NOTE
-            return out
-        if self.before is None or self.after is None:
-            out["note"] = "no scrape of /metrics succeeded; server metrics unavailable"
-            return out
-        if self.before is self.after:
-            notes.append("only one scrape succeeded; deltas are zero")
-        if self._final_failed:
-            notes.append("the scrape after the run failed; deltas end at the last successful scrape")
-        out["deltas"] = counter_deltas(self.before, self.after, self.counters)
-        out["prefix_cache_hit_rate"] = _hit_rate(out["deltas"])
-        server_ttft: Histogram | None = None
-        for short, family in self.histograms.items():
-            after = self.after.histograms.get(family)
-            if after is None:
-                continue
-            try:
-                delta = histogram_delta(self.before.histograms.get(family), after)
-            except ValueError as e:
-                notes.append(f"{family}: {e}")
-                continue
-            out["histograms"][short] = {"metric": family, **histogram_summary(delta)}
-            if short == "time_to_first_token":
-                server_ttft = delta
-        if out["histograms"]:
-            out["histograms_resolution"] = (
-                "quantiles are interpolated linearly inside one histogram bucket; each is exact only to "
-                "within its bucket (pNN_bucket_ms)"
-            )
-        out["cross_check"] = cross_check(client_ttft_ms, server_ttft)
-        out["note"] = "; ".join(notes) or None
-        return out

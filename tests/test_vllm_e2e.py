@@ -106,13 +106,24 @@ MAX_TTFT_OVERHEAD_MS = 50.0
 def check_server_metrics(report: dict) -> dict:
     """vLLM's own counters moved by exactly what the client saw; returns the TTFT cross-check, after
     checking that it is plausible: the client's p50 is not below the server histogram's bucket and
-    exceeds the server's estimate by at most the bucket width + MAX_TTFT_OVERHEAD_MS."""
+    exceeds the server's estimate by at most the bucket width + MAX_TTFT_OVERHEAD_MS.
+
+    Exact, because the window is right: the baseline scrape is answered before the first request is
+    sent (no note says the server was busy at it), and the final scrape settled (vLLM counts a
+    request's tokens before its last chunk can leave, so nothing the client received is missing)."""
     res, sm = report["results"], report["server_metrics"]
-    assert sm["note"] is None and sm["scrapes"] >= 2, sm
+    window = {k: sm.get(k) for k in ("note", "scrapes", "final_scrape", "errors")}
+    window["first_sample"] = sm["samples"][:1]
+    assert sm["note"] is None and sm["scrapes"] >= 2, window
+    assert sm["final_scrape"]["settled"] is True, window
     deltas = sm["deltas"]
-    assert deltas["vllm:generation_tokens_total"] == res["output_tokens_total"]
-    assert deltas["vllm:prompt_tokens_total"] == res["input_tokens_total"]
-    assert deltas["vllm:request_success_total"] == res["requests_completed"]
+    got = {k.split(":")[1]: deltas[k] for k in (
+        "vllm:generation_tokens_total", "vllm:prompt_tokens_total", "vllm:request_success_total")}
+    assert got == {
+        "generation_tokens_total": res["output_tokens_total"],
+        "prompt_tokens_total": res["input_tokens_total"],
+        "request_success_total": res["requests_completed"],
+    }, window
     cross = sm["cross_check"]
     assert cross["client_ttft_p50_ms"] == pytest.approx(res["ttft_ms"]["p50"])
     assert cross["server_ttft_p50_ms"] is not None and cross["bucket_resolution_ms"] > 0, cross

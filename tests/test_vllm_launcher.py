@@ -27,7 +27,7 @@ import aiohttp
 import pytest
 
 from loadgen.errors import ConfigError, LaunchError
-from loadgen.server_metrics import ServerMetricsScraper
+from loadgen.server_scraper import ServerMetricsScraper
 from servers.vllm import VllmLauncher, VllmLaunchSpec
 from tests.conftest_vllm import (
     TINY_MODEL_NAME,
@@ -301,16 +301,19 @@ def test_vllm_streaming_token_counts_and_metrics(vllm_server: VllmLauncher) -> N
             "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
         }
         connector = aiohttp.TCPConnector(limit=4)
-        async with aiohttp.ClientSession(connector=connector) as session, asyncio.TaskGroup() as tg:
-            tg.create_task(scraper.run(session, stop))
-            got = await _stream_completion(session, vllm_server.base_url + "/v1/completions", body)
-            stop.set()
+        async with aiohttp.ClientSession(connector=connector) as session:
+            await scraper.baseline(session)  # before the request, as the runner does
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(scraper.run(session, stop))
+                got = await _stream_completion(session, vllm_server.base_url + "/v1/completions", body)
+                stop.set()
         return got, scraper.result({"p50_ms": 50.0})
 
     got, metrics = asyncio.run(main())
     assert got["usage"]["completion_tokens"] == max_tokens
     assert got["usage"]["prompt_tokens"] == n_words  # no BOS: N words are N tokens
     assert metrics["note"] is None, metrics
+    assert metrics["final_scrape"]["settled"] is True, metrics["final_scrape"]
     assert metrics["deltas"]["vllm:generation_tokens_total"] == max_tokens
     assert metrics["deltas"]["vllm:prompt_tokens_total"] == n_words
     assert metrics["deltas"]["vllm:request_success_total"] == 1
