@@ -33,7 +33,7 @@ demo: setup
 	$(BIN)/loadgen run server
 
 lint: setup-dev
-	$(BIN)/ruff check loadgen servers tests benchmarks
+	$(BIN)/ruff check loadgen tests benchmarks
 
 typecheck: setup-dev
 	$(BIN)/mypy

@@ -48,7 +48,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from servers.sim import SimConfig, SimProcess  # noqa: E402
+from loadgen.servers.sim import SimConfig, SimProcess  # noqa: E402
 
 TTFT_MS, ITL_MS, IN_LEN, OUT_LEN = 50.0, 10.0, 128, 128
 VLLM_PY = ROOT / ".venv-vllm" / "bin" / "python"

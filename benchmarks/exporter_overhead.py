@@ -44,7 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from servers.sim import SimConfig, SimProcess  # noqa: E402
+from loadgen.servers.sim import SimConfig, SimProcess  # noqa: E402
 
 FIELDS = ("req_per_s", "out_tok_per_s", "cpu_cores", "ttft_p50", "ttft_p99", "itl_p50", "itl_p99")
 #: The simulated servers of the two variants (see the module docstring).

@@ -26,7 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from loadgen.telemetry import GpuSampler  # noqa: E402
+from loadgen.observe.gpu import GpuSampler  # noqa: E402
 
 #: Largest accepted |counter − integral| / integral in a phase.
 TOLERANCE = 0.05

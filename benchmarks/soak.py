@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from servers.sim import SimConfig, SimProcess  # noqa: E402
+from loadgen.servers.sim import SimConfig, SimProcess  # noqa: E402
 
 
 def sample(pid: int) -> tuple[float, int] | None:

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from servers.sim import SimConfig, SimProcess  # noqa: E402
+from loadgen.servers.sim import SimConfig, SimProcess  # noqa: E402
 
 OUT_LEN, IN_LEN, STEP_S = 8, 32, 4.0
 

@@ -1,5 +1,5 @@
 """``python -m loadgen`` is the ``loadgen`` command."""
 
-from loadgen.cli import main
+from loadgen.cli.main import main
 
 main()

@@ -50,12 +50,12 @@ class RequestRecord:
     prompt_tokens: int | None = None  # the server's usage.prompt_tokens
     requested_output_tokens: int | None = None  # max_tokens sent
     status: int | None = None  # HTTP status, None when no response head arrived
-    error_class: str | None = None  # see loadgen.client.ERROR_CLASSES; None for success
+    error_class: str | None = None  # see loadgen.client.client.ERROR_CLASSES; None for success
     error: str | None = None  # human-readable detail (never contains credentials)
     worker: int = 0
     retries: int = 0
     warmup: bool = False
-    last_chunk_ns: int | None = None  # set when the chunk lists were dropped (loadgen.gaps.compact)
+    last_chunk_ns: int | None = None  # set when the chunk lists were dropped (loadgen.metrics.gaps.compact)
 
     @property
     def ok(self) -> bool:

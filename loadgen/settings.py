@@ -16,8 +16,8 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from loadgen.arrivals import MAX_QUERIES, MAX_SCHEDULE_S, RateProfile, schedule_problem
 from loadgen.errors import ConfigError
+from loadgen.schedule.arrivals import MAX_QUERIES, MAX_SCHEDULE_S, RateProfile, schedule_problem
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 
@@ -31,7 +31,7 @@ class Scenario(StrEnum):
     OFFLINE = "offline"  # every sample issued at once
     CONCURRENCY = "concurrency"  # closed loop: N virtual users, each sends when its last one ends
     CONSTANT = "constant"  # open loop at a fixed interval of 1/qps
-    REPLAY = "replay"  # open loop at the arrival times of a trace file (see loadgen.traces)
+    REPLAY = "replay"  # open loop at the arrival times of a trace file (see loadgen.workload.traces)
 
     @property
     def open_loop(self) -> bool:
@@ -123,7 +123,7 @@ class ServerLaunch(_Model):
 
 
 class DatasetSpec(_Model):
-    """A prompt file (``dataset:``); see :mod:`loadgen.dataset_files` for the layouts.
+    """A prompt file (``dataset:``); see :mod:`loadgen.workload.files` for the layouts.
 
     Input lengths are re-counted with the token counter in use; samples outside
     [min_input, max_input] or [min_output, max_output] are dropped, and ``num_samples`` of the rest are
@@ -148,7 +148,7 @@ class DatasetSpec(_Model):
 
 
 class ReplaySpec(_Model):
-    """Trace replay (``replay:``, for ``scenario: replay``); see :mod:`loadgen.traces`.
+    """Trace replay (``replay:``, for ``scenario: replay``); see :mod:`loadgen.workload.traces`.
 
     ``format``/``path`` name a trace file (Azure LLM inference CSV or Mooncake JSONL); without them the
     arrival times come from the ``dataset:`` file's ``timestamp`` column. The window
@@ -200,7 +200,8 @@ class RampSpec(_Model):
 
 
 class ArrivalSpec(_Model):
-    """Arrival process of the open-loop ``server`` scenario (``arrival:``); see :mod:`loadgen.arrivals`.
+    """Arrival process of the open-loop ``server`` scenario (``arrival:``); see
+    :mod:`loadgen.schedule.arrivals`.
 
     ``burstiness`` is the shape of gamma-distributed gaps with the mean rate kept (as
     ``vllm bench serve --burstiness``): 1 is Poisson, below 1 burstier, above 1 more regular.
@@ -293,12 +294,12 @@ class Settings(_Model):
     # no pool. To cap requests in flight use max_concurrency.
     max_connections: int | None = Field(None, ge=1)
     workers: int | None = Field(None, ge=1, le=256)  # client processes; None: chosen from the load
-    http_client: Literal["fast", "aiohttp"] = "fast"  # streaming transport (see loadgen.http1)
-    # extra attempts for connect failures and HTTP 429/503 (loadgen.client.RETRY_STATUSES); 0: none.
+    http_client: Literal["fast", "aiohttp"] = "fast"  # streaming transport (see loadgen.client.http1)
+    # extra attempts for connect failures and HTTP 429/503 (loadgen.client.client.RETRY_STATUSES); 0: none.
     # Retries add load the schedule did not offer, so the report says they distort the offered load.
     retries: int = Field(0, ge=0, le=10)
     # stop issuing when more than this fraction of the last ERROR_WINDOW finished requests failed
-    # (loadgen.issuer.ErrorRateGuard); None: never stop for errors
+    # (loadgen.engine.issuer.ErrorRateGuard); None: never stop for errors
     max_error_rate: float | None = Field(None, gt=0, le=1)
     # --- live metrics and telemetry ---------------------------------------------------------------
     metrics_port: int | None = Field(None, ge=0, le=65535)  # serve Prometheus metrics during the run
@@ -316,7 +317,7 @@ class Settings(_Model):
     out: Path | None = None
     fail_on_invalid: bool = False
     progress: bool = True
-    # --- the client's own health check (see loadgen.health) -----------------------------------------
+    # --- the client's own health check (see loadgen.metrics.health) -----------------------------------------
     issue_delay_limit_ms: float | None = Field(None, gt=0)  # p99 above this: client-limited (1 ms)
     # a scenario file's `sweep:` block is read by `loadgen sweep`; `loadgen run` ignores it
     sweep: dict[str, Any] | None = None
@@ -400,7 +401,7 @@ class Settings(_Model):
             span = max(self.duration_s, float(profile.inverse(np.array(float(self.num_requests)))))
             return schedule_problem(expected, self.num_requests, span)
         if sc == Scenario.REPLAY:
-            return None  # known once the trace is read (loadgen.scenarios.replay_trace)
+            return None  # known once the trace is read (loadgen.schedule.trace.replay_trace)
         if sc == Scenario.MULTISTREAM and self.num_requests * self.samples_per_query > MAX_QUERIES:
             return (
                 f"num_requests × samples_per_query is {self.num_requests * self.samples_per_query:,} "

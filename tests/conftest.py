@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from servers.sim import SimConfig, SimProcess
+from loadgen.servers.sim import SimConfig, SimProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 

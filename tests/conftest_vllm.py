@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from servers.vllm import VllmLauncher, VllmLaunchSpec
+from loadgen.servers.vllm import VllmLauncher, VllmLaunchSpec
 from tests.tiny_model import write_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]

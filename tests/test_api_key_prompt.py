@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from servers.sim import SimConfig, SimProcess
+from loadgen.servers.sim import SimConfig, SimProcess
 from tests.conftest import ROOT
 
 KEY = "sk-typed-" + secrets.token_hex(12)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from loadgen.arrivals import RateProfile, renewal_offsets
-from loadgen.scenarios import build_trace, poisson_offsets, seeded_rngs
+from loadgen.schedule.arrivals import RateProfile, renewal_offsets
+from loadgen.schedule.trace import build_trace, poisson_offsets, seeded_rngs
 from loadgen.settings import Settings
 
 

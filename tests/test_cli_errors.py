@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from servers.sim import SimConfig, SimProcess
+from loadgen.servers.sim import SimConfig, SimProcess
 from tests.conftest import run_cli, write_scenario
 from tests.recording_server import RecordingServer
 

@@ -10,11 +10,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from loadgen.cli_analysis import register
-from loadgen.compare import bootstrap_diff, compare, render
+from loadgen.cli.study import register
+from loadgen.engine.runner import run
 from loadgen.errors import ReportError
-from loadgen.runner import run
 from loadgen.settings import build_settings
+from loadgen.study.compare import bootstrap_diff, compare, render
 
 
 def _run(out: Path, ttft_ms: float, seed: int) -> Path:
@@ -86,7 +86,7 @@ def test_bootstrap_interval_covers_truth() -> None:
 
 
 def test_compare_sweeps_point_by_point(tmp_path: Path) -> None:
-    from loadgen.sweep import parse_param, run_sweep
+    from loadgen.study.sweep import parse_param, run_sweep
 
     def sweep(out: Path, values: str, ttft: float) -> Path:
         base = build_settings({"scenario": "concurrency", "num_requests": 40, "duration_s": 0,

@@ -9,11 +9,11 @@ import math
 import numpy as np
 import pytest
 
-from loadgen.dataset_files import load_dataset
-from loadgen.datasets import draw_lengths
-from loadgen.scenarios import build_trace, seeded_rngs
+from loadgen.schedule.trace import build_trace, seeded_rngs
 from loadgen.settings import LengthDist, Settings
-from loadgen.tokens import WordCounter
+from loadgen.workload.files import load_dataset
+from loadgen.workload.samples import draw_lengths
+from loadgen.workload.tokens import WordCounter
 
 N = 200_000
 

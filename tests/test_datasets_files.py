@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from loadgen.dataset_files import load_dataset, load_file
 from loadgen.errors import ConfigError
-from loadgen.scenarios import seeded_rngs
+from loadgen.schedule.trace import seeded_rngs
 from loadgen.settings import DatasetSpec, Settings, build_settings
-from loadgen.tokens import LocalTokenizer, WordCounter
+from loadgen.workload.files import load_dataset, load_file
+from loadgen.workload.tokens import LocalTokenizer, WordCounter
 from tests.tiny_model import prompt_of, write_tiny_model
 
 EXACT = WordCounter(exact=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loadgen.exporter import Exporter
+from loadgen.observe.exporter import Exporter
 
 DOCKER = Path(__file__).resolve().parent.parent / "docker"
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from loadgen.issuer import ErrorRateGuard
+from loadgen.engine.issuer import ErrorRateGuard
 from loadgen.records import RequestRecord
 
 

@@ -18,8 +18,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadgen.client import ERROR_CLASSES
-from loadgen.exporter import Exporter
+from loadgen.client.client import ERROR_CLASSES
+from loadgen.observe.exporter import Exporter
 from loadgen.records import RequestRecord
 
 MS = 1_000_000
@@ -171,7 +171,7 @@ def test_gpu_metrics_and_joules_per_token() -> None:
 def test_gpu_gauges_fed_by_the_real_sampler_over_fake_nvml() -> None:
     """GpuSampler's on_sample through NVML's fake seam: 2 GPUs at 100 + 10 t W for 10 s, energy counter
     the exact integral (1,500 J each); 1,500 output tokens."""
-    from loadgen.telemetry import GpuSampler
+    from loadgen.observe.gpu import GpuSampler
     from tests.test_telemetry import FakeClock, FakeNvml
 
     clock = FakeClock()
@@ -227,7 +227,7 @@ def test_http_port_zero(fed: Exporter) -> None:
 
 
 def test_push_failure_is_a_warning_without_credentials(fed: Exporter, caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="loadgen.exporter"):
+    with caplog.at_level(logging.WARNING, logger="loadgen.observe.exporter"):
         assert fed.push("http://bob:hunter2@127.0.0.1:1", timeout=2) is False
     assert "Pushgateway" in caplog.text and "127.0.0.1:1" in caplog.text
     assert "hunter2" not in caplog.text and "bob" not in caplog.text

@@ -1,5 +1,5 @@
 """Every injected fault of the simulated server, through the real CLI: the run completes, every request
-is accounted for, and each failure lands in its documented error class (loadgen.client.ERROR_CLASSES).
+is accounted for, and each failure lands in its documented error class (loadgen.client.client.ERROR_CLASSES).
 
 Each run is a closed loop of 12 requests over 4 streams; the fault fires on every 3rd generation
 request the server sees, so exactly 4 requests meet it (the probe sends no generation request).
@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from loadgen.client import ERROR_CLASSES
+from loadgen.client.client import ERROR_CLASSES
 from tests.conftest import load_report, run_cli, write_scenario
 
 N, EVERY = 12, 3

@@ -11,10 +11,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from loadgen.client.http1 import Response, _Exchange
+from loadgen.client.sse import SseParser
 from loadgen.errors import ConfigError
-from loadgen.http1 import Response, _Exchange
 from loadgen.settings import Settings, build_settings, load_settings
-from loadgen.sse import SseParser
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from loadgen.gaps import RELATIVE_ERROR, GapStore, compact
-from loadgen.metrics import distribution, summarize
+from loadgen.metrics.gaps import RELATIVE_ERROR, GapStore, compact
+from loadgen.metrics.latency import distribution, summarize
 from loadgen.records import RequestRecord
 
 
@@ -70,7 +70,7 @@ def test_crossing_the_limit_loses_no_sample_zeros_and_outliers_included():
 
 def test_record_table_gives_back_the_compacted_records():
     """Every field round-trips, None included, across block boundaries; chunk lists are dropped."""
-    from loadgen.gaps import RecordTable
+    from loadgen.metrics.gaps import RecordTable
 
     table, want = RecordTable(), []
     for i in range(RecordTable.BLOCK + 5):
@@ -92,7 +92,7 @@ def test_record_table_gives_back_the_compacted_records():
 def test_record_table_is_smaller_than_the_records_it_replaces():
     import tracemalloc
 
-    from loadgen.gaps import RecordTable
+    from loadgen.metrics.gaps import RecordTable
 
     def held(make):
         tracemalloc.start()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import loadgen.telemetry
+import loadgen.observe.gpu
 from tests.conftest import ROOT
 from tests.test_telemetry import FakeNvml, RealClock
 
@@ -48,7 +48,7 @@ def check(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
 
     def run(fake: FakeNvml, out: Path) -> tuple[int, dict]:
-        monkeypatch.setattr(loadgen.telemetry, "PynvmlBackend", lambda: fake)
+        monkeypatch.setattr(loadgen.observe.gpu, "PynvmlBackend", lambda: fake)
         code = module.main([str(out), "--idle", "0.6", "--interval", "0.05"])
         return code, json.loads(out.read_text())
 

@@ -1,11 +1,11 @@
-"""The client-health verdict (loadgen.health.assess) on hand-made delays, lags and latencies."""
+"""The client-health verdict (loadgen.metrics.health.assess) on hand-made delays, lags and latencies."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from loadgen.health import assess
+from loadgen.metrics.health import assess
 
 MS = 1_000_000
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadgen import metrics
-from loadgen.html import (
+from loadgen.metrics import latency as metrics
+from loadgen.records import RecordWriter, RequestRecord
+from loadgen.report.html import (
     RUN_FIGURES,
     SWEEP_FIGURES,
     pareto_frontier,
@@ -19,8 +20,7 @@ from loadgen.html import (
     write_run_html,
     write_sweep_html,
 )
-from loadgen.records import RecordWriter, RequestRecord
-from loadgen.svgplot import Axis, Chart, RefLine, Series, cdf, fmt_num, linear_ticks, log_ticks
+from loadgen.report.svgplot import Axis, Chart, RefLine, Series, cdf, fmt_num, linear_ticks, log_ticks
 
 MS = 1_000_000
 URL = "http://127.0.0.1:8123"

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadgen.html import RUN_FIGURES, SWEEP_FIGURES, write_run_html
-from servers.sim_config import SimConfig, service_time_s
+from loadgen.report.html import RUN_FIGURES, SWEEP_FIGURES, write_run_html
+from loadgen.servers.sim.config import SimConfig, service_time_s
 from tests.conftest import load_report, run_cli, write_scenario
 
 pytestmark = pytest.mark.chromium

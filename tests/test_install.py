@@ -50,10 +50,13 @@ def test_pip_install_into_a_fresh_venv_runs_a_builtin_scenario_elsewhere(tmp_pat
                          capture_output=True, text=True, timeout=300, env=env, check=False)
     assert pip.returncode == 0, pip.stdout[-3000:] + pip.stderr[-3000:]
 
-    where = subprocess.run([str(py), "-c", "import loadgen, servers; print(loadgen.__file__); "
-                            "print(servers.__file__)"], capture_output=True, text=True, cwd=elsewhere,
-                           env=env, check=True).stdout.split()
+    where = subprocess.run([str(py), "-c", "import loadgen, loadgen.servers.sim; print(loadgen.__file__); "
+                            "print(loadgen.servers.sim.__file__)"],
+                           capture_output=True, text=True, cwd=elsewhere, env=env, check=True).stdout.split()
     assert all(Path(p).is_relative_to(site) for p in where), where  # the installed copy, not the repo
+    # one top-level package: the simulator and the vLLM launcher live inside loadgen
+    tops = sorted(p.name for p in site.iterdir() if p.is_dir() and (p / "__init__.py").exists())
+    assert "servers" not in tops and "loadgen" in tops, tops
 
     res = subprocess.run([str(venv / "bin" / "loadgen"), "run", "server", "--duration", "1", "--num-requests",
                           "20", "--qps", "20", "--output-len", "8", "--out", "out", "--quiet"],

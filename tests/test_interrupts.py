@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from servers.sim import SimConfig, SimProcess
+from loadgen.servers.sim import SimConfig, SimProcess
 from tests.conftest import ROOT, load_report, run_cli
 
 
@@ -143,7 +143,7 @@ def test_kill_9_mid_run_then_report_rebuilds_everything(tmp_path, server):
 # shell's job does) and the signal goes to the group, or is typed into a real terminal (tmux).
 
 OWN_SIM = ("--qps", "20", "--duration", "30", "--num-requests", "600", "--input-len", "16")
-# the built-in simulator's defaults: TTFT 50 ms, ITL 10 ms (servers.sim_config.SimConfig)
+# the built-in simulator's defaults: TTFT 50 ms, ITL 10 ms (loadgen.servers.sim.config.SimConfig)
 
 
 def start_group(out: Path, *args: str) -> subprocess.Popen[str]:
@@ -198,7 +198,7 @@ def wait_gone(pids: set[int], seconds: float) -> set[int]:
 
 
 def simulator_of(loadgen_pid: int) -> int:
-    sims = [pid for pid, cmd in children(loadgen_pid).items() if "servers.sim" in cmd]
+    sims = [pid for pid, cmd in children(loadgen_pid).items() if "loadgen.servers.sim" in cmd]
     assert len(sims) == 1, children(loadgen_pid)
     return sims[0]
 
@@ -427,7 +427,7 @@ def wait_measuring_file(out: Path, seconds: float, what: str = "requests.jsonl")
 
 
 def test_the_drain_grace_ends_by_cancelling_what_is_still_in_flight(tmp_path, server):
-    from loadgen.runner import RunControl, run_async
+    from loadgen.engine.runner import RunControl, run_async
     from loadgen.settings import Settings
 
     settings = Settings(scenario="server", url=server.url, qps=20, duration_s=30, num_requests=600,

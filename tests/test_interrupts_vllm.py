@@ -2,7 +2,7 @@
 
 The terminal's SIGINT goes to loadgen's whole process group (loadgen leads its own here, as a shell's
 job does); the server loadgen launched leads its own session and must keep serving while loadgen drains,
-then go with loadgen's teardown. If loadgen is killed outright, its watcher (servers.guard) must take
+then go with loadgen's teardown. If loadgen is killed outright, its watcher (loadgen.servers.guard) must take
 the server's whole group down.
 
 Two servers: the launcher tests' stand-in (a few lines of Python that answer /health, with an "engine"

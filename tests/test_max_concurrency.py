@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loadgen.health import admission_times, assess
+from loadgen.metrics.health import admission_times, assess
 from loadgen.records import read_records
 from tests.conftest import load_report, run_cli, write_scenario
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loadgen.metrics import (
+from loadgen.metrics.latency import (
     PERCENTILES,
     RequestArrays,
     Slo,

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binom
 
-from loadgen.mlperf import MlperfParams, MlperfResult, early_stopping_h, evaluate, percentile
+from loadgen.metrics.mlperf import MlperfParams, MlperfResult, early_stopping_h, evaluate, percentile
 from loadgen.records import RequestRecord
 
 MS = 1_000_000
@@ -369,7 +369,7 @@ def _server_records(n: int, qps: float, service_s: float, capacity_qps: float | 
 
 
 def test_sustained_server_keeps_up_and_overloaded_one_does_not():
-    from loadgen.mlperf import MlperfParams, evaluate
+    from loadgen.metrics.mlperf import MlperfParams, evaluate
 
     params = MlperfParams(scenario="Server", min_query_count=1, check_sustained=True)
     ok = evaluate(_server_records(400, qps=20, service_s=1.0), params)
@@ -383,7 +383,7 @@ def test_sustained_server_keeps_up_and_overloaded_one_does_not():
 
 
 def test_sustained_needs_an_issue_span_of_twice_the_median_latency():
-    from loadgen.mlperf import MlperfParams, evaluate
+    from loadgen.metrics.mlperf import MlperfParams, evaluate
 
     params = MlperfParams(scenario="Server", min_query_count=1, check_sustained=True)
     short = evaluate(_server_records(40, qps=20, service_s=3.0), params)  # span 1.95 s, latency 3 s
@@ -398,7 +398,7 @@ def test_sustained_needs_an_issue_span_of_twice_the_median_latency():
 def test_a_short_run_at_three_times_capacity_says_lower_the_qps_not_run_longer():
     """At 3x capacity the median latency grows with the run (about as long as the run itself), so
     "run longer" could never fix it: the growing latency is named instead, with the advice that does."""
-    from loadgen.mlperf import MlperfParams, evaluate
+    from loadgen.metrics.mlperf import MlperfParams, evaluate
 
     params = MlperfParams(scenario="Server", min_query_count=1, check_sustained=True)
     for n in (60, 120):  # 3 s and 6 s of schedule at 20/s, served at 20/3 per s
@@ -411,7 +411,7 @@ def test_a_short_run_at_three_times_capacity_says_lower_the_qps_not_run_longer()
 
 
 def test_too_short_advice_names_a_duration_that_makes_the_check_possible():
-    from loadgen.mlperf import MlperfParams, evaluate
+    from loadgen.metrics.mlperf import MlperfParams, evaluate
 
     params = MlperfParams(scenario="Server", min_query_count=1, check_sustained=True)
     short = evaluate(_server_records(40, qps=20, service_s=3.0), params)  # steady latency 3 s
@@ -425,7 +425,7 @@ def test_too_short_advice_names_a_duration_that_makes_the_check_possible():
 def test_verdict_and_reasons_never_disagree() -> None:
     """valid == (not reasons) on every path: a failed check without its own reason gets one naming it,
     and a reason makes the result INVALID whatever the checks say."""
-    from loadgen.mlperf import _verdict
+    from loadgen.metrics.mlperf import _verdict
 
     bare = evaluate(server_run(459), server_params())
     assert bare.valid and not bare.reasons

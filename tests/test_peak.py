@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-import loadgen.health
+import loadgen.metrics.health
 from loadgen.errors import ConfigError
-from loadgen.peak import PEAK_MIN_QUERIES, find_peak, render_table
+from loadgen.servers.sim.config import SimConfig, capacity_rps, service_time_s
 from loadgen.settings import Settings, build_settings
-from servers.sim_config import SimConfig, capacity_rps, service_time_s
+from loadgen.study.peak import PEAK_MIN_QUERIES, find_peak, render_table
 
 
 @dataclass
@@ -166,7 +166,7 @@ def test_find_peak_on_the_simulator(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert service_time_s(cfg, IN_LEN, OUT_LEN, 32) == pytest.approx(0.250)
     cap = capacity_rps(cfg, IN_LEN, OUT_LEN)
     assert cap == pytest.approx(128.0)
-    monkeypatch.setattr(loadgen.health, "ISSUE_DELAY_P99_LIMIT_MS", 25.0)
+    monkeypatch.setattr(loadgen.metrics.health, "ISSUE_DELAY_P99_LIMIT_MS", 25.0)
     base = build_settings({
         "scenario": "server", "qps": 1, "duration_s": 1, "input_len": IN_LEN, "output_len": OUT_LEN,
         "sim": SIM, "progress": False, "slo": {"ttft_ms": 10 + 250, "tpot_ms": 50},
@@ -186,7 +186,7 @@ def test_find_peak_cli_needs_a_bound(tmp_path: Path) -> None:
     import typer
     from typer.testing import CliRunner
 
-    from loadgen.cli_analysis import register
+    from loadgen.cli.study import register
     from tests.conftest import write_scenario
 
     app = typer.Typer()
@@ -209,7 +209,7 @@ PRESET_OUT = 15
 def _cli_app():
     import typer
 
-    from loadgen.cli_analysis import register
+    from loadgen.cli.study import register
 
     app = typer.Typer()
     app.command("noop")(lambda: None)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from loadgen.errors import ConfigError
-from loadgen.plan import PlanInputs, interpolate, load_source, make_plan, render
+from loadgen.study.plan import PlanInputs, interpolate, load_source, make_plan, render
 
 # Five concurrency points. Output tokens/s = requests/s × 128 (so 128 output tokens per request).
 # Point 3 meets the SLO but is INVALID (too few queries, say); point 4 misses the TTFT bound.
@@ -123,7 +123,7 @@ def test_plan_cli_writes_plan_json(tmp_path: Path) -> None:
     import typer
     from typer.testing import CliRunner
 
-    from loadgen.cli_analysis import register
+    from loadgen.cli.study import register
 
     app = typer.Typer()
     app.command("noop")(lambda: None)

@@ -16,13 +16,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from loadgen.client import Client, ClientOptions
-from loadgen.prefix import shared_prefix, ttft_by_group
+from loadgen.client.client import Client, ClientOptions
 from loadgen.records import RequestRecord
-from loadgen.scenarios import seeded_rngs
+from loadgen.schedule.trace import seeded_rngs
+from loadgen.servers.vllm import VllmLauncher
 from loadgen.settings import PrefixSpec, Settings
-from loadgen.tokens import WordCounter
-from servers.vllm import VllmLauncher
+from loadgen.workload.prefix import shared_prefix, ttft_by_group
+from loadgen.workload.tokens import WordCounter
 from tests.conftest_vllm import (
     TINY_MODEL_NAME,
     VLLM_ARGS,

@@ -7,8 +7,8 @@ import asyncio
 import io
 import re
 
-from loadgen.issuer import IssueStats
-from loadgen.progress import Progress
+from loadgen.engine.issuer import IssueStats
+from loadgen.engine.progress import Progress
 from tests.conftest import run_cli
 
 LINE = re.compile(

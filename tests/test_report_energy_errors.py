@@ -1,7 +1,7 @@
 """GPU energy and failed requests in every output: report.json, summary.txt (under "Additional Stats",
 MLPerf's layout kept), the console summary, report.html and the exporter's gauges.
 
-The GPU runs go through the real runner and the real :class:`loadgen.telemetry.GpuSampler`, with only
+The GPU runs go through the real runner and the real :class:`loadgen.observe.gpu.GpuSampler`, with only
 NVML replaced (the fake of tests/test_telemetry.py on the real clock): two GPUs drawing a constant
 200 W and 300 W whose energy counters are the exact integral, so every energy figure is known from the
 run's duration and token count alone.
@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import loadgen.telemetry
+import loadgen.observe.gpu
+from loadgen.engine.runner import run
 from loadgen.records import read_records
-from loadgen.report import render_console
-from loadgen.runner import run
+from loadgen.report.build import render_console
 from loadgen.settings import load_settings
 from tests.conftest import load_report, run_cli, write_scenario
 from tests.test_mlperf import parse_summary
@@ -28,7 +28,7 @@ WATTS = (200.0, 300.0)
 
 
 def _run_with_nvml(monkeypatch, tmp_path: Path, fake: FakeNvml, **extra) -> Path:
-    monkeypatch.setattr(loadgen.telemetry, "PynvmlBackend", lambda: fake)
+    monkeypatch.setattr(loadgen.observe.gpu, "PynvmlBackend", lambda: fake)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     out = tmp_path / "run"
     settings = load_settings("concurrency", {

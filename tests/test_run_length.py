@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from loadgen.errors import ConfigError
-from loadgen.run_length import expected_length
-from loadgen.scenarios import build_trace, seeded_rngs
+from loadgen.schedule.length import expected_length
+from loadgen.schedule.trace import build_trace, seeded_rngs
 from loadgen.settings import Settings, load_settings
 from tests.conftest import load_report, run_cli, write_scenario
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from loadgen.scenarios import build_trace, constant_offsets, poisson_offsets, seeded_rngs
+from loadgen.schedule.trace import build_trace, constant_offsets, poisson_offsets, seeded_rngs
 from loadgen.settings import Settings
 
 
@@ -58,8 +58,8 @@ def test_changing_qps_keeps_the_sample_order():
 def test_changing_qps_sends_the_same_prompts_first(extra):
     """The prompt set is sized from qps × duration, yet the queries both runs send carry the same
     prompts and lengths, in the same order (MLPERF.md: changing QPS must not change the sample order)."""
-    from loadgen.dataset_files import load_dataset
-    from loadgen.tokens import WordCounter
+    from loadgen.workload.files import load_dataset
+    from loadgen.workload.tokens import WordCounter
 
     def sent(qps: float) -> list[tuple[str, int, int]]:
         s = Settings(scenario="server", qps=qps, duration_s=5, num_requests=1, seed=11, **extra)

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loadgen.arrivals import RateProfile, constant_offsets, poisson_offsets, renewal_offsets
 from loadgen.errors import ConfigError
-from loadgen.scenarios import build_trace, seeded_rngs
+from loadgen.schedule.arrivals import RateProfile, constant_offsets, poisson_offsets, renewal_offsets
+from loadgen.schedule.trace import build_trace, seeded_rngs
 from loadgen.settings import Settings
 from tests.conftest import run_cli, write_scenario
 

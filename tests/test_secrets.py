@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from servers.sim import FaultSpec, SimConfig, SimProcess
+from loadgen.servers.sim import FaultSpec, SimConfig, SimProcess
 from tests.conftest import ROOT, run_cli
 
 KEY = "sk-canary-8f3a" + secrets.token_hex(12)

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from loadgen.server_metrics import (
+from loadgen.observe.promtext import (
     NO_METRICS_NOTE,
     Histogram,
     counter_deltas,
@@ -22,8 +22,8 @@ from loadgen.server_metrics import (
     metrics_endpoint,
     parse_exposition,
 )
-from loadgen.server_scraper import ServerMetricsScraper
-from servers.sim import SimProcess
+from loadgen.observe.scrape import ServerMetricsScraper
+from loadgen.servers.sim import SimProcess
 from tests.conftest import load_report, run_cli
 
 # Two engines of one model, as vLLM exposes them (names, label sets and *_created samples included).
@@ -287,7 +287,7 @@ def test_scraper_skips_when_connection_is_refused() -> None:
 
 
 def test_selected_parser_agrees_with_the_full_parser():
-    from loadgen.server_metrics import DEFAULT_COUNTERS, DEFAULT_GAUGES, DEFAULT_HISTOGRAMS, parse_selected
+    from loadgen.observe.promtext import DEFAULT_COUNTERS, DEFAULT_GAUGES, DEFAULT_HISTOGRAMS, parse_selected
 
     for text in (BEFORE, AFTER):
         full = parse_exposition(text)

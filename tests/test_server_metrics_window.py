@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from loadgen.server_scraper import ServerMetricsScraper
+from loadgen.observe.scrape import ServerMetricsScraper
 from tests.conftest import load_report, run_cli
 from tests.test_server_metrics import FakeVllmMetrics, _serve, _wait_for
 

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from loadgen.client import Client, ClientOptions
+from loadgen.client.client import Client, ClientOptions
 from loadgen.records import RequestRecord
-from loadgen.scenarios import seeded_rngs
-from loadgen.sessions import client_sender, plan_sessions, run_sessions, turn_summary
+from loadgen.schedule.trace import seeded_rngs
+from loadgen.servers.sim import SimConfig, SimServer
 from loadgen.settings import Settings
-from loadgen.tokens import WordCounter
-from servers.sim import SimConfig, SimServer
+from loadgen.workload.conversations import client_sender, plan_sessions, run_sessions, turn_summary
+from loadgen.workload.tokens import WordCounter
 
 EXACT = WordCounter(exact=True)
 
@@ -82,7 +82,7 @@ def test_a_failed_turn_ends_that_users_conversation():
 
 
 class TextClient(Client):
-    """Stand-in for the ``fill(..., keep_text=True) -> str`` hook asked of loadgen.client: the
+    """Stand-in for the ``fill(..., keep_text=True) -> str`` hook asked of loadgen.client.client: the
     client already collects the text pieces when it has a tokenizer; this keeps them per record."""
 
     def __init__(self, *args, **kw):

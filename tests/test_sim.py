@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from servers.sim import FaultSpec, SimConfig, SimServer, parse_fault
+from loadgen.servers.sim import FaultSpec, SimConfig, SimServer, parse_fault
 
 FAST = {"ttft_ms": 2.0, "itl_ms": 1.0}
 

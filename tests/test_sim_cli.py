@@ -1,4 +1,5 @@
-"""``loadgen sim`` itself (the typer command, not ``python -m servers.sim``): started as a subprocess on a
+"""``loadgen sim`` itself (the typer command, not ``python -m loadgen.servers.sim``): started as a
+subprocess on a
 free port, it serves /health, /v1/models and a stream with the configured TTFT, and stops on SIGTERM."""
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from servers.sim import SimConfig, SimLaunchError, SimProcess, capacity_rps, service_time_s
+from loadgen.servers.sim import SimConfig, SimLaunchError, SimProcess, capacity_rps, service_time_s
 
 
 def words(n: int) -> str:
@@ -176,6 +176,7 @@ def test_cli_rejects_bad_config_json() -> None:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "servers.sim", "--config-json", json.dumps({"max_seqs": 0})],
+    out = subprocess.run([sys.executable, "-m", "loadgen.servers.sim", "--config-json",
+                          json.dumps({"max_seqs": 0})],
                          capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 2 and "max_seqs" in out.stderr and out.stdout == ""

@@ -3,7 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loadgen.sse import SseParser
+from loadgen.client.sse import SseParser
 
 STREAM = (
     b'data: {"choices":[{"text":" a"}]}\n\n'

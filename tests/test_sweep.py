@@ -13,12 +13,14 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-import loadgen.health
-from loadgen.cli_analysis import register
+import loadgen.metrics.health
+from loadgen.cli.study import register
+from loadgen.engine.runner import run
 from loadgen.errors import ConfigError
-from loadgen.runner import run
+from loadgen.servers.sim.config import SimConfig, capacity_rps, service_time_s
+from loadgen.servers.vllm import VllmLaunchSpec
 from loadgen.settings import build_settings
-from loadgen.sweep import (
+from loadgen.study.sweep import (
     ROW_FIELDS,
     find_knee,
     find_knees,
@@ -31,8 +33,6 @@ from loadgen.sweep import (
     replace_flag,
     run_sweep,
 )
-from servers.sim_config import SimConfig, capacity_rps, service_time_s
-from servers.vllm import VllmLaunchSpec
 from tests.conftest import write_scenario
 from tests.conftest_vllm import (
     VLLM_ARGS,
@@ -139,7 +139,7 @@ def test_concurrency_sweep_knee_at_max_seqs(tmp_path: Path, monkeypatch: pytest.
     so a hiccup in the c = 8 tail cannot hide the jump to c = 16."""
     # The plan below skips client-limited points; on 2 shared cores a closed loop's issue delay can pass
     # the 1 ms client check when 8 requests end together, which says nothing about the server here.
-    monkeypatch.setattr(loadgen.health, "ISSUE_DELAY_P99_LIMIT_MS", 25.0)
+    monkeypatch.setattr(loadgen.metrics.health, "ISSUE_DELAY_P99_LIMIT_MS", 25.0)
     cfg = SimConfig(**SIM)  # type: ignore[arg-type]
     cap = capacity_rps(cfg, 16, OUT_LEN)
     assert service_time_s(cfg, 16, OUT_LEN, 8) == pytest.approx(0.170)

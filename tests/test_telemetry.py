@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from loadgen.telemetry import GpuSampler, NvmlError, NvmlNotSupported, PynvmlBackend
+from loadgen.observe.gpu import GpuSampler, NvmlError, NvmlNotSupported, PynvmlBackend
 
 S = 1_000_000_000
 

@@ -13,16 +13,16 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 
-from loadgen.client import Client, ClientOptions
-from loadgen.dataset_files import load_dataset
+from loadgen.client.client import Client, ClientOptions
+from loadgen.engine.issuer import Issuer
+from loadgen.engine.workers import preconnect_count
 from loadgen.errors import ConfigError
-from loadgen.issuer import Issuer
-from loadgen.scenarios import build_trace, seeded_rngs
+from loadgen.schedule.trace import build_trace, seeded_rngs
+from loadgen.servers.sim import SimConfig, SimProcess, SimServer
 from loadgen.settings import ReplaySpec, Scenario, Settings
-from loadgen.tokens import LocalTokenizer, WordCounter
-from loadgen.traces import read_azure, read_mooncake, retime
-from loadgen.workers import preconnect_count
-from servers.sim import SimConfig, SimProcess, SimServer
+from loadgen.workload.files import load_dataset
+from loadgen.workload.tokens import LocalTokenizer, WordCounter
+from loadgen.workload.traces import read_azure, read_mooncake, retime
 from tests.conftest import run_cli, write_scenario
 from tests.tiny_model import write_tiny_model
 
@@ -206,7 +206,7 @@ def _capturing_sim(cfg, monkeypatch):
     """The simulator on its own event loop in a thread of this process, recording every generation
     request as it arrives: (CLOCK_MONOTONIC ns, JSON body). CLOCK_MONOTONIC is shared with the loadgen
     subprocess, so arrival times can be set against its schedule."""
-    from servers.sim_openai import SimApp
+    from loadgen.servers.sim.openai import SimApp
 
     captured: list[tuple[int, dict]] = []
     generate = SimApp.generate

@@ -6,7 +6,7 @@ against the built-in simulator it starts, every scenario x {count-bound, duratio
   ``--num-requests`` queries with the minimum duration passed before the count was met; duration-bound
   ones issue more, and stop by LoadGen's rule (the schedule's, or each closed-loop stream's, first
   issue at or after ``--duration`` is its last).
-- At 3x the simulator's analytic capacity (``servers.sim.capacity_rps``) Server-rules scenarios are
+- At 3x the simulator's analytic capacity (``loadgen.servers.sim.capacity_rps``) Server-rules scenarios are
   INVALID for the latency bound (and, open loop, for not keeping up), with advice that lowers the load
   and none that contradicts it. Where the load cannot exceed the capacity (Offline sends everything
   at once; one SingleStream stream; a MultiStream query of 3x the server's slots) MLPerf has no latency
@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from servers.sim import SimConfig, capacity_rps, service_time_s
+from loadgen.servers.sim import SimConfig, capacity_rps, service_time_s
 from tests.conftest import load_report, run_cli, write_scenario
 
 CLOSED = {"singlestream", "multistream", "concurrency"}

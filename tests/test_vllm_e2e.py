@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from loadgen.server_metrics import cross_check_problems
+from loadgen.observe.promtext import cross_check_problems
 from tests.conftest import ROOT, load_report, run_cli, write_scenario
 from tests.conftest_vllm import (
     TINY_MODEL_NAME,

@@ -83,7 +83,7 @@ def test_help_lists_the_vllm_names():
 
 
 def test_other_commands_keep_their_own_options_of_those_names():
-    from loadgen.cli_aliases import unsupported_vllm_flag
+    from loadgen.cli.aliases import unsupported_vllm_flag
 
     assert unsupported_vllm_flag(["sim", "--port", "0"]) is None
     assert unsupported_vllm_flag(["run", "server", "--port", "8000"]) is not None

@@ -27,8 +27,8 @@ import aiohttp
 import pytest
 
 from loadgen.errors import ConfigError, LaunchError
-from loadgen.server_scraper import ServerMetricsScraper
-from servers.vllm import VllmLauncher, VllmLaunchSpec
+from loadgen.observe.scrape import ServerMetricsScraper
+from loadgen.servers.vllm import VllmLauncher, VllmLaunchSpec
 from tests.conftest_vllm import (
     TINY_MODEL_NAME,
     group_members,

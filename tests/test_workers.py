@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from loadgen.engine.workers import split_trace
 from loadgen.records import read_records
-from loadgen.scenarios import build_trace, seeded_rngs
+from loadgen.schedule.trace import build_trace, seeded_rngs
 from loadgen.settings import Settings
-from loadgen.workers import split_trace
 from tests.conftest import load_report, run_cli, write_scenario
 
 

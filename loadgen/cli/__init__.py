@@ -1,0 +1,1 @@
+"""The ``loadgen`` command line: a thin shell over the Python API."""

@@ -1,0 +1,1 @@
+"""ONE request, timed at the byte: request bodies, HTTP transports, SSE parsing, endpoint probes."""

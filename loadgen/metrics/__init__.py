@@ -1,0 +1,1 @@
+"""PURE numbers: latency summaries, inter-token gaps, MLPerf rules, the validity verdict, client health."""

@@ -1,0 +1,1 @@
+"""BESIDE the run: live Prometheus exporter, GPU telemetry, server /metrics scraping."""

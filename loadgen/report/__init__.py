@@ -1,0 +1,1 @@
+"""OUTPUTS: report.json, summary.txt, the console view and the self-contained HTML."""

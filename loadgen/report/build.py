@@ -1,0 +1,337 @@
+"""Reports: ``report.json`` (the source of truth), ``summary.txt`` (MLPerf layout) and the console view.
+
+:func:`build_report` turns run metadata plus records into the report; :func:`rebuild` does the same from
+files on disk (a report folder, ``report.json`` or ``requests.jsonl`` with its ``run.json``), which is
+how ``loadgen report`` re-renders a run and how a crashed run gets its report after all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from loadgen.errors import ReportError
+from loadgen.metrics import latency as metrics
+from loadgen.metrics import mlperf
+from loadgen.metrics.gaps import GapStore, compact
+from loadgen.records import RequestRecord, iter_records
+from loadgen.settings import Scenario, Settings
+
+if TYPE_CHECKING:
+    from loadgen.engine.issuer import IssueStats
+    from loadgen.metrics.health import ClientHealth
+
+SCHEMA_VERSION = 1
+_MLPERF_SCENARIO: dict[Scenario, mlperf.ScenarioName] = {
+    Scenario.SINGLESTREAM: "SingleStream",
+    Scenario.MULTISTREAM: "MultiStream",
+    Scenario.SERVER: "Server",
+    Scenario.CONSTANT: "Server",  # open loop with scheduled times: Server's rules apply as they are
+    Scenario.CONCURRENCY: "Server",  # closed loop; judged by Server's latency and early-stopping rules
+    Scenario.OFFLINE: "Offline",
+    Scenario.REPLAY: "Server",  # open loop from a trace's timestamps: Server's rules, the trace's length
+}
+
+
+@dataclass
+class Report:
+    data: dict[str, Any]
+    mlperf_result: mlperf.MlperfResult
+    scenario_note: str | None = None  # beyond MLPerf: "(concurrency: not an MLPerf scenario; ...)"
+
+    @property
+    def valid(self) -> bool:
+        return bool(self.data["validity"]["valid"])
+
+    @property
+    def summary_text(self) -> str:
+        """``summary.txt`` from the report as it is now (server metrics and GPU telemetry are added to
+        ``data`` after :func:`build_report`): LoadGen's layout, plus :func:`additional_stats`."""
+        text = self.mlperf_result.summary_text(additional_stats(self.data))
+        if self.scenario_note:
+            text = text.replace("Scenario : Server", f"Scenario : Server {self.scenario_note}", 1)
+        return text
+
+
+def _num(x: float | None, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def additional_stats(data: dict[str, Any]) -> list[str]:
+    """``summary.txt`` lines beyond LoadGen's (under "Additional Stats"; each ``key : value``, the key
+    free of ``:``): failed requests in all, by error class and by HTTP status, and the GPU energy over
+    the measured window — or why there is none."""
+    r = data.get("results") or {}
+    lines = [f"Failed requests : {r.get('requests_failed', 0)}"]
+    lines += [f"Failed requests of class {k} : {v}"
+              for k, v in sorted((r.get("errors_by_class") or {}).items())]
+    lines += [f"Failed requests with HTTP status {k} : {v}"
+              for k, v in sorted((r.get("errors_by_status") or {}).items())]
+    tel = data.get("telemetry")
+    if isinstance(tel, dict) and not tel.get("available"):
+        lines.append(f"GPU telemetry : unavailable: {tel.get('reason') or 'unknown reason'}")
+    elif isinstance(tel, dict):
+        total = tel.get("total") or {}
+        power = total.get("power_w") or {}
+        lines += [
+            f"GPU energy (J) : {_num(total.get('energy_j'), '.2f')}",
+            f"GPU energy method : {total.get('energy_method') or 'n/a'}",
+            f"GPU joules per output token : {_num(total.get('joules_per_output_token'), '.6f')}",
+            f"GPU output tokens per joule : {_num(total.get('output_tokens_per_joule'), '.4f')}",
+            f"GPU mean power (W) : {_num(power.get('mean'), '.2f')}",
+            f"GPU peak power (W) : {_num(power.get('peak'), '.2f')}",
+        ]
+    return lines
+
+
+def mlperf_params(settings: Settings, sut_name: str) -> mlperf.MlperfParams:
+    slo = settings.effective_slo
+    replay = settings.scenario == Scenario.REPLAY
+    ns = 1_000_000
+    return mlperf.MlperfParams(
+        scenario=_MLPERF_SCENARIO[settings.scenario],
+        target_qps=settings.qps if settings.scenario in (Scenario.SERVER, Scenario.CONSTANT) else None,
+        ttft_bound_ns=int(slo.ttft_ms * ns) if slo.ttft_ms else None,
+        tpot_bound_ns=int(slo.tpot_ms * ns) if slo.tpot_ms else None,
+        # a replayed trace is its own minimum: its window's rows, whatever the duration
+        min_duration_ns=0 if replay else int(settings.duration_s * 1e9),
+        min_query_count=1 if replay else settings.num_requests,
+        target_latency_percentile=settings.latency_percentile,
+        samples_per_query=settings.samples_per_query if settings.scenario == Scenario.MULTISTREAM else 1,
+        sut_name=sut_name,
+        check_sustained=settings.scenario in (Scenario.SERVER, Scenario.CONSTANT, Scenario.REPLAY),
+        closed_loop=settings.scenario == Scenario.CONCURRENCY,
+    )
+
+
+def build_report(
+    meta: dict[str, Any],
+    records: list[RequestRecord],
+    *,
+    settings: Settings,
+    health: ClientHealth | None = None,
+    stats: IssueStats | None = None,
+    interrupted: bool = False,
+    itl: dict[str, Any] | None = None,
+) -> Report:
+    """``itl``: the ITL distribution pooled while records were compacted (see loadgen.metrics.gaps)."""
+    measured = [r for r in records if not r.warmup]
+    slo = settings.effective_slo
+    results = metrics.summarize(
+        measured, slo=metrics.Slo(ttft_ms=slo.ttft_ms, tpot_ms=slo.tpot_ms, e2e_ms=slo.e2e_ms), itl=itl
+    )
+    server = meta.get("server") or {}
+    sut = f"{server.get('model') or settings.model or '?'} @ {server.get('url') or settings.url or '?'}"
+    limited = "; ".join(health.reasons) if health is not None and health.limited else None
+    stopped = stats.stopped_early if stats is not None else None
+    ml = mlperf.evaluate(measured, mlperf_params(settings, sut), client_limited=limited,
+                         stopped_early=stopped, interrupted=interrupted)
+    results["retries_total"] = ml.retries_total
+    data = {
+        **meta,
+        "schema_version": SCHEMA_VERSION,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "interrupted": interrupted,
+        "stopped_early": stopped,
+        "results": results,
+        # the one verdict: report.json, summary.txt, the console and the HTML all show this one
+        "validity": {"valid": ml.valid, "reasons": list(ml.reasons)},
+        "mlperf": ml.to_dict(),
+        "client": health.to_dict() if health is not None else None,
+    }
+    note = None
+    if settings.scenario in (Scenario.CONCURRENCY, Scenario.CONSTANT, Scenario.REPLAY):
+        note = f"({settings.scenario.mlperf_name}: not an MLPerf scenario; judged by Server's rules)"
+    return Report(data, ml, note)
+
+
+def write_outputs(out_dir: Path, report: Report) -> None:
+    """``report.json`` and ``summary.txt``; ``requests.jsonl`` was written during the run."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report.data.setdefault("files", {})
+    report.data["files"].update({
+        "report": "report.json", "summary": "summary.txt", "requests": "requests.jsonl",
+        "html": "report.html",
+    })
+    (out_dir / "report.json").write_bytes(
+        orjson.dumps(report.data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    )
+    (out_dir / "summary.txt").write_text(report.summary_text)
+    from loadgen.report.html import write_run_html  # the plots are only needed here
+
+    write_run_html(out_dir)
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    try:
+        data = orjson.loads(path.read_bytes())
+    except OSError as exc:
+        raise ReportError(f"cannot read {path}: {exc.strerror}.") from exc
+    except orjson.JSONDecodeError as exc:
+        raise ReportError(f"{path} is not valid JSON ({exc}).") from exc
+    if not isinstance(data, dict):
+        raise ReportError(f"{path} is not a loadgen report (expected a JSON object).")
+    return data
+
+
+def rebuild(path: Path) -> Report | dict[str, Any]:
+    """Re-read a run: ``report.json`` as it is, or a fresh report from ``requests.jsonl`` + ``run.json``.
+
+    Returns the stored report dict for a ``report.json``; a new :class:`Report` when rebuilding.
+    """
+    if path.is_dir():
+        if (path / "report.json").is_file():
+            return load_json(path / "report.json")
+        path = path / "requests.jsonl"
+    if not path.exists():
+        raise ReportError(
+            f"{path} does not exist. Give a run folder, its report.json or its requests.jsonl."
+        )
+    if path.suffix == ".json":
+        data = load_json(path)
+        if "results" not in data:
+            raise ReportError(f"{path} is not a loadgen report (no `results`).")
+        return data
+    gaps = GapStore()
+    records = []
+    for rec in iter_records(path):
+        gaps.add_record(rec)
+        records.append(compact(rec))
+    run_json = path.parent / "run.json"
+    if not run_json.is_file():
+        raise ReportError(
+            f"{run_json} is missing: it holds the run's settings, which the report needs next to "
+            f"{path.name}. Copy it from the run folder."
+        )
+    meta = load_json(run_json)
+    try:
+        settings = Settings.model_validate(meta["settings"])
+    except (KeyError, ValueError) as exc:
+        raise ReportError(f"{run_json} has no usable settings ({exc}).") from exc
+    report = build_report(meta, records, settings=settings, itl=gaps.distribution())
+    report.data["rebuilt_from"] = str(path.name)
+    return report
+
+
+# ---- console view ----------------------------------------------------------------------------------
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.{digits}f}"
+
+
+def _console_errors(r: dict[str, Any]) -> list[str]:
+    lines = []
+    for key, what in (("errors_by_class", "class"), ("errors_by_status", "HTTP status")):
+        if r.get(key):
+            lines.append(f"errors by {what}: " + ", ".join(f"{k}: {v}" for k, v in sorted(r[key].items())))
+    return lines
+
+
+def _console_gpu(tel: dict[str, Any]) -> list[str]:
+    if not tel:
+        return []  # --no-gpu-telemetry
+    if not tel.get("available"):
+        return [f"GPU telemetry unavailable: {tel.get('reason') or 'unknown reason'}"]
+    total = tel.get("total") or {}
+    power = total.get("power_w") or {}
+    return [
+        f"GPU: {_fmt(total.get('energy_j'), 0)} J over the run ({total.get('energy_method')}), "
+        f"{_fmt(total.get('joules_per_output_token'), 4)} J/output token, "
+        f"{_fmt(total.get('output_tokens_per_joule'), 2)} output tokens/J, power mean "
+        f"{_fmt(power.get('mean'), 0)} W, peak {_fmt(power.get('peak'), 0)} W"
+    ]
+
+
+def _slot_wait(client: dict[str, Any]) -> str:
+    wait = client.get("slot_wait_ms")
+    if not client.get("max_concurrency") or not wait:
+        return ""
+    return (f" (of which waiting for one of --max-concurrency {client['max_concurrency']} slots: p50/p99 "
+            f"{_fmt(wait.get('p50'), 3)}/{_fmt(wait.get('p99'), 3)} ms)")
+
+
+def render_console(data: dict[str, Any]) -> str:
+    """The human summary printed at the end of a run and by ``loadgen report``."""
+    s = data.get("settings", {})
+    r = data["results"]
+    server = data.get("server") or {}
+    scen = str(s.get("scenario", "?"))
+    head = f"loadgen {scen}"
+    if s.get("qps"):
+        head += f" @ {s['qps']:g} QPS"
+    if scen == "concurrency":
+        head += f" x{s.get('concurrency')}"
+    head += f" against {server.get('url', s.get('url'))} (model {server.get('model', s.get('model'))})"
+    lines = [head, "=" * len(head)]
+    lines.append(
+        f"requests: {r['requests_completed']} completed, {r['requests_failed']} failed in "
+        f"{_fmt(r.get('duration_s'))} s | {_fmt(r.get('requests_per_s'))} req/s | "
+        f"{_fmt(r.get('output_tokens_per_s'), 0)} output tok/s | {_fmt(r.get('total_tokens_per_s'), 0)} "
+        f"total tok/s"
+    )
+    lines += _console_errors(r)
+    lines.append("")
+    lines.append(f"{'(ms)':<24}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}{'p99.9':>10}")
+    rows = [
+        ("TTFT (from sent)", "ttft_ms"),
+        ("TTFT (from scheduled)", "ttft_from_scheduled_ms"),
+        ("ITL", "itl_ms"),
+        ("TPOT", "tpot_ms"),
+        ("E2E", "e2e_ms"),
+    ]
+    for label, key in rows:
+        d = r.get(key) or {}
+        lines.append(
+            f"{label:<24}{_fmt(d.get('mean')):>10}{_fmt(d.get('p50')):>10}{_fmt(d.get('p90')):>10}"
+            f"{_fmt(d.get('p99')):>10}{_fmt(d.get('p99_9')):>10}"
+        )
+    src = r.get("tokens_source") or {}
+    if src:
+        lines.append("output tokens counted from: " + ", ".join(f"{k} ({v})" for k, v in src.items() if v))
+    if (data.get("dataset") or {}).get("input_tokens_exact") is False:
+        lines.append(
+            f"input tokens: APPROXIMATE (counted as {data['dataset'].get('token_counter')}: no --tokenizer "
+            "was given and the server has no /tokenize); pass --tokenizer DIR for exact counts"
+        )
+    goodput = r.get("goodput")
+    if goodput:
+        lines.append(
+            f"goodput: {_fmt(goodput.get('requests_per_s'))} req/s met every SLO "
+            f"({_fmt(100 * (goodput.get('fraction') or 0), 1)}% of requests)"
+        )
+    client = data.get("client")
+    if client:
+        iss, lag = client["issue_delay_ms"], client["loop_lag_ms"]
+        lines.append(
+            f"client: issue delay p50/p99/max {_fmt(iss.get('p50'), 3)}/{_fmt(iss.get('p99'), 3)}/"
+            f"{_fmt(iss.get('max'), 3)} ms{_slot_wait(client)}, loop lag p99 {_fmt(lag.get('p99'), 3)} ms, "
+            f"CPU {_fmt(client.get('cpu_cores'))} cores"
+            + (f", concurrency held {client['concurrency_held']:.2%}"
+               if client.get("concurrency_held") else "")
+            + (" -- CLIENT-LIMITED" if client.get("client_limited") else "")
+        )
+    cross = (data.get("server_metrics") or {}).get("cross_check") or {}
+    if cross.get("server_ttft_p50_ms") is not None:
+        lines.append(
+            f"server cross-check: client TTFT p50 {_fmt(cross['client_ttft_p50_ms'])} ms vs the server's own "
+            f"histogram {_fmt(cross['server_ttft_p50_ms'])} ms (difference {_fmt(cross['difference_ms'])} "
+            f"ms; the server's value is known to +/- {_fmt(cross['bucket_resolution_ms'], 1)} ms)"
+        )
+    hit_rate = (data.get("server_metrics") or {}).get("prefix_cache_hit_rate")
+    if hit_rate is not None:
+        lines.append(f"server prefix cache: {hit_rate:.1%} of prompt tokens were cached")
+    if (data.get("server_metrics") or {}).get("note"):
+        lines.append(f"server metrics: {data['server_metrics']['note']}")
+    lines += _console_gpu(data.get("telemetry") or {})
+    lines.append("")
+    v = data["validity"]
+    lines.append("Result is : VALID" if v["valid"] else "Result is : INVALID")
+    lines.extend(f"  - {reason}" for reason in v["reasons"])
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""WHEN it is sent: arrival processes, the trace of due times fixed before the clock, run length."""

@@ -1,0 +1,1 @@
+"""What loadgen starts and stops: the built-in simulated server and the vLLM launcher."""

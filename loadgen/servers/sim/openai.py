@@ -1,0 +1,291 @@
+"""OpenAI/vLLM protocol of the simulated server: routes, request validation, response shapes, faults.
+
+Shapes follow vLLM's OpenAI-compatible server: streaming chunks carry ``"usage": null`` unless
+``continuous_usage_stats`` is asked for, the last content chunk has ``"finish_reason": "length"``, an
+``include_usage`` chunk has ``"choices": []``, and ``data: [DONE]`` ends every stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import zlib
+from typing import Any
+
+import orjson
+
+from loadgen.servers.sim.config import FaultSpec, SimConfig
+from loadgen.servers.sim.engine import Engine, Seq
+from loadgen.servers.sim.http import Conn, Request
+from loadgen.servers.sim.metrics import render_metrics, stats
+from loadgen.servers.sim.sinks import JsonSink, StreamSink, error_body
+
+WORDS = 4096
+
+
+_err = error_body
+
+
+FAULT_STATUS = {"http_429": (429, "TooManyRequestsError"), "http_500": (500, "InternalServerError"),
+                "http_503": (503, "ServiceUnavailableError")}
+
+
+class FaultPicker:
+    """Chooses at most one fault per generation request, deterministically from the seed and the
+    request's arrival index. Every rate-based spec draws for every request, so the choices of one spec
+    do not depend on whether an earlier one fired."""
+
+    def __init__(self, faults: tuple[FaultSpec, ...], seed: int) -> None:
+        self.faults = faults
+        self.rng = random.Random(seed ^ 0x5EED_FA17)
+        self.n = 0
+
+    def pick(self) -> FaultSpec | None:
+        self.n += 1
+        chosen = None
+        for spec in self.faults:
+            draw = self.rng.random() if spec.rate > 0 else 1.0
+            fires = (spec.every > 0 and self.n % spec.every == 0) or draw < spec.rate
+            if fires and chosen is None:
+                chosen = spec
+        return chosen
+
+
+def _words(text: Any) -> int:
+    if isinstance(text, str):
+        return len(text.split())
+    if isinstance(text, list):  # content parts: [{"type": "text", "text": ...}, ...]
+        return sum(len(p.get("text", "").split()) for p in text if isinstance(p, dict))
+    return 0
+
+
+class SimApp:
+    """Routes requests to handlers; owns the engine, the fault picker and the outcome counters."""
+
+    def __init__(self, cfg: SimConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.cfg = cfg
+        self.loop = loop
+        self.engine = Engine(cfg, loop)
+        self.faults = FaultPicker(cfg.faults, cfg.seed)
+        rng = random.Random(cfg.seed)
+        self.words = [f" w{rng.randrange(10000):04d}" for _ in range(WORDS)]
+        self._ids = random.Random(cfg.seed ^ 0x1D5)
+        self.model_json = orjson.dumps(cfg.model)
+        self.created = int(time.time())
+        self.started_ns = time.perf_counter_ns()
+        self.outcomes: dict[str, int] = {}
+        self.fault_counts: dict[str, int] = {}
+        self.requests = 0
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def count(self, outcome: str) -> None:
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+    def count_fault(self, kind: str, terminal: bool = True) -> None:
+        """Count an injected fault; ``terminal`` ones also end the request (outcome ``fault``)."""
+        self.fault_counts[kind] = self.fault_counts.get(kind, 0) + 1
+        if terminal:
+            self.count("fault")
+
+    def text(self, base: int, lo: int, hi: int) -> str:
+        w = self.words
+        if lo == hi:
+            return w[(base + lo) % WORDS]
+        return "".join(w[(base + j) % WORDS] for j in range(lo, hi + 1))
+
+    def stats(self) -> dict[str, Any]:
+        return stats(self)
+
+    # -- connection events --------------------------------------------------------------------------
+
+    def on_lost(self, conn: Conn) -> None:
+        seq = conn.active
+        if seq is not None and not seq.done:
+            self.engine.cancel(seq)
+            self.count("client_disconnected")
+
+    def handle(self, conn: Conn, req: Request) -> None:
+        path = req.path
+        if (self.cfg.api_key is not None and path.startswith("/v1/")
+                and req.headers.get("authorization", "") != f"Bearer {self.cfg.api_key}"):
+            self.count("rejected")
+            conn.send_json(401, {"error": "Unauthorized"})
+            return
+        if path in ("/v1/completions", "/v1/chat/completions"):
+            if req.method != "POST":
+                conn.send_json(405, _err(405, "Method Not Allowed", "MethodNotAllowed"))
+                return
+            self.generate(conn, req, chat=path == "/v1/chat/completions")
+        elif path == "/health":
+            conn.send(200, b"")
+        elif path == "/metrics":
+            conn.send(200, render_metrics(self), "text/plain; version=0.0.4; charset=utf-8")
+        elif path == "/v1/models":
+            conn.send_json(200, {"object": "list", "data": [{
+                "id": self.cfg.model, "object": "model", "created": self.created, "owned_by": "loadgen-sim",
+                "root": self.cfg.model, "parent": None, "max_model_len": self.cfg.max_model_len,
+                "permission": []}]})
+        elif path == "/version":
+            conn.send_json(200, {"version": "loadgen-sim-0.1"})
+        elif path == "/tokenize" and req.method == "POST":
+            self.tokenize(conn, req)
+        elif path == "/sim/stats":
+            conn.send_json(200, self.stats())
+        elif path == "/sim/stats/reset" and req.method == "POST":
+            self.engine.lateness.reset()
+            self.engine.first_lateness.reset()
+            conn.send_json(200, {"reset": True})
+        else:
+            conn.send_json(404, _err(404, f"Not Found: {req.method} {path}", "NotFoundError"))
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def _body(self, conn: Conn, req: Request) -> dict[str, Any] | None:
+        try:
+            body = orjson.loads(req.body)
+        except orjson.JSONDecodeError as exc:
+            self.count("rejected")
+            conn.send_json(400, _err(400, f"Invalid JSON body: {exc}", "BadRequestError"))
+            return None
+        if not isinstance(body, dict):
+            self.count("rejected")
+            conn.send_json(400, _err(400, "The request body must be a JSON object", "BadRequestError"))
+            return None
+        model = body.get("model") or self.cfg.model
+        if model != self.cfg.model:
+            self.count("rejected")
+            conn.send_json(404, _err(404, f"The model `{model}` does not exist.", "NotFoundError"))
+            return None
+        return body
+
+    def _prompt_tokens(self, body: dict[str, Any], chat: bool) -> int | str:
+        """Prompt token count, or an error message."""
+        if chat or "messages" in body:
+            msgs = body.get("messages")
+            if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
+                return "`messages` must be a non-empty list of objects"
+            return sum(_words(m.get("content")) + self.cfg.chat_template_tokens for m in msgs)
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            return len(prompt.split())
+        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+            return len(prompt)
+        return "`prompt` must be a string, a list of one string, or a list of token ids"
+
+    def tokenize(self, conn: Conn, req: Request) -> None:
+        body = self._body(conn, req)
+        if body is None:
+            return
+        n = self._prompt_tokens(body, chat=False)
+        if isinstance(n, str):
+            conn.send_json(400, _err(400, n, "BadRequestError"))
+            return
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+            prompt = prompt[0]
+        if isinstance(prompt, list):  # already token ids
+            tokens = [int(t) for t in prompt]
+        else:
+            text = prompt if isinstance(prompt, str) else " ".join(
+                str(m.get("content", "")) for m in body.get("messages", ()))
+            # One id per word; chat-template tokens (and content parts) pad with id 1 up to the count.
+            tokens = [zlib.crc32(w.encode()) % 32000 for w in text.split()][:n]
+            tokens += [1] * (n - len(tokens))
+        conn.send_json(200, {"count": len(tokens), "max_model_len": self.cfg.max_model_len,
+                             "tokens": tokens, "token_strs": None})
+
+    # -- generation ---------------------------------------------------------------------------------
+
+    def _validate(self, body: dict[str, Any], chat: bool) -> tuple[int, int, bool, dict[str, Any]] | str:
+        """(prompt tokens, max tokens, stream, stream_options), or vLLM's 400 message."""
+        n_prompt = self._prompt_tokens(body, chat)
+        if isinstance(n_prompt, str):
+            return n_prompt
+        max_tokens = body.get("max_completion_tokens") if chat else None
+        if max_tokens is None:
+            max_tokens = body.get("max_tokens")
+        if max_tokens is None:  # vLLM's defaults
+            max_tokens = max(self.cfg.max_model_len - n_prompt, 1) if chat else 16
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            return f"max_tokens must be at least 1, got {max_tokens!r}"
+        stream = bool(body.get("stream", False))
+        options = body.get("stream_options") or {}
+        if not isinstance(options, dict):
+            return "`stream_options` must be an object"
+        if options and not stream:
+            return "Stream options can only be defined when `stream=True`."
+        total = n_prompt + max_tokens
+        if total > self.cfg.max_model_len:
+            return (f"This model's maximum context length is {self.cfg.max_model_len} tokens. However,"
+                    f" you requested {total} tokens ({n_prompt} in the messages, {max_tokens} in the"
+                    " completion). Please reduce the length of the messages or completion.")
+        return n_prompt, max_tokens, stream, options
+
+    def generate(self, conn: Conn, req: Request, chat: bool) -> None:
+        arrival = self.engine.clock()
+        body = self._body(conn, req)
+        if body is None:
+            return
+        checked = self._validate(body, chat)
+        if isinstance(checked, str):
+            self.count("rejected")
+            conn.send_json(400, _err(400, checked, "BadRequestError"))
+            return
+        n_prompt, max_tokens, stream, options = checked
+        self.requests += 1
+        fault = self.faults.pick()
+        kind = fault.kind if fault is not None else ""
+        if kind in FAULT_STATUS:
+            status, name = FAULT_STATUS[kind]
+            self.count_fault(kind)
+            conn.send_json(status, _err(status, f"Injected fault {kind}", name))
+            return
+        if kind == "reset_before_headers":
+            self.count_fault(kind)
+            conn.abort(reset=True)
+            return
+        if kind == "wrong_content_type":
+            self.count_fault(kind)
+            conn.send(200, b"<html><body><h1>Service temporarily unavailable</h1></body></html>",
+                      "text/html; charset=utf-8")
+            return
+        start = _Start(self, conn, chat=chat, stream=stream, options=options, n_prompt=n_prompt,
+                       max_tokens=max_tokens, fault=fault)
+        if kind == "slow_headers":
+            assert fault is not None
+            self.count_fault(kind, terminal=False)
+            self.loop.call_later(fault.seconds, start.run, None)
+        else:
+            start.run(arrival)
+
+
+class _Start:
+    """Admits a validated generation request (possibly after a ``slow_headers`` delay)."""
+
+    def __init__(self, app: SimApp, conn: Conn, *, chat: bool, stream: bool, options: dict[str, Any],
+                 n_prompt: int, max_tokens: int, fault: FaultSpec | None) -> None:
+        self.app, self.conn, self.chat, self.stream = app, conn, chat, stream
+        self.options, self.n_prompt, self.max_tokens, self.fault = options, n_prompt, max_tokens, fault
+
+    def run(self, arrival: int | None) -> None:
+        app, conn, fault = self.app, self.conn, self.fault
+        if conn.closed:
+            return
+        if arrival is None:
+            arrival = app.engine.clock()
+        stall_after, stall_ns = -1, 0
+        if fault is not None and fault.kind == "stall":
+            stall_after, stall_ns = fault.after_tokens, round(fault.seconds * 1e9)
+            app.count_fault("stall", terminal=False)
+        sink = (StreamSink if self.stream else JsonSink)(app, conn, chat=self.chat, options=self.options,
+                                                        n_prompt=self.n_prompt, fault=fault)
+        seq = Seq(sink, arrival, self.n_prompt, self.max_tokens, stall_after=stall_after, stall_ns=stall_ns)
+        conn.active = seq
+        if self.stream:
+            conn.start_stream()
+        app.engine.submit(seq)

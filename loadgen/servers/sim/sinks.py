@@ -1,0 +1,150 @@
+"""Where the engine's tokens go: an SSE stream (``StreamSink``) or one JSON body (``JsonSink``).
+
+Each chunk is assembled from pre-built byte fragments (id, created and model are fixed per request),
+so a streamed token costs a few concatenations and one ``transport.write``. Mid-stream faults fire when
+chunk ``after_tokens + 1`` is due, i.e. after ``after_tokens`` chunks were sent.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from loadgen.servers.sim.config import FaultSpec
+from loadgen.servers.sim.engine import Seq
+from loadgen.servers.sim.http import Conn
+
+if TYPE_CHECKING:
+    from loadgen.servers.sim.openai import SimApp
+
+DONE = b"data: [DONE]\n\n"
+MALFORMED = b'data: {"id": "cmpl-malformed", "choices": [{"text": \n\n'
+
+
+def error_body(status: int, message: str, kind: str) -> dict[str, Any]:
+    """vLLM's ErrorResponse shape."""
+    return {"object": "error", "message": message, "type": kind, "param": None, "code": status}
+
+
+class _Sink:
+    __slots__ = ("after", "app", "base", "chat", "conn", "continuous", "fault", "include_usage", "n_prompt",
+                 "rid")
+
+    def __init__(self, app: SimApp, conn: Conn, *, chat: bool, options: dict[str, Any], n_prompt: int,
+                 fault: FaultSpec | None) -> None:
+        self.app, self.conn, self.chat, self.n_prompt = app, conn, chat, n_prompt
+        self.fault = fault.kind if fault is not None else ""
+        self.after = fault.after_tokens if fault is not None else 0
+        self.include_usage = bool(options.get("include_usage"))
+        self.continuous = bool(options.get("continuous_usage_stats")) and self.include_usage
+        self.rid = f"{'chatcmpl' if chat else 'cmpl'}-{app._ids.getrandbits(128):032x}"
+        self.base = app.requests * 7919
+
+    def usage(self, completion: int) -> bytes:
+        return b'{"prompt_tokens":%d,"total_tokens":%d,"completion_tokens":%d}' % (
+            self.n_prompt, self.n_prompt + completion, completion)
+
+
+class StreamSink(_Sink):
+    """Server-sent events over chunked transfer encoding, shaped like vLLM's stream generators."""
+
+    __slots__ = ("_usage_head", "fin", "mid", "pre", "role")
+
+    def __init__(self, app: SimApp, conn: Conn, *, chat: bool, options: dict[str, Any], n_prompt: int,
+                 fault: FaultSpec | None) -> None:
+        super().__init__(app, conn, chat=chat, options=options, n_prompt=n_prompt, fault=fault)
+        head = b'data: {"id":"%b","object":"%b","created":%d,"model":%b,"choices":[' % (
+            self.rid.encode(), b"chat.completion.chunk" if chat else b"text_completion", app.created,
+            app.model_json)
+        self.pre = head + (b'{"index":0,"delta":{"content":"' if chat else b'{"index":0,"text":"')
+        close = b'"}' if chat else b'"'
+        tail = b'"usage":' if self.continuous else b'"usage":null}\n\n'
+        self.mid = close + b',"logprobs":null,"finish_reason":null,"stop_reason":null}],' + tail
+        self.fin = close + b',"logprobs":null,"finish_reason":"length","stop_reason":null}],' + tail
+        self.role = (head + b'{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,'
+                     b'"finish_reason":null}],' + (b'"usage":%b}\n\n' % self.usage(0) if self.continuous
+                                                   else b'"usage":null}\n\n')) if chat else b""
+        self._usage_head = head
+
+    def on_chunk(self, seq: Seq, lo: int, hi: int, final: bool) -> bool:
+        conn = self.conn
+        if conn.closed:
+            return False
+        app = self.app
+        body = self.pre + app.text(self.base, lo, hi).encode() + (self.fin if final else self.mid)
+        if self.continuous:
+            body += self.usage(hi) + b"}\n\n"
+        if lo == 1 and self.role:
+            body = self.role + body
+        fault = self.fault
+        if fault and seq.chunks == self.after + 1:
+            if fault == "disconnect_mid_stream":
+                app.count_fault(fault)
+                conn.abort()
+                return False
+            if fault == "error_event":
+                app.count_fault(fault)
+                err = {"error": error_body(500, "Injected fault error_event", "InternalServerError")}
+                conn.end_stream(b"data: " + orjson.dumps(err) + b"\n\n" + DONE)
+                return False
+            if fault == "malformed_sse":
+                app.count_fault(fault, terminal=False)
+                body = MALFORMED + body
+        if not final:
+            conn.write_chunk(body)
+            return True
+        if fault == "truncated_final_chunk":
+            app.count_fault(fault)
+            conn.write_chunk(body[: len(body) // 2])
+            conn.abort()
+            return False
+        if self.include_usage:
+            body += self._usage_head + b'],"usage":' + self.usage(hi) + b"}\n\n"
+        conn.end_stream(body + DONE)
+        app.count("completed")
+        return True
+
+
+class JsonSink(_Sink):
+    """One JSON response at the last token's due time."""
+
+    __slots__ = ()
+
+    def on_chunk(self, seq: Seq, lo: int, hi: int, final: bool) -> bool:
+        conn, app, fault = self.conn, self.app, self.fault
+        if conn.closed:
+            return False
+        if fault and seq.chunks == self.after + 1:
+            if fault == "disconnect_mid_stream":
+                app.count_fault(fault)
+                conn.abort()
+                return False
+            if fault == "error_event":
+                app.count_fault(fault)
+                conn.send_json(500, error_body(500, "Injected fault error_event", "InternalServerError"))
+                return False
+        if not final:
+            return True
+        text = app.text(self.base, 1, hi)
+        usage = {"prompt_tokens": self.n_prompt, "total_tokens": self.n_prompt + hi, "completion_tokens": hi}
+        if self.chat:
+            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text,
+                                                              "tool_calls": []},
+                                      "logprobs": None, "finish_reason": "length", "stop_reason": None}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length",
+                      "stop_reason": None, "prompt_logprobs": None}
+        body = orjson.dumps({"id": self.rid, "object": "chat.completion" if self.chat else "text_completion",
+                             "created": app.created, "model": app.cfg.model, "choices": [choice],
+                             "usage": usage})
+        if fault == "malformed_sse":
+            app.count_fault(fault)
+            conn.send(200, body[: len(body) // 3] + b"<<not json>>")
+        elif fault == "truncated_final_chunk":
+            app.count_fault(fault)
+            conn.send(200, body, partial=len(body) // 2)
+        else:
+            conn.send(200, body)
+            app.count("completed")
+        return True

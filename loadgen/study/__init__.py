@@ -1,0 +1,1 @@
+"""MANY runs: sweeps, peak search, capacity plans, A/B comparison."""

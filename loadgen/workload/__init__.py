@@ -1,0 +1,1 @@
+"""WHAT is sent: prompts with known token counts, datasets, traces, prefixes, conversations."""
