@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import os
 import shlex
 import signal
 import sys
@@ -108,17 +109,32 @@ def prompt_api_key(api_key_env: str | None) -> str:
     return key.strip()
 
 
-def execute(settings: Settings, control: RunControl, api_key: str | None = None) -> RunResult:
+def execute(settings: Settings, control: RunControl, api_key: str | None = None,
+            observers: tuple[Any, ...] = ()) -> RunResult:
     """Run with signal handling: first SIGINT/SIGTERM drains, the second aborts."""
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         loop = runner.get_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, control.interrupt, sig.name)
         try:
-            return runner.run(run_async(settings, control=control, log=_info, api_key=api_key))
+            return runner.run(run_async(settings, control=control, log=_info, api_key=api_key,
+                                        observers=observers))
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+
+
+def live_dashboard(settings: Settings, expectation: Any, control: RunControl, choice: bool | None
+                   ) -> tuple[Any, ...]:
+    """The dashboard observer when asked for, or by default on a terminal (not with --quiet, not for
+    multi-turn sessions, which show no live view)."""
+    on = choice if choice is not None else (
+        settings.progress and sys.stdout.isatty() and os.environ.get("TERM", "") not in ("", "dumb"))
+    if not on or settings.sessions is not None:
+        return ()
+    from loadgen.observe.dashboard import Dashboard, shape_from
+
+    return (Dashboard(shape_from(settings, expectation), control=control),)
 
 
 @app.command()
@@ -157,6 +173,9 @@ def run(
     insecure: Annotated[bool, typer.Option("--insecure", help="do not verify TLS certificates")] = False,
     fail_on_invalid: Annotated[bool, typer.Option("--fail-on-invalid", help="exit 1 when INVALID")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress line")] = False,
+    dashboard: Annotated[bool | None, typer.Option("--dashboard/--no-dashboard",
+                                                   help="live dashboard (default: on when stdout is a "
+                                                        "terminal; keys q stop, x abort)")] = None,
     workers: Annotated[int | None, typer.Option(help="client processes (default: from the load)")] = None,
     http_client: Annotated[str | None, typer.Option(help="streaming transport: fast or aiohttp")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="serve live Prometheus metrics on this port "
@@ -243,7 +262,7 @@ def run(
             _info("WARNING: --insecure: TLS certificates are NOT verified")
         key = prompt_api_key(settings.api_key_env) if api_key_prompt else None
         control = RunControl()
-        result = execute(settings, control, key)
+        result = execute(settings, control, key, live_dashboard(settings, expectation, control, dashboard))
     except LoadgenError as exc:
         _err(str(exc))
         raise typer.Exit(exc.exit_code) from None
@@ -274,7 +293,6 @@ def sim(
     fault: Annotated[list[str] | None, typer.Option(help="inject a fault, e.g. http_500:0.1")] = None,
 ) -> None:
     """Run the built-in simulated OpenAI-compatible server until Ctrl-C."""
-    import os
 
     from loadgen.servers.sim import SimConfig, parse_fault, serve
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable
-from typing import TextIO
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TextIO, TypeVar, cast
 
 from loadgen.engine.issuer import IssueStats
+
+T = TypeVar("T")
 
 
 class Progress:
@@ -69,3 +71,27 @@ class Progress:
         else:
             self._out.write(text + "\n")
         self._out.flush()
+
+
+def live_view(
+    settings: Any, stats: IssueStats, planned: int | None, observers: Sequence[object]
+) -> Coroutine[Any, Any, None] | None:
+    """What shows the measured window live: an observer's ``live(stats, planned)`` coroutine (the
+    dashboard, loadgen.observe.dashboard), else the progress line unless ``settings.progress`` is off."""
+    for obs in observers:
+        live = getattr(obs, "live", None)
+        if live is not None:
+            return cast(Coroutine[Any, Any, None], live(stats, planned))
+    if settings.progress:
+        return Progress(stats, planned, settings.duration_s).run()
+    return None
+
+
+def attach_sources(observers: tuple[T, ...], **sources: object) -> tuple[T, ...]:
+    """Hand the run's sidecars (server scraper, GPU sampler) to the observers that show them; returns
+    ``observers``."""
+    for obs in observers:
+        attach = getattr(obs, "attach", None)
+        if attach is not None:
+            attach(**sources)
+    return observers

@@ -38,7 +38,7 @@ from loadgen.client.client import Client, ClientOptions, make_session
 from loadgen.client.probe import api_headers, probe
 from loadgen.engine.gcpause import gc_frozen
 from loadgen.engine.issuer import ErrorRateGuard, Issuer, IssueStats
-from loadgen.engine.progress import Progress
+from loadgen.engine.progress import attach_sources, live_view
 from loadgen.engine.warmup import run_warmup, warmup_dataset
 from loadgen.engine.workers import WorkerJob, WorkerPool, auto_workers, preconnect_count, split_trace
 from loadgen.errors import ConfigError
@@ -302,7 +302,8 @@ async def run_async(
             sidecars = Sidecars.start(settings, run_id, model, base_url, say)
             extra: dict[str, Any] = {}
             gaps = GapStore()
-            observers = (*observers, *sidecars.observers)
+            observers = attach_sources((*observers, *sidecars.observers), scraper=sidecars.scraper,
+                                       sampler=sidecars.sampler)
             try:
                 if warm is not None:
                     say(f"warm-up: {len(warm)} requests (not measured; prompts apart from the measured ones)")
@@ -604,14 +605,12 @@ async def _measure(
     await client.preconnect(preconnect_count(trace))
     control._issuer = issuer  # measuring from here: an interrupt drains instead of cancelling the run
     monitor = LoopLagMonitor()
-    progress = None
-    if settings.progress:
-        progress = Progress(issuer.stats, trace.planned_queries, settings.duration_s)
+    progress = live_view(settings, issuer.stats, trace.planned_queries, observers)
     try:
         async with gc_frozen(), asyncio.TaskGroup() as tg:
             client.t0_ns = time.perf_counter_ns()
             monitor.start(tg)
-            progress_task = tg.create_task(progress.run()) if progress else None
+            progress_task = tg.create_task(progress) if progress else None
             try:
                 await issuer.run()
             finally:
@@ -687,12 +686,10 @@ async def _measure_workers(
     ]
     pool = WorkerPool(jobs)
     control._issuer = pool  # an interrupt before its t0 cancels the run (pool.measuring)
-    progress = None
-    if settings.progress:
-        progress = Progress(pool.stats, trace.planned_queries, settings.duration_s)
+    progress = live_view(settings, pool.stats, trace.planned_queries, observers)
     try:
         async with asyncio.TaskGroup() as tg:
-            progress_task = tg.create_task(progress.run()) if progress else None
+            progress_task = tg.create_task(progress) if progress else None
             try:
                 results = await pool.run(keep, on_in_flight if counted else None)
             finally:

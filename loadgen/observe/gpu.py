@@ -308,6 +308,15 @@ class GpuSampler:
         if self._failure is not None:
             raise self._failure
 
+    def latest_power_w(self) -> float | None:
+        """The last sweep's power summed over the GPUs, W (None before a sweep, or without GPUs); for
+        live views (the dashboard), safe from any thread."""
+        with self._lock:
+            if not self.available or self._n == 0:
+                return None
+            row = np.array(self._values[self._n - 1, :, _POWER])
+        return None if np.isnan(row).all() else float(np.nansum(row))
+
     def __enter__(self) -> GpuSampler:
         self.start()
         return self
