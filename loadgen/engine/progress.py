@@ -10,6 +10,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any, TextIO, TypeVar, cast
 
 from loadgen.engine.issuer import IssueStats
@@ -74,14 +75,16 @@ class Progress:
 
 
 def live_view(
-    settings: Any, stats: IssueStats, planned: int | None, observers: Sequence[object]
+    settings: Any, stats: IssueStats, planned: int | None, observers: Sequence[object],
+    records: Path | None = None,
 ) -> Coroutine[Any, Any, None] | None:
-    """What shows the measured window live: an observer's ``live(stats, planned)`` coroutine (the
-    dashboard, loadgen.observe.dashboard), else the progress line unless ``settings.progress`` is off."""
+    """What shows the measured window live: an observer's ``live(stats, planned, records)`` coroutine
+    (the dashboard, loadgen.observe.dashboard; ``records``: the run's requests.jsonl), else the
+    progress line unless ``settings.progress`` is off. The runner cancels it when the run ends."""
     for obs in observers:
         live = getattr(obs, "live", None)
         if live is not None:
-            return cast(Coroutine[Any, Any, None], live(stats, planned))
+            return cast(Coroutine[Any, Any, None], live(stats, planned, records))
     if settings.progress:
         return Progress(stats, planned, settings.duration_s).run()
     return None

@@ -605,7 +605,7 @@ async def _measure(
     await client.preconnect(preconnect_count(trace))
     control._issuer = issuer  # measuring from here: an interrupt drains instead of cancelling the run
     monitor = LoopLagMonitor()
-    progress = live_view(settings, issuer.stats, trace.planned_queries, observers)
+    progress = live_view(settings, issuer.stats, trace.planned_queries, observers, path)
     try:
         async with gc_frozen(), asyncio.TaskGroup() as tg:
             client.t0_ns = time.perf_counter_ns()
@@ -686,7 +686,7 @@ async def _measure_workers(
     ]
     pool = WorkerPool(jobs)
     control._issuer = pool  # an interrupt before its t0 cancels the run (pool.measuring)
-    progress = live_view(settings, pool.stats, trace.planned_queries, observers)
+    progress = live_view(settings, pool.stats, trace.planned_queries, observers, path)
     try:
         async with asyncio.TaskGroup() as tg:
             progress_task = tg.create_task(progress) if progress else None

@@ -20,6 +20,7 @@ import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 
@@ -42,13 +43,14 @@ class LogHist:
         self.counts = np.zeros(_BINS, dtype=np.int64)
         self.n = 0
 
-    def add(self, values_ns: np.ndarray) -> None:
+    def add(self, values_ns: np.ndarray, sign: int = 1) -> None:
+        """Count ``values_ns`` in (``sign`` -1: take them out again, for a sliding window)."""
         if values_ns.size == 0:
             return
         v = np.maximum(np.asarray(values_ns, dtype=np.float64), 1.0)
         idx = np.minimum(np.floor(np.log(v) / _LOG_BASE), _BINS - 1).astype(np.int64)
-        self.counts += np.bincount(idx, minlength=_BINS)
-        self.n += int(values_ns.size)
+        self.counts += sign * np.bincount(idx, minlength=_BINS)
+        self.n += sign * int(values_ns.size)
 
     def percentile_ms(self, q: float) -> float | None:
         """The ``q``-th percentile (0-100) in ms, None when empty."""
@@ -178,13 +180,32 @@ def _ok_arrays(recs: Sequence[RequestRecord]) -> dict[str, np.ndarray]:
         last = r.chunk_ns[-1] if r.chunk_ns else r.last_chunk_ns
         if r.output_tokens >= 2 and last is not None:
             tp.append((last - r.first_token_ns) / (r.output_tokens - 1))  # type: ignore[operator]
-    parts = [request_itl_ns(r) for r in ok]
-    itl = np.concatenate(parts) if parts else np.zeros(0)
+    itl = batch_itl_ns(ok)
     e2e = np.array([r.end_ns - r.sent_ns for r in ok], dtype=np.int64)
     sent = [r for r in recs if r.sent_ns and not r.warmup]
     delay = np.array([r.sent_ns - r.scheduled_ns for r in sent], dtype=np.int64)
     return {"ttft": ttft, "ttft_sched": sched, "tpot": np.array(tp, dtype=np.float64), "itl": itl,
             "e2e": e2e, "delay": delay}
+
+
+def batch_itl_ns(recs: Sequence[RequestRecord]) -> np.ndarray:
+    """:func:`loadgen.metrics.latency.request_itl_ns` of many records at once (a few numpy calls
+    instead of a few per record: this runs on the event loop at the frame rate)."""
+    recs = [r for r in recs if len(r.chunk_ns) >= 2]
+    if not recs:
+        return np.zeros(0)
+    if any(len(r.chunk_tokens) != len(r.chunk_ns) for r in recs):
+        return np.concatenate([request_itl_ns(r) for r in recs])
+    lengths = np.array([len(r.chunk_ns) for r in recs], dtype=np.int64)
+    total = int(lengths.sum())
+    times = np.fromiter(chain.from_iterable(r.chunk_ns for r in recs), dtype=np.int64, count=total)
+    tokens = np.fromiter(chain.from_iterable(r.chunk_tokens for r in recs), dtype=np.int64, count=total)
+    gaps = np.diff(times).astype(np.float64)
+    per_chunk = np.maximum(tokens[1:], 1)
+    keep = np.ones(gaps.size, dtype=bool)
+    keep[np.cumsum(lengths)[:-1] - 1] = False  # the step from one request's last chunk to the next's first
+    gaps, per_chunk = gaps[keep], per_chunk[keep]
+    return np.repeat(gaps / per_chunk, per_chunk)
 
 
 class LiveModel:
@@ -197,6 +218,7 @@ class LiveModel:
         self._lags: list[int] = []
         self._hist = {k: LogHist() for k in ("ttft", "itl", "tpot")}
         self._window: deque[_Batch] = deque()
+        self._window_itl = LogHist()  # the window's ITL samples (too many to keep sorting at 4 Hz)
         self._errors: dict[str, int] = {}
         self._t0_ns: int | None = None
         self._history: dict[str, deque[float]] = {
@@ -207,9 +229,10 @@ class LiveModel:
         self._last_counts = Counts(0, 0, 0, 0, 0)
         self.state = "measuring"
 
-    def start(self, t0_ns: int) -> None:
+    def start(self, t0_ns: int, cpu_s: tuple[float, ...] | None = None) -> None:
+        """The clock starts (``cpu_s``: the client processes' CPU seconds now, as in :meth:`tick`)."""
         self._t0_ns = t0_ns
-        self._window.append(_Batch(t0_ns, Counts(0, 0, 0, 0, 0), *(np.zeros(0),) * 7, None))
+        self._window.append(_Batch(t0_ns, Counts(0, 0, 0, 0, 0), *(np.zeros(0),) * 7, cpu_s))
 
     def add(self, record: RequestRecord) -> None:
         """A finished request (the per-request path: one append)."""
@@ -236,8 +259,10 @@ class LiveModel:
         batch = _Batch(now_ns, counts, arr["ttft"], arr["ttft_sched"], arr["itl"], arr["tpot"],
                        arr["delay"], arr["e2e"], lags, cpu_s)
         self._window.append(batch)
+        self._window_itl.add(batch.itl)
         while len(self._window) > 2 and now_ns - self._window[1].t_ns >= self.window_s * 1e9:
             self._window.popleft()
+            self._window_itl.add(self._window[0].itl, -1)  # the new first batch only marks the start
         self._last_counts = counts
         return self._view(now_ns, counts, server, gpu_power_w)
 
@@ -246,9 +271,10 @@ class LiveModel:
         first, rest = self._window[0], list(self._window)[1:]
         span = max((now_ns - first.t_ns) / 1e9, 1e-9)
         cat = {k: np.concatenate([getattr(b, k) for b in rest]) if rest else np.zeros(0)
-               for k in ("ttft", "ttft_sched", "itl", "tpot", "delay", "e2e", "lags")}
+               for k in ("ttft", "ttft_sched", "tpot", "delay", "e2e", "lags")}
         cpu = _cpu(first.cpu_s, self._window[-1].cpu_s, span)
-        win = {k: _exact(cat[k]) for k in ("ttft", "itl", "tpot")}
+        win = {k: _exact(cat[k]) for k in ("ttft", "tpot")}
+        win["itl"] = _hist(self._window_itl)
         limited, verdict = self._verdict(cat, cpu)
         elapsed = (now_ns - self._t0_ns) / 1e9
         left, bound = self._time_left(elapsed, counts)
