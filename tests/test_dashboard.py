@@ -265,6 +265,7 @@ def test_keys_stop_the_run_with_a_partial_report(pane_factory, tmp_path, key, ca
     pane.send(key)
     text = pane.wait_for(r"EXIT=\d+", 90)
     assert "EXIT=130" in text, text
+    assert f"key {key}: stopped issuing" in text  # the run's messages show above the frame
     report = json.loads((out / "report.json").read_text())
     assert report["interrupted"] is True
     assert f"key {key}" in report["stopped_early"]

@@ -68,13 +68,19 @@ class _PipeText(io.TextIOBase):
     def __init__(self, send: Any) -> None:
         self._send = send
 
-    def write(self, s: str) -> int:
+    def write(self, s: str | bytes) -> int:
+        if isinstance(s, bytes):  # click.echo writes bytes to a stream it finds no encoding for
+            s = s.decode(errors="replace")
         for i in range(0, len(s), 1000):
             self._send(("text", s[i:i + 1000]), wait=True)
         return len(s)
 
     def isatty(self) -> bool:
         return False
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
 
 
 class Dashboard:
@@ -216,6 +222,8 @@ class Dashboard:
         """CPU seconds of each client process: this one, or each worker process (spawned by the pool;
         a worker that has exited keeps its last reading, so a window's difference stays per worker)."""
         for proc in multiprocessing.active_children():
+            if proc.pid is None:
+                continue
             try:
                 with open(f"/proc/{proc.pid}/stat", "rb") as f:
                     fields = f.read().rsplit(b")", 1)[1].split()
