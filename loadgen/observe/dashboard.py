@@ -65,14 +65,16 @@ def shape_from(settings: Settings, expectation: Expectation | None = None) -> Ru
 class _PipeText(io.TextIOBase):
     """This process's stderr while the dashboard runs: text goes to the drawing process."""
 
-    def __init__(self, send: Any) -> None:
+    def __init__(self, send: Any, fallback: Any) -> None:
         self._send = send
+        self._fallback = fallback
 
     def write(self, s: str | bytes) -> int:
         if isinstance(s, bytes):  # click.echo writes bytes to a stream it finds no encoding for
             s = s.decode(errors="replace")
-        for i in range(0, len(s), 1000):
-            self._send(("text", s[i:i + 1000]), wait=True)
+        for i in range(0, len(s), 1000):  # ≤ 4 KiB a message: each write is whole or refused
+            if not self._send(("text", s[i:i + 1000])):  # never wait for the drawing process
+                self._fallback.write(s[i:i + 1000])
         return len(s)
 
     def isatty(self) -> bool:
@@ -161,7 +163,7 @@ class Dashboard:
         self.spawn()
         self._send(("start", self.shape, str(records or "")), wait=True)
         try:
-            with self._key_reader(loop), contextlib.redirect_stderr(_PipeText(self._send)):
+            with self._key_reader(loop), contextlib.redirect_stderr(_PipeText(self._send, sys.stderr)):
                 try:
                     # Worker processes take a while to start: the clock starts with the first issue.
                     started = time.perf_counter_ns()
@@ -199,6 +201,8 @@ class Dashboard:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+            sys.stdout.write("\x1b[?25h\n")  # it hid the cursor and had no time to show it again
+            sys.stdout.flush()
 
     def _state(self) -> str:
         interrupts = getattr(self.control, "interrupts", 0)

@@ -5,13 +5,16 @@ Everything that costs CPU runs here, not in the process that measures: it tails 
 ``requests.jsonl`` (each record is appended whole as it completes, :class:`loadgen.records.RecordWriter`),
 keeps the numbers (:class:`loadgen.observe.dashview.LiveModel`) and draws them with rich. The measuring
 process only sends, at most 4 times a second, its counters, loop-lag samples, CPU seconds, the latest
-server scrape and GPU power (messages: :func:`read_messages`). SIGINT is ignored here: Ctrl-C belongs
-to the measuring process, which decides what it means. At ``end`` (or end of file, should the
-measuring process die) the last frame is drawn and left on the screen.
+server scrape and GPU power (messages: :func:`read_messages`). It runs at the lowest priority
+(:func:`idle_priority`), so it draws with CPU time the measuring process does not want. SIGINT is
+ignored here: Ctrl-C belongs to the measuring process, which decides what it means. At ``end`` (or
+end of file, should the measuring process die) the last frame is drawn and left on the screen.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
 import signal
 import struct
@@ -104,7 +107,16 @@ def serve(stream: BinaryIO, console: Console) -> None:
                 break
 
 
+def idle_priority() -> None:
+    """The lowest priority (nice 19): drawing must not take the core from the measuring process, which
+    may share it (pinned with taskset, or a busy machine); a woken nice-0 process preempts it at once.
+    (Not SCHED_IDLE: on a saturated machine that could starve the last frame.)"""
+    with contextlib.suppress(OSError):
+        os.nice(19 - os.nice(0))
+
+
 def main() -> None:
+    idle_priority()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the measuring process's to handle
     serve(sys.stdin.buffer, Console())
 
