@@ -35,9 +35,8 @@ from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
-from loadgen.engine.issuer import IssueStats
 from loadgen.observe.dashdraw import pack
-from loadgen.observe.dashview import Counts, RunShape, server_view
+from loadgen.observe.dashview import Counts, RunCounters, RunShape, server_view
 from loadgen.records import RequestRecord
 from loadgen.schedule.length import Expectation
 from loadgen.settings import Scenario, Settings
@@ -129,7 +128,7 @@ class Dashboard:
 
     # ---- the live view ------------------------------------------------------------------------------
 
-    def live(self, stats: IssueStats, planned: int | None, records: Path | None = None
+    def live(self, stats: RunCounters, planned: int | None, records: Path | None = None
              ) -> Coroutine[Any, Any, None]:
         if planned and not self.shape.planned:
             self.shape.planned = planned
@@ -158,7 +157,7 @@ class Dashboard:
             return False
         return True
 
-    async def _run(self, stats: IssueStats, records: Path | None) -> None:
+    async def _run(self, stats: RunCounters, records: Path | None) -> None:
         loop = asyncio.get_running_loop()
         self.spawn()
         self._send(("start", self.shape, str(records or "")), wait=True)
@@ -179,7 +178,7 @@ class Dashboard:
         finally:
             self._finish()
 
-    def _tick(self, stats: IssueStats, *, wait: bool = False) -> None:
+    def _tick(self, stats: RunCounters, *, wait: bool = False) -> None:
         t = time.perf_counter_ns()
         counts = Counts(stats.issued, stats.completed, stats.failed, stats.in_flight, stats.output_tokens)
         if self._send(("tick", t, counts, self._lags, self._cpu_seconds(), self._server(),

@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
+from typing import Protocol
 
 import numpy as np
 
@@ -81,6 +82,16 @@ def _exact(values_ns: np.ndarray) -> Pcts:
 
 def _hist(h: LogHist) -> Pcts:
     return Pcts(h.percentile_ms(50), h.percentile_ms(99), h.n)
+
+
+class RunCounters(Protocol):
+    """The run's live counters (``loadgen.engine.issuer.IssueStats`` has them)."""
+
+    issued: int
+    completed: int
+    failed: int
+    in_flight: int
+    output_tokens: int
 
 
 @dataclass(frozen=True)
