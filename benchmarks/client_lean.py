@@ -165,7 +165,7 @@ def cpu_per_chunk(args: argparse.Namespace, tmp: Path, server_cpu: int | None, c
         res, client = rep["results"], rep["client"]
         rows["loadgen"] = {"chunks": res["output_tokens_total"], "requests": res["requests_completed"],
                            "cpu_s": client["cpu_cores"] * res["duration_s"], "wall_s": res["duration_s"],
-                           "client_limited": client["limited"],
+                           "client_limited": client["client_limited"],
                            "issue_delay_p99_ms": res["issue_delay_ms"]["p99"]}
     for r in rows.values():
         r["us_per_chunk"] = r["cpu_s"] / max(r["chunks"], 1) * 1e6
