@@ -168,7 +168,7 @@ class Dashboard:
                     started = time.perf_counter_ns()
                     while not stats.issued and time.perf_counter_ns() - started < 30e9:  # noqa: ASYNC110
                         await asyncio.sleep(0.01)  # (IssueStats is a plain counter: no event to wait on)
-                    self._send(("t0", time.perf_counter_ns(), self._cpu_seconds()), wait=True)
+                    self._send(("t0", time.perf_counter_ns(), self._cpu_seconds(), _counts(stats)), wait=True)
                     while True:
                         await asyncio.sleep(self.period_s)
                         self._lags.append(await _loop_lag(loop))
@@ -180,8 +180,7 @@ class Dashboard:
 
     def _tick(self, stats: RunCounters, *, wait: bool = False) -> None:
         t = time.perf_counter_ns()
-        counts = Counts(stats.issued, stats.completed, stats.failed, stats.in_flight, stats.output_tokens)
-        if self._send(("tick", t, counts, self._lags, self._cpu_seconds(), self._server(),
+        if self._send(("tick", t, _counts(stats), self._lags, self._cpu_seconds(), self._server(),
                        self._gpu(), self._state()), wait=wait):
             self._lags = []
             self.frames += 1
@@ -272,6 +271,10 @@ class Dashboard:
         elif ch == "x":
             while control.interrupts < 2:
                 control.interrupt("key x")
+
+
+def _counts(stats: RunCounters) -> Counts:
+    return Counts(stats.issued, stats.completed, stats.failed, stats.in_flight, stats.output_tokens)
 
 
 async def _loop_lag(loop: asyncio.AbstractEventLoop) -> int:

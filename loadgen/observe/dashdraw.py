@@ -43,8 +43,9 @@ def pack(message: tuple[Any, ...]) -> bytes:
 
 def read_messages(stream: BinaryIO) -> Iterator[tuple[Any, ...]]:
     """The framed messages on ``stream`` until end of file. Kinds: ``("start", RunShape, records_path)``,
-    ``("t0", now_ns, cpu_s)``, ``("tick", now_ns, Counts, lags_ns, cpu_s, ServerView|None, gpu_w, state)``,
-    ``("text", str)`` (the measuring process's stderr, printed above the frame), ``("end",)``."""
+    ``("t0", now_ns, cpu_s, Counts)``,
+    ``("tick", now_ns, Counts, lags_ns, cpu_s, ServerView|None, gpu_w, state)``, ``("text", str)``
+    (the measuring process's stderr, printed above the frame), ``("end",)``."""
     while True:
         head = stream.read(_HEADER.size)
         if len(head) < _HEADER.size:
@@ -91,7 +92,7 @@ def serve(stream: BinaryIO, console: Console) -> None:
         for msg in messages:
             kind = msg[0]
             if kind == "t0":
-                model.start(msg[1], msg[2])
+                model.start(*msg[1:])
             elif kind == "tick":
                 _, now_ns, counts, lags, cpu_s, server, gpu_w, state = msg
                 for rec in tail.records():

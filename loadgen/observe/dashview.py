@@ -240,10 +240,13 @@ class LiveModel:
         self._last_counts = Counts(0, 0, 0, 0, 0)
         self.state = "measuring"
 
-    def start(self, t0_ns: int, cpu_s: tuple[float, ...] | None = None) -> None:
-        """The clock starts (``cpu_s``: the client processes' CPU seconds now, as in :meth:`tick`)."""
+    def start(self, t0_ns: int, cpu_s: tuple[float, ...] | None = None, counts: Counts | None = None
+              ) -> None:
+        """The clock starts (``cpu_s``: the client processes' CPU seconds now, as in :meth:`tick`;
+        ``counts``: the counters now, the base of the rates, when some requests went out before)."""
         self._t0_ns = t0_ns
-        self._window.append(_Batch(t0_ns, Counts(0, 0, 0, 0, 0), *(np.zeros(0),) * 7, cpu_s))
+        base = counts or Counts(0, 0, 0, 0, 0)
+        self._window.append(_Batch(t0_ns, base, *(np.zeros(0),) * 7, cpu_s))
 
     def add(self, record: RequestRecord) -> None:
         """A finished request (the per-request path: one append)."""
@@ -349,7 +352,7 @@ class LiveModel:
     def _record_history(self, elapsed: float, achieved: float, in_flight: int, win: Mapping[str, Pcts]
                         ) -> None:
         second = int(elapsed)
-        if second <= self._second and self._history["achieved_rps"]:
+        if second <= self._second:  # one point a second, the first after a whole second
             return
         self._second = second
         self._history["achieved_rps"].append(achieved)
