@@ -22,7 +22,8 @@ from loadgen.cli.aliases import pick, rate_overrides, unsupported_vllm_flag, vll
 from loadgen.cli.study import register as register_analysis
 from loadgen.engine.runner import RunControl, RunResult, run_async
 from loadgen.errors import ConfigError, LoadgenError
-from loadgen.report.build import Report, rebuild, render_console, write_outputs
+from loadgen.report.build import Report, rebuild, render_console
+from loadgen.report.outputs import write_outputs
 from loadgen.schedule.length import check_max_duration, expected_length
 from loadgen.settings import Settings, declared_scenario, load_settings
 

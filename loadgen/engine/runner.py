@@ -46,7 +46,8 @@ from loadgen.limits import ensure_descriptors
 from loadgen.metrics.gaps import GapStore, RecordTable
 from loadgen.metrics.health import ClientHealth, LoopLagMonitor, admission_times, assess
 from loadgen.records import RecordWriter, RequestRecord
-from loadgen.report.build import build_report, write_outputs
+from loadgen.report.build import build_report
+from loadgen.report.outputs import write_outputs
 from loadgen.schedule.trace import Trace, build_trace, cap_shares, seeded_rngs
 from loadgen.settings import Scenario, Settings
 from loadgen.workload.prefix import ttft_by_group

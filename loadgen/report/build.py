@@ -12,13 +12,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from loadgen.errors import ReportError
 from loadgen.metrics import latency as metrics
 from loadgen.metrics import mlperf
 from loadgen.metrics.gaps import GapStore, compact
 from loadgen.records import RequestRecord, iter_records
+from loadgen.report.files import load_json
 from loadgen.settings import Scenario, Settings
 
 if TYPE_CHECKING:
@@ -147,35 +146,6 @@ def build_report(
     if settings.scenario in (Scenario.CONCURRENCY, Scenario.CONSTANT, Scenario.REPLAY):
         note = f"({settings.scenario.mlperf_name}: not an MLPerf scenario; judged by Server's rules)"
     return Report(data, ml, note)
-
-
-def write_outputs(out_dir: Path, report: Report) -> None:
-    """``report.json`` and ``summary.txt``; ``requests.jsonl`` was written during the run."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report.data.setdefault("files", {})
-    report.data["files"].update({
-        "report": "report.json", "summary": "summary.txt", "requests": "requests.jsonl",
-        "html": "report.html",
-    })
-    (out_dir / "report.json").write_bytes(
-        orjson.dumps(report.data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
-    )
-    (out_dir / "summary.txt").write_text(report.summary_text)
-    from loadgen.report.html import write_run_html  # the plots are only needed here
-
-    write_run_html(out_dir)
-
-
-def load_json(path: Path) -> dict[str, Any]:
-    try:
-        data = orjson.loads(path.read_bytes())
-    except OSError as exc:
-        raise ReportError(f"cannot read {path}: {exc.strerror}.") from exc
-    except orjson.JSONDecodeError as exc:
-        raise ReportError(f"{path} is not valid JSON ({exc}).") from exc
-    if not isinstance(data, dict):
-        raise ReportError(f"{path} is not a loadgen report (expected a JSON object).")
-    return data
 
 
 def rebuild(path: Path) -> Report | dict[str, Any]:

@@ -30,7 +30,7 @@ import numpy as np
 
 from loadgen.metrics import latency as metrics
 from loadgen.records import RequestRecord, iter_records, read_records
-from loadgen.report.build import load_json
+from loadgen.report.files import load_json
 from loadgen.report.svgplot import PALETTE, Axis, Chart, RefLine, Series, Style, cdf
 
 __all__ = [
