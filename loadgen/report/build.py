@@ -16,8 +16,10 @@ from loadgen.errors import ReportError
 from loadgen.metrics import latency as metrics
 from loadgen.metrics import mlperf
 from loadgen.metrics.gaps import GapStore, compact
+from loadgen.metrics.validity import evaluate
 from loadgen.records import RequestRecord, iter_records
 from loadgen.report.files import load_json
+from loadgen.report.summary import render_summary
 from loadgen.settings import Scenario, Settings
 
 if TYPE_CHECKING:
@@ -50,7 +52,7 @@ class Report:
     def summary_text(self) -> str:
         """``summary.txt`` from the report as it is now (server metrics and GPU telemetry are added to
         ``data`` after :func:`build_report`): LoadGen's layout, plus :func:`additional_stats`."""
-        text = self.mlperf_result.summary_text(additional_stats(self.data))
+        text = render_summary(self.mlperf_result, additional_stats(self.data))
         if self.scenario_note:
             text = text.replace("Scenario : Server", f"Scenario : Server {self.scenario_note}", 1)
         return text
@@ -127,8 +129,8 @@ def build_report(
     sut = f"{server.get('model') or settings.model or '?'} @ {server.get('url') or settings.url or '?'}"
     limited = "; ".join(health.reasons) if health is not None and health.limited else None
     stopped = stats.stopped_early if stats is not None else None
-    ml = mlperf.evaluate(measured, mlperf_params(settings, sut), client_limited=limited,
-                         stopped_early=stopped, interrupted=interrupted)
+    ml = evaluate(measured, mlperf_params(settings, sut), client_limited=limited,
+                  stopped_early=stopped, interrupted=interrupted)
     results["retries_total"] = ml.retries_total
     data = {
         **meta,
