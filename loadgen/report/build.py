@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from loadgen.errors import ReportError
 from loadgen.metrics import latency as metrics
@@ -23,10 +23,20 @@ from loadgen.report.summary import render_summary
 from loadgen.settings import Scenario, Settings
 
 if TYPE_CHECKING:
-    from loadgen.engine.issuer import IssueStats
     from loadgen.metrics.health import ClientHealth
 
 SCHEMA_VERSION = 1
+
+
+class IssueOutcome(Protocol):
+    """What the report needs of the issuer's stats (:class:`loadgen.engine.issuer.IssueStats`), which
+    it may not import: the engine sits above the report in the data flow."""
+
+    @property
+    def stopped_early(self) -> str | None:  # why issuing ended before the trace did, or None
+        ...
+
+
 _MLPERF_SCENARIO: dict[Scenario, mlperf.ScenarioName] = {
     Scenario.SINGLESTREAM: "SingleStream",
     Scenario.MULTISTREAM: "MultiStream",
@@ -115,7 +125,7 @@ def build_report(
     *,
     settings: Settings,
     health: ClientHealth | None = None,
-    stats: IssueStats | None = None,
+    stats: IssueOutcome | None = None,
     interrupted: bool = False,
     itl: dict[str, Any] | None = None,
 ) -> Report:

@@ -35,7 +35,9 @@ from typing import Any
 from loadgen.errors import ConfigError
 from loadgen.report.files import write_json
 from loadgen.settings import Scenario, Settings, build_settings
-from loadgen.study.sweep import RunPoint, joules_per_output_token, point_seed
+from loadgen.study.params import point_seed
+from loadgen.study.rows import joules_per_output_token
+from loadgen.study.sweep import RunPoint
 
 SCHEMA_VERSION = 1
 PEAK_MIN_QUERIES = 662  # early stopping at p99: h(1) + 1, so one query over the bound can still pass
