@@ -19,14 +19,12 @@ from loadgen.metrics.gaps import GapStore, compact
 from loadgen.metrics.validity import evaluate
 from loadgen.records import RequestRecord, iter_records
 from loadgen.report.files import load_json
+from loadgen.report.schema import SCHEMA_VERSION, Validity
 from loadgen.report.summary import render_summary
 from loadgen.settings import Scenario, Settings
 
 if TYPE_CHECKING:
     from loadgen.metrics.health import ClientHealth
-
-SCHEMA_VERSION = 1
-
 
 class IssueOutcome(Protocol):
     """What the report needs of the issuer's stats (:class:`loadgen.engine.issuer.IssueStats`), which
@@ -55,8 +53,14 @@ class Report:
     scenario_note: str | None = None  # beyond MLPerf: "(concurrency: not an MLPerf scenario; ...)"
 
     @property
+    def validity(self) -> Validity:
+        """The one verdict (``report.json``'s ``validity``)."""
+        v = self.data["validity"]
+        return {"valid": bool(v["valid"]), "reasons": list(v["reasons"])}
+
+    @property
     def valid(self) -> bool:
-        return bool(self.data["validity"]["valid"])
+        return self.validity["valid"]
 
     @property
     def summary_text(self) -> str:
@@ -119,6 +123,11 @@ def mlperf_params(settings: Settings, sut_name: str) -> mlperf.MlperfParams:
     )
 
 
+def verdict_section(ml: mlperf.MlperfResult) -> Validity:
+    """``report.json``'s ``validity`` from the evaluation: ``valid`` exactly when ``reasons`` is empty."""
+    return {"valid": ml.valid, "reasons": list(ml.reasons)}
+
+
 def build_report(
     meta: dict[str, Any],
     records: list[RequestRecord],
@@ -150,7 +159,7 @@ def build_report(
         "stopped_early": stopped,
         "results": results,
         # the one verdict: report.json, summary.txt, the console and the HTML all show this one
-        "validity": {"valid": ml.valid, "reasons": list(ml.reasons)},
+        "validity": verdict_section(ml),
         "mlperf": ml.to_dict(),
         "client": health.to_dict() if health is not None else None,
     }
