@@ -13,7 +13,7 @@ from scipy.stats import binom
 
 from loadgen.metrics.early_stopping import early_stopping_h, percentile
 from loadgen.metrics.mlperf_result import MlperfParams, MlperfResult
-from loadgen.metrics.validity import evaluate
+from loadgen.metrics.validity import _verdict, evaluate
 from loadgen.records import RequestRecord
 from loadgen.report.summary import render_summary
 
@@ -372,9 +372,6 @@ def _server_records(n: int, qps: float, service_s: float, capacity_qps: float | 
 
 
 def test_sustained_server_keeps_up_and_overloaded_one_does_not():
-    from loadgen.metrics.mlperf_result import MlperfParams
-    from loadgen.metrics.validity import evaluate
-
     params = MlperfParams(scenario="Server", min_query_count=1, check_sustained=True)
     ok = evaluate(_server_records(400, qps=20, service_s=1.0), params)
     assert ok.checks["sustained"] and ok.sustained["ratio"] == pytest.approx(1.0, abs=0.01)
@@ -387,9 +384,6 @@ def test_sustained_server_keeps_up_and_overloaded_one_does_not():
 
 
 def test_sustained_needs_an_issue_span_of_twice_the_median_latency():
-    from loadgen.metrics.mlperf_result import MlperfParams
-    from loadgen.metrics.validity import evaluate
-
     params = MlperfParams(scenario="Server", min_query_count=1, check_sustained=True)
     short = evaluate(_server_records(40, qps=20, service_s=3.0), params)  # span 1.95 s, latency 3 s
     assert not short.checks["sustained"]
@@ -403,9 +397,6 @@ def test_sustained_needs_an_issue_span_of_twice_the_median_latency():
 def test_a_short_run_at_three_times_capacity_says_lower_the_qps_not_run_longer():
     """At 3x capacity the median latency grows with the run (about as long as the run itself), so
     "run longer" could never fix it: the growing latency is named instead, with the advice that does."""
-    from loadgen.metrics.mlperf_result import MlperfParams
-    from loadgen.metrics.validity import evaluate
-
     params = MlperfParams(scenario="Server", min_query_count=1, check_sustained=True)
     for n in (60, 120):  # 3 s and 6 s of schedule at 20/s, served at 20/3 per s
         over = evaluate(_server_records(n, qps=20, service_s=0.05, capacity_qps=20 / 3), params)
@@ -417,9 +408,6 @@ def test_a_short_run_at_three_times_capacity_says_lower_the_qps_not_run_longer()
 
 
 def test_too_short_advice_names_a_duration_that_makes_the_check_possible():
-    from loadgen.metrics.mlperf_result import MlperfParams
-    from loadgen.metrics.validity import evaluate
-
     params = MlperfParams(scenario="Server", min_query_count=1, check_sustained=True)
     short = evaluate(_server_records(40, qps=20, service_s=3.0), params)  # steady latency 3 s
     (reason,) = [r for r in short.reasons if "Too short" in r]
@@ -432,8 +420,6 @@ def test_too_short_advice_names_a_duration_that_makes_the_check_possible():
 def test_verdict_and_reasons_never_disagree() -> None:
     """valid == (not reasons) on every path: a failed check without its own reason gets one naming it,
     and a reason makes the result INVALID whatever the checks say."""
-    from loadgen.metrics.validity import _verdict
-
     bare = evaluate(server_run(459), server_params())
     assert bare.valid and not bare.reasons
     bare.checks["min_queries"] = False
