@@ -21,12 +21,13 @@ from loadgen.client.client import Client
 from loadgen.engine.control import RunControl
 from loadgen.engine.gcpause import gc_frozen
 from loadgen.engine.issuer import Issuer, IssueStats
+from loadgen.engine.loopmon import LoopLagMonitor
 from loadgen.engine.progress import Progress
 from loadgen.engine.sink import RecordSink, RunObserver
 from loadgen.engine.warmup import run_warmup
 from loadgen.engine.workers import WorkerJob, WorkerPool, auto_workers, preconnect_count, split_trace
 from loadgen.metrics.gaps import GapStore
-from loadgen.metrics.health import ClientHealth, LoopLagMonitor, admission_times, assess
+from loadgen.metrics.health import ClientHealth, admission_times, assess
 from loadgen.records import RequestRecord
 from loadgen.schedule.trace import Trace, cap_shares, seeded_rngs
 from loadgen.settings import Scenario, Settings
