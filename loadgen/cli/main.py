@@ -11,9 +11,7 @@ import asyncio
 import getpass
 import os
 import shlex
-import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,9 +19,10 @@ import typer
 
 from loadgen.cli.aliases import pick, rate_overrides, unsupported_vllm_flag, vllm_endpoint
 from loadgen.cli.study import register as register_analysis
-from loadgen.engine.runner import RunControl, RunResult, run_async
+from loadgen.engine.runner import RunControl, run_with_signals
 from loadgen.errors import ConfigError, LoadgenError
-from loadgen.report.build import Report, rebuild, render_console, write_outputs
+from loadgen.report.build import Report, rebuild, render_console
+from loadgen.report.outputs import write_outputs
 from loadgen.schedule.length import check_max_duration, expected_length
 from loadgen.settings import Settings, declared_scenario, load_settings
 
@@ -43,14 +42,6 @@ def _err(message: str) -> None:
 
 def _info(message: str) -> None:
     typer.echo(f"loadgen: {message}", err=True)
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 def _parse_headers(values: list[str] | None) -> dict[str, str] | None:
@@ -107,21 +98,6 @@ def prompt_api_key(api_key_env: str | None) -> str:
     if not key.strip():
         raise ConfigError("--api-key-prompt: no key was entered. Type the key, or leave the option out.")
     return key.strip()
-
-
-def execute(settings: Settings, control: RunControl, api_key: str | None = None,
-            observers: tuple[Any, ...] = ()) -> RunResult:
-    """Run with signal handling: first SIGINT/SIGTERM drains, the second aborts."""
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        loop = runner.get_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, control.interrupt, sig.name)
-        try:
-            return runner.run(run_async(settings, control=control, log=_info, api_key=api_key,
-                                        observers=observers))
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
 
 
 def live_dashboard(settings: Settings, expectation: Any, control: RunControl, choice: bool | None
@@ -264,7 +240,8 @@ def run(
             _info("WARNING: --insecure: TLS certificates are NOT verified")
         key = prompt_api_key(settings.api_key_env) if api_key_prompt else None
         control = RunControl()
-        result = execute(settings, control, key, live_dashboard(settings, expectation, control, dashboard))
+        result = run_with_signals(settings, control=control, log=_info, api_key=key,
+                                  observers=live_dashboard(settings, expectation, control, dashboard))
     except LoadgenError as exc:
         _err(str(exc))
         raise typer.Exit(exc.exit_code) from None
@@ -295,7 +272,6 @@ def sim(
     fault: Annotated[list[str] | None, typer.Option(help="inject a fault, e.g. http_500:0.1")] = None,
 ) -> None:
     """Run the built-in simulated OpenAI-compatible server until Ctrl-C."""
-
     from loadgen.servers.sim import SimConfig, parse_fault, serve
 
     try:
