@@ -40,7 +40,7 @@ typecheck: setup-dev
 
 ## README command 2: set up everything and pass the tests (lint, types, unit and integration).
 test: setup-dev setup-system setup-vllm lint typecheck
-	LOADGEN_REQUIRE_VLLM=1 LOADGEN_REQUIRE_PROMETHEUS=1 LOADGEN_REQUIRE_CHROMIUM=1 \
+	LOADGEN_REQUIRE_VLLM=1 LOADGEN_REQUIRE_PROMETHEUS=1 LOADGEN_REQUIRE_CHROMIUM=1 LOADGEN_REQUIRE_TMUX=1 \
 		$(BIN)/python -m pytest -q -p no:cacheprovider
 
 unit: setup-dev

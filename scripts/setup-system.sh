@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages the integration tests use: Prometheus and its Pushgateway (scraping the exporter)
-# and Chromium (rendering the HTML reports headless). Idempotent; needs root (CI runs as root).
+# Chromium (rendering the HTML reports headless) and tmux (the live dashboard in a real terminal). Idempotent; needs root (CI runs as root).
 set -euo pipefail
 need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-pushgateway >/dev/null 2>&1 || need+=(prometheus-pushgateway)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
