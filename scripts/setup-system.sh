@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Debian packages the integration tests use: Prometheus and its Pushgateway (scraping the exporter)
-# Chromium (rendering the HTML reports headless) and tmux (the live dashboard in a real terminal). Idempotent; needs root (CI runs as root).
+# Debian packages the integration tests use: Prometheus and its Pushgateway (scraping the exporter),
+# Chromium (rendering the HTML reports headless) and tmux (the live dashboard in a real terminal).
+# Idempotent; needs root (CI runs as root).
 set -euo pipefail
 need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)

@@ -141,8 +141,9 @@ def test_keys_drive_the_run_control_like_ctrl_c():
 # ---- a real terminal ---------------------------------------------------------------------------------
 
 # Skipped without tmux, unless LOADGEN_REQUIRE_TMUX=1 (make test): then a missing tmux fails the suite.
-needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None and os.environ.get("LOADGEN_REQUIRE_TMUX") != "1",
-                                reason="tmux not installed (make setup-system installs it)")
+needs_tmux = pytest.mark.skipif(
+    shutil.which("tmux") is None and os.environ.get("LOADGEN_REQUIRE_TMUX") != "1",
+    reason="tmux not installed (make setup-system installs it)")
 
 
 class Pane:
