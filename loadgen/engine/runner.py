@@ -338,6 +338,8 @@ async def run_async(
                           interrupted=control.interrupts > 0, itl=gaps.distribution())
     _note_cap(report.data, settings)
     report.data.update(sidecars.results(report.data["results"], client.t0_ns))
+    if sidecars.remote is not None:  # replicas, DCGM exporters, Prometheus (loadgen.observe.remote)
+        report.data.update(await sidecars.remote.results(report.data, client.t0_ns))
     _workload_results(report.data["results"], settings, records, dataset, extra)
     write_outputs(out_dir, report)
     await sidecars.finish(say)
@@ -364,22 +366,28 @@ class Sidecars:
     exporter: Any = None
     sampler: Any = None
     scraper: Any = None
+    remote: Any = None
 
     @classmethod
     def start(
         cls, settings: Settings, run_id: str, model: str, base_url: str, say: Callable[[str], None]
     ) -> Sidecars:
+        from loadgen.observe.flavours import FlavourParser
         from loadgen.observe.gpu import GpuSampler
         from loadgen.observe.promtext import metrics_endpoint
+        from loadgen.observe.remote import Remote, replaces_default_scrape
         from loadgen.observe.scrape import ServerMetricsScraper
 
         cars = cls(settings)
-        if settings.server_metrics_url != "none":  # parsed first: a bad URL starts nothing
+        default_scrape = settings.server_metrics_url != "none" and not replaces_default_scrape(settings)
+        if default_scrape:  # parsed first: a bad URL starts nothing
             try:
                 base, path = metrics_endpoint(base_url, settings.server_metrics_url)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
-            cars.scraper = ServerMetricsScraper(base, path=path)
+            cars.scraper = ServerMetricsScraper(base, path=path, parse=FlavourParser(settings.server_kind))
+        remote = Remote.start(settings, default_scrape=default_scrape)
+        cars.remote = remote if remote.active else None
         if settings.metrics_port is not None or settings.pushgateway or settings.metrics_textfile:
             from loadgen.observe.exporter import Exporter
 
@@ -401,12 +409,16 @@ class Sidecars:
         count from here, so it must not race the requests that start the run."""
         if self.scraper is not None:
             await self.scraper.baseline(session)
+        if self.remote is not None:
+            await self.remote.baseline(session)
 
     def scrape_during(self, tg: asyncio.TaskGroup, session: aiohttp.ClientSession, stop: asyncio.Event
                       ) -> None:
         """Scrape every second while the run lasts; after ``stop``, until the server's counters settle."""
         if self.scraper is not None:
             tg.create_task(self.scraper.run(session, stop))
+        if self.remote is not None:
+            self.remote.during(tg, session, stop)
 
     @property
     def observers(self) -> tuple[RunObserver, ...]:
@@ -421,6 +433,7 @@ class Sidecars:
         out: dict[str, Any] = {}
         if self.scraper is not None:
             out["server_metrics"] = self.scraper.result(results.get("ttft_ms"))
+            out["server_metrics"]["server_kind"] = self.scraper._parse.kind
         if self.sampler is not None:
             end_ns = t0_ns + int((results.get("duration_s") or 0) * 1e9)
             out["telemetry"] = self.sampler.result(

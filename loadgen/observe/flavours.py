@@ -43,8 +43,10 @@ __all__ = [
     "FLAVOURS",
     "KINDS",
     "Flavour",
+    "FlavourParser",
     "Source",
     "detect",
+    "iter_samples",
     "parse_flavour",
 ]
 
@@ -257,3 +259,20 @@ def parse_flavour(text: str, flavour: Flavour | str) -> Snapshot:
         for canon, per_le in buckets.items()
     }
     return Snapshot(scalars=scalars, histograms=hists)
+
+
+class FlavourParser:
+    """A scraper's parse hook: translates each scrape of one server into canonical names. ``kind``
+    None detects it from the first scrape (vLLM when nothing known is found); :attr:`kind` then says
+    which table was used."""
+
+    def __init__(self, kind: str | None = None) -> None:
+        if kind is not None and kind not in FLAVOURS:
+            raise ValueError(f"server kind {kind!r}: expected one of {', '.join(KINDS)}")
+        self.kind = kind
+        self.detected = kind is None
+
+    def __call__(self, text: str) -> Snapshot:
+        if self.kind is None:
+            self.kind = detect(text) or "vllm"
+        return parse_flavour(text, self.kind)

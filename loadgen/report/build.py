@@ -19,6 +19,7 @@ from loadgen.metrics import latency as metrics
 from loadgen.metrics import mlperf
 from loadgen.metrics.gaps import GapStore, compact
 from loadgen.records import RequestRecord, iter_records
+from loadgen.report.fleet import fleet_console_lines, fleet_summary_lines
 from loadgen.settings import Scenario, Settings
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def additional_stats(data: dict[str, Any]) -> list[str]:
             f"GPU mean power (W) : {_num(power.get('mean'), '.2f')}",
             f"GPU peak power (W) : {_num(power.get('peak'), '.2f')}",
         ]
-    return lines
+    return lines + fleet_summary_lines(data)
 
 
 def mlperf_params(settings: Settings, sut_name: str) -> mlperf.MlperfParams:
@@ -330,6 +331,7 @@ def render_console(data: dict[str, Any]) -> str:
     if (data.get("server_metrics") or {}).get("note"):
         lines.append(f"server metrics: {data['server_metrics']['note']}")
     lines += _console_gpu(data.get("telemetry") or {})
+    lines += fleet_console_lines(data)
     lines.append("")
     v = data["validity"]
     lines.append("Result is : VALID" if v["valid"] else "Result is : INVALID")

@@ -31,6 +31,7 @@ import numpy as np
 from loadgen.metrics import latency as metrics
 from loadgen.records import RequestRecord, iter_records, read_records
 from loadgen.report.build import load_json
+from loadgen.report.fleet import fleet_html
 from loadgen.report.svgplot import PALETTE, Axis, Chart, RefLine, Series, Style, cdf
 
 __all__ = [
@@ -581,6 +582,7 @@ def render_run_html(
         body.append("<p class='note'>No request records (requests.jsonl) were available: plots omitted.</p>")
     body += _server_figures(report)
     body += _gpu_figures(report)
+    body += fleet_html(report)
     body.append(
         "<details><summary>Settings</summary><pre>"
         + _e(json.dumps(s, indent=2, sort_keys=True, default=str)) + "</pre></details>"

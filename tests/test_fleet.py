@@ -1,0 +1,64 @@
+"""Several replicas' /metrics and a DCGM exporter scraped directly: fleet sums, per-replica sections,
+remote GPU energy and J per output token, through the real CLI over 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import load_report, run_cli, write_scenario
+from tests.fleet_helpers import dcgm_exporter, replicas
+
+INPUT, OUTPUT = 32, 16
+
+
+@pytest.mark.parametrize("kind", ["vllm", "sglang", "trtllm"])
+def test_two_replicas_sum_to_the_fleet_and_dcgm_energy_is_the_known_integral(tmp_path: Path, kind: str) -> None:
+    power = [300.0, 450.0]
+    with replicas(2, ttft_ms=20, itl_ms=5, metrics_flavour=kind) as reps, dcgm_exporter(power) as (dcgm, _):
+        scenario = write_scenario(tmp_path / "s.yaml", scenario="concurrency", concurrency=8, input_len=INPUT,
+                                  output_len=OUTPUT, duration_s=2, num_requests=20, seed=3)
+        args = ["run", str(scenario), "--url", reps[0].url, "--out", str(tmp_path / "run"), "--quiet",
+                "--no-gpu-telemetry", "--dcgm-url", dcgm]
+        for r in reps:
+            args += ["--metrics-url", r.admin_url]
+        res = run_cli(*args, timeout=180)
+        assert res.code == 0, res.output
+    report = load_report(tmp_path / "run")
+    sm = report["server_metrics"]
+    assert sm["server_kind"] == [kind]
+    assert sm["replica_count"] == 2
+    gen = "vllm:generation_tokens_total"
+    # every request the client completed was served by one replica or the other
+    n = report["results"]["requests_completed"]
+    assert n >= 20 and report["results"]["requests_failed"] == 0
+    assert sm["deltas"][gen] == n * OUTPUT == report["results"]["output_tokens_total"], \
+        json.dumps(sm, indent=1)[:3000]
+    assert sm["deltas"]["vllm:prompt_tokens_total"] == n * INPUT
+    per = [r["deltas"][gen] for r in sm["replicas"]]
+    assert sum(per) == sm["deltas"][gen]
+    assert all(p > 0 for p in per), per  # the kernel spread the connections over both replicas
+    assert sm["histograms"]["time_to_first_token"]["count"] == n
+    # energy: two GPUs of constant known power over the measured window
+    fe = report["fleet_energy"]
+    window = report["results"]["duration_s"]
+    known = sum(power) * window
+    assert fe["gpu_count"] == 2
+    assert fe["energy_method"] == "counter"
+    assert fe["energy_j"] == pytest.approx(known, rel=0.01)
+    tokens = report["results"]["output_tokens_total"]
+    assert fe["joules_per_output_token"] == pytest.approx(fe["energy_j"] / tokens, rel=1e-9)
+    assert fe["output_tokens_per_joule"] == pytest.approx(tokens / fe["energy_j"], rel=1e-9)
+    summary = (tmp_path / "run" / "summary.txt").read_text()
+    assert "Fleet GPU joules per output token" in summary
+
+
+def test_a_bad_dcgm_url_is_refused_naming_the_flag(tmp_path: Path) -> None:
+    scenario = write_scenario(tmp_path / "s.yaml", scenario="concurrency", concurrency=1, duration_s=1,
+                              num_requests=2)
+    res = run_cli("run", str(scenario), "--out", str(tmp_path / "r"), "--quiet", "--dcgm-url", "ftp://x",
+                  timeout=60)
+    assert res.code == 2
+    assert "--dcgm-url" in res.output and "Traceback" not in res.output
