@@ -340,10 +340,21 @@ async def run_async(
     report.data.update(sidecars.results(report.data["results"], client.t0_ns))
     if sidecars.remote is not None:  # replicas, DCGM exporters, Prometheus (loadgen.observe.remote)
         report.data.update(await sidecars.remote.results(report.data, client.t0_ns))
+    _cached_tokens(report.data, records)
     _workload_results(report.data["results"], settings, records, dataset, extra)
     write_outputs(out_dir, report)
     await sidecars.finish(say)
     return RunResult(out_dir, report.data)
+
+
+def _cached_tokens(data: dict[str, Any], records: list[RequestRecord]) -> None:
+    """Client-side prefix-cache hits (usage.prompt_tokens_details) beside the server's hit rate."""
+    from loadgen.metrics.cached import cached_prompt_tokens
+
+    sm = data.get("server_metrics")
+    cached = cached_prompt_tokens(records, sm.get("prefix_cache_hit_rate") if isinstance(sm, dict) else None)
+    if cached is not None:
+        data["results"]["cached_prompt_tokens"] = cached
 
 
 def _workload_results(
