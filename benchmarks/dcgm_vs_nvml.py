@@ -72,9 +72,12 @@ def gpu_load(seconds: float, stop: threading.Event, steps: list[int]) -> None:
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     import aiohttp
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    exporter = subprocess.Popen([sys.executable, "-m", "loadgen.servers.dcgm_exporter", "--nvml", "--port", "0"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    # Started (and its ready line read) before anything is measured: blocking here costs nothing.
+    exporter = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, "-m", "loadgen.servers.dcgm_exporter", "--nvml", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
         assert exporter.stdout is not None
         line = exporter.stdout.readline()

@@ -57,7 +57,8 @@ def replicas(n: int, **cfg: object) -> Iterator[list[Replica]]:
     try:
         for _ in range(n):
             p = subprocess.Popen(
-                [sys.executable, "-m", "loadgen.servers.sim", "--config-json", json.dumps(cfg), "--port", str(port),
+                [sys.executable, "-m", "loadgen.servers.sim", "--config-json", json.dumps(cfg),
+                 "--port", str(port),
                  "--reuse-port", "--admin-port", "0", "--exit-on-stdin-eof"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
             procs.append(p)

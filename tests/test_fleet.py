@@ -15,7 +15,8 @@ INPUT, OUTPUT = 32, 16
 
 
 @pytest.mark.parametrize("kind", ["vllm", "sglang", "trtllm"])
-def test_two_replicas_sum_to_the_fleet_and_dcgm_energy_is_the_known_integral(tmp_path: Path, kind: str) -> None:
+def test_two_replicas_sum_to_the_fleet_and_dcgm_energy_is_the_known_integral(tmp_path: Path, kind: str
+                                                                               ) -> None:
     power = [300.0, 450.0]
     with replicas(2, ttft_ms=20, itl_ms=5, metrics_flavour=kind) as reps, dcgm_exporter(power) as (dcgm, _):
         scenario = write_scenario(tmp_path / "s.yaml", scenario="concurrency", concurrency=8, input_len=INPUT,
@@ -62,3 +63,15 @@ def test_a_bad_dcgm_url_is_refused_naming_the_flag(tmp_path: Path) -> None:
                   timeout=60)
     assert res.code == 2
     assert "--dcgm-url" in res.output and "Traceback" not in res.output
+
+
+def test_sweeps_and_plans_prefer_the_fleets_joules_per_token() -> None:
+    from loadgen.study.sweep import joules_per_output_token
+
+    local = {"telemetry": {"available": True, "total": {"joules_per_output_token": 5.0}},
+             "results": {"output_tokens_total": 100}}
+    assert joules_per_output_token(local) == 5.0
+    fleet = {**local, "fleet_energy": {"joules_per_output_token": 0.5, "energy_j": 50.0}}
+    assert joules_per_output_token(fleet) == 0.5
+    unknown = {**local, "fleet_energy": {"joules_per_output_token": None, "energy_j": None}}
+    assert joules_per_output_token(unknown) == 5.0

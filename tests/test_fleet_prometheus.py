@@ -57,9 +57,11 @@ def test_promql_source_gives_fleet_replicas_and_known_energy(tmp_path: Path) -> 
                 time.sleep(0.5)
             assert _scraped_twice(base, 3), log.read_text()[-2000:]
             scenario = write_scenario(tmp_path / "s.yaml", scenario="concurrency", concurrency=8,
-                                      input_len=INPUT, output_len=OUTPUT, duration_s=4, num_requests=20, seed=5)
+                                      input_len=INPUT, output_len=OUTPUT, duration_s=4, num_requests=20,
+                                      seed=5)
             out = tmp_path / "run"
-            res = run_cli("run", str(scenario), "--url", reps[0].url, "--prometheus-url", base, "--out", str(out),
+            res = run_cli("run", str(scenario), "--url", reps[0].url, "--prometheus-url", base,
+                          "--out", str(out),
                           "--quiet", "--no-gpu-telemetry", timeout=180)
             assert res.code == 0, res.output
     report = load_report(out)

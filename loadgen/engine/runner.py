@@ -337,10 +337,7 @@ async def run_async(
     report = build_report(meta, records, settings=settings, health=health, stats=stats,
                           interrupted=control.interrupts > 0, itl=gaps.distribution())
     _note_cap(report.data, settings)
-    report.data.update(sidecars.results(report.data["results"], client.t0_ns))
-    if sidecars.remote is not None:  # replicas, DCGM exporters, Prometheus (loadgen.observe.remote)
-        report.data.update(await sidecars.remote.results(report.data, client.t0_ns))
-    _cached_tokens(report.data, records)
+    await sidecars.add_results(report.data, records, client.t0_ns)
     _workload_results(report.data["results"], settings, records, dataset, extra)
     write_outputs(out_dir, report)
     await sidecars.finish(say)
@@ -444,7 +441,7 @@ class Sidecars:
         out: dict[str, Any] = {}
         if self.scraper is not None:
             out["server_metrics"] = self.scraper.result(results.get("ttft_ms"))
-            out["server_metrics"]["server_kind"] = self.scraper._parse.kind
+            out["server_metrics"]["server_kind"] = self.scraper.parse.kind
         if self.sampler is not None:
             end_ns = t0_ns + int((results.get("duration_s") or 0) * 1e9)
             out["telemetry"] = self.sampler.result(
@@ -452,6 +449,15 @@ class Sidecars:
                 output_tokens=results.get("output_tokens_total"), t0_ns=t0_ns,
             )
         return out
+
+    async def add_results(self, data: dict[str, Any], records: list[RequestRecord], t0_ns: int) -> None:
+        """Add the sidecars' sections to the built report: :meth:`results`, then the remote fleet's
+        (replicas, DCGM exporters, Prometheus: loadgen.observe.remote) and the client's cached-prompt-token
+        counts."""
+        data.update(self.results(data["results"], t0_ns))
+        if self.remote is not None:
+            data.update(await self.remote.results(data, t0_ns))
+        _cached_tokens(data, records)
 
     async def finish(self, say: Callable[[str], None]) -> None:
         if self.exporter is None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import pairwise
 from typing import Any
 
 import aiohttp
@@ -62,7 +63,7 @@ def interpolate(points: Sequence[tuple[float, float]], t: float) -> float | None
     outside the samples (no extrapolation: an edge not bracketed is not known)."""
     if not points or t < points[0][0] or t > points[-1][0]:
         return None
-    for (t0, v0), (t1, v1) in zip(points, points[1:], strict=False):
+    for (t0, v0), (t1, v1) in pairwise(points):
         if t0 <= t <= t1:
             return v0 if t1 == t0 else v0 + (v1 - v0) * (t - t0) / (t1 - t0)
     return points[-1][1]
@@ -74,7 +75,7 @@ def _power_integral(points: Sequence[tuple[float, float]], start: float, end: fl
         return None
     inner = [(t, v) for t, v in points if start < t < end]
     curve = [(start, a), *inner, (end, b)]
-    return sum((t1 - t0) * (v0 + v1) / 2 for (t0, v0), (t1, v1) in zip(curve, curve[1:], strict=False))
+    return sum((t1 - t0) * (v0 + v1) / 2 for (t0, v0), (t1, v1) in pairwise(curve))
 
 
 def _mean_in(points: Sequence[tuple[float, float]], start: float, end: float) -> float | None:
@@ -89,7 +90,7 @@ def gpu_energy(series: GpuSeries, start: float, end: float) -> dict[str, Any]:
     e0, e1 = interpolate(energy, start), interpolate(energy, end)
     out: dict[str, Any] = {"energy_j": None, "energy_method": None}
     if e0 is not None and e1 is not None and e1 >= e0 and all(
-            b[1] >= a[1] for a, b in zip(energy, energy[1:], strict=False)):
+            b[1] >= a[1] for a, b in pairwise(energy)):
         out["energy_j"], out["energy_method"] = (e1 - e0) / 1000.0, "counter"
     else:
         integral = _power_integral(series.get(DCGM_POWER, []), start, end)
@@ -110,7 +111,7 @@ def fleet_energy(gpus: Mapping[str, GpuSeries], start: float, end: float, *, out
     ``energy_j`` is None when any GPU's energy is unknown (a partial sum would flatter J/token)."""
     per = {key: gpu_energy(s, start, end) for key, s in sorted(gpus.items())}
     known = [g["energy_j"] for g in per.values()]
-    total = sum(known) if known and all(e is not None for e in known) else None  # type: ignore[misc]
+    total = sum(known) if known and all(e is not None for e in known) else None
     notes = [note] if note else []
     if not per:
         notes.append("no DCGM GPU series found")

@@ -200,7 +200,7 @@ def iter_samples(text: str, names: Iterable[str]) -> Iterable[tuple[str, dict[st
             continue
         brace = line.find("{")
         space = line.find(" ")
-        cut = brace if 0 <= brace and (space < 0 or brace < space) else space
+        cut = brace if brace >= 0 and (space < 0 or brace < space) else space
         if cut <= 0:
             continue
         name = line[:cut]

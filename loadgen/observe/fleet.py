@@ -76,7 +76,7 @@ class FleetScraper:
         deltas: dict[str, float | None] = {}
         for c in counters:
             values = [r["deltas"].get(c) for r in replicas]
-            deltas[c] = None if any(v is None for v in values) else sum(values)  # type: ignore[misc]
+            deltas[c] = None if any(v is None for v in values) else sum(values)
         histograms: dict[str, Any] = {}
         server_ttft: Histogram | None = None
         for short, family in self.scrapers[0].histograms.items():
@@ -85,7 +85,8 @@ class FleetScraper:
                 if s.after is None or (after := s.after.histograms.get(family)) is None:
                     continue
                 try:
-                    parts.append(histogram_delta(s.before.histograms.get(family) if s.before else None, after))
+                    before = s.before.histograms.get(family) if s.before else None
+                    parts.append(histogram_delta(before, after))
                 except ValueError:
                     continue
             if not parts:

@@ -28,6 +28,7 @@ import math
 import re
 import time
 from collections.abc import Mapping
+from itertools import pairwise
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -78,7 +79,7 @@ def _window_delta(samples: Samples, start: float) -> tuple[float | None, bool]:
     before = [v for t, v in samples if t <= start]
     base, had = (before[-1], True) if before else (samples[0][1], False)
     after = [v for t, v in samples if t >= start] or [base]
-    if any(b < a for a, b in zip(after, after[1:], strict=False)) or after[-1] < base:
+    if any(b < a for a, b in pairwise(after)) or after[-1] < base:
         return None, had
     return samples[-1][1] - base, had
 
@@ -87,7 +88,8 @@ class PrometheusSource:
     """Queries one Prometheus after the run; see the module docstring. ``clock_ns``/``wall_ns`` map the
     run's monotonic window to Prometheus's wall-clock timestamps."""
 
-    def __init__(self, url: str, *, server_kind: str | None = None, overrides: Mapping[str, str] | None = None,
+    def __init__(self, url: str, *, server_kind: str | None = None,
+                 overrides: Mapping[str, str] | None = None,
                  settle_s: float = 3.0, timeout_s: float = 10.0) -> None:
         self.url = check_url(url)
         self.kind = server_kind
@@ -161,8 +163,9 @@ class PrometheusSource:
                 fleet["queries"] = {k: v for k, v in self.queries.items() if k in DCGM_FIELDS}
         return server, fleet
 
-    async def _server(self, session: aiohttp.ClientSession, fl: Flavour, start: float, at: float, span: int
-                      ) -> dict[str, Any]:
+    async def _counters(self, session: aiohttp.ClientSession, fl: Flavour, start: float, at: float, span: int
+                        ) -> dict[str, dict[str, float | None]]:
+        """Per instance, per canonical counter: the window's delta (None: a reset)."""
         per: dict[str, dict[str, float | None]] = {}
         missing_before: set[str] = set()
         for canon in DEFAULT_COUNTERS:
@@ -180,46 +183,51 @@ class PrometheusSource:
                 row = per.setdefault(inst, {})
                 prev = row.get(canon, 0.0)
                 row[canon] = None if delta is None or prev is None else prev + delta
-        hist_per: dict[str, dict[str, dict[float, float]]] = {}
+        if missing_before:
+            self.notes.append(
+                f"no sample before the run's start for {', '.join(sorted(missing_before))}: their deltas "
+                "count from their first sample inside the window")
+        return per
+
+    async def _histograms(self, session: aiohttp.ClientSession, fl: Flavour, start: float, at: float,
+                          span: int) -> tuple[dict[str, Any], Histogram | None]:
+        """The fleet's window histograms (bucket deltas summed over instances) and its TTFT one."""
+        histograms: dict[str, Any] = {}
+        ttft: Histogram | None = None
         for short, canon in DEFAULT_HISTOGRAMS.items():
             family = self.overrides.get(canon) or fl.histograms.get(canon)
             if family is None:
                 continue
+            by_le: dict[float, float] = {}
+            instances = set()
             for labels, samples in await self._series(session, canon, f"{family}_bucket", at, span):
                 le = labels.get("le")
                 delta, _ = _window_delta(samples, start)
                 if le is None or delta is None:
                     continue
-                by_le = hist_per.setdefault(short, {}).setdefault(labels.get("instance", ""), {})
+                instances.add(labels.get("instance", ""))
                 by_le[float(le)] = by_le.get(float(le), 0.0) + delta
-        if missing_before:
-            self.notes.append(
-                f"no sample before the run's start for {', '.join(sorted(missing_before))}: their deltas "
-                "count from their first sample inside the window")
-        replicas = []
-        for inst in sorted(per):
-            row = per[inst]
-            replicas.append({"instance": inst, "deltas": {c: row.get(c) for c in DEFAULT_COUNTERS if c in row},
-                             "prefix_cache_hit_rate": prefix_cache_hit_rate(row)})
+            if not by_le:
+                continue
+            buckets = tuple(sorted(by_le.items()))
+            hist = Histogram(buckets=buckets, count=buckets[-1][1], sum=math.nan)
+            histograms[short] = {"metric": family, "replicas": len(instances), **histogram_summary(hist)}
+            if short == "time_to_first_token":
+                ttft = hist
+        return histograms, ttft
+
+    async def _server(self, session: aiohttp.ClientSession, fl: Flavour, start: float, at: float, span: int
+                      ) -> dict[str, Any]:
+        per = await self._counters(session, fl, start, at, span)
+        histograms, ttft = await self._histograms(session, fl, start, at, span)
+        replicas = [{"instance": inst, "deltas": dict(per[inst]), "prefix_cache_hit_rate":
+                     prefix_cache_hit_rate(per[inst])} for inst in sorted(per)]
         deltas: dict[str, float | None] = {}
         for c in DEFAULT_COUNTERS:
             vals = [per[i].get(c) for i in per if c in per[i]]
             if vals:
-                deltas[c] = None if any(v is None for v in vals) else sum(vals)  # type: ignore[misc]
-        histograms: dict[str, Any] = {}
-        ttft: Histogram | None = None
-        for short, insts in hist_per.items():
-            fleet_le: dict[float, float] = {}
-            for by_le in insts.values():
-                for le, c in by_le.items():
-                    fleet_le[le] = fleet_le.get(le, 0.0) + c
-            buckets = tuple(sorted(fleet_le.items()))
-            total = buckets[-1][1] if buckets else 0.0
-            hist = Histogram(buckets=buckets, count=total, sum=math.nan)
-            histograms[short] = {"metric": fl.histograms.get(DEFAULT_HISTOGRAMS[short]),
-                                 "replicas": len(insts), **histogram_summary(hist)}
-            if short == "time_to_first_token":
-                ttft = hist
+                known = [v for v in vals if v is not None]
+                deltas[c] = sum(known) if len(known) == len(vals) else None
         return {"source": "prometheus", "url": self.url, "window_start_unix_s": start,
                 "replica_count": len(replicas), "deltas": deltas,
                 "prefix_cache_hit_rate": prefix_cache_hit_rate(deltas), "histograms": histograms,

@@ -53,12 +53,14 @@ def fleet_html(data: dict[str, Any]) -> list[str]:
         return []
     out = ["<h2>Fleet</h2>"]
     if isinstance(fe, dict):
-        out.append(f"<p>GPU energy ({escape(str(fe.get('source')))}, {escape(str(fe.get('energy_method')))}): "
+        how = f"{escape(str(fe.get('source')))}, {escape(str(fe.get('energy_method')))}"
+        out.append(f"<p>GPU energy ({how}): "
                    f"{_num(fe.get('energy_j'), '.1f')} J, {_num(fe.get('joules_per_output_token'), '.4f')} "
                    f"J/output token, {_num(fe.get('output_tokens_per_joule'), '.2f')} output tokens/J</p>")
         rows = "".join(f"<tr><td>{escape(k)}</td><td>{_num(g.get('energy_j'), '.1f')}</td>"
-                       f"<td>{_num(g.get('power_mean_w'), '.1f')}</td><td>{_num(g.get('util_mean_pct'), '.0f')}"
-                       f"</td></tr>" for k, g in (fe.get("gpus") or {}).items())
+                       f"<td>{_num(g.get('power_mean_w'), '.1f')}</td>"
+                       f"<td>{_num(g.get('util_mean_pct'), '.0f')}</td></tr>"
+                       for k, g in (fe.get("gpus") or {}).items())
         out.append("<table><tr><th>GPU</th><th>energy J</th><th>mean W</th><th>util %</th></tr>"
                    f"{rows}</table>")
         if fe.get("note"):
@@ -72,3 +74,14 @@ def fleet_html(data: dict[str, Any]) -> list[str]:
         out.append("<table><tr><th>replica</th><th>prompt tokens</th><th>generated tokens</th></tr>"
                    f"{rows}</table>")
     return out
+
+
+def fleet_joules_per_output_token(report: dict[str, Any]) -> float | None:
+    """The fleet's GPU joules per output token (``fleet_energy``: DCGM, direct or via Prometheus); None
+    when the report has none. A remote fleet's GPUs are the ones serving, so sweeps and plans prefer
+    this over the client host's own ``telemetry``."""
+    fe = report.get("fleet_energy")
+    if not isinstance(fe, dict):
+        return None
+    jpt = fe.get("joules_per_output_token")
+    return float(jpt) if isinstance(jpt, int | float) and jpt > 0 else None

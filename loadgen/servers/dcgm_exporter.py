@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["GpuReading", "SyntheticGpus", "NvmlGpus", "render", "main"]
+__all__ = ["GpuReading", "NvmlGpus", "SyntheticGpus", "main", "render"]
 
 _HELP = {
     "DCGM_FI_DEV_POWER_USAGE": ("gauge", "Power draw (in W)."),
@@ -75,7 +75,8 @@ class SyntheticGpus:
     def read(self) -> list[GpuReading]:
         t = self._clock()
         return [GpuReading(i, f"GPU-00000000-0000-0000-0000-{i:012d}", "Synthetic GPU", p,
-                           self.energy_j(i, t) * 1000.0, self.util_pct, self.fb_used, self.fb_total - self.fb_used)
+                           self.energy_j(i, t) * 1000.0, self.util_pct, self.fb_used,
+                           self.fb_total - self.fb_used)
                 for i, p in enumerate(self.power_w)]
 
 
@@ -152,7 +153,7 @@ def make_server(source: SyntheticGpus | NvmlGpus, host: str, port: int, hostname
     """An HTTP server answering ``GET /metrics`` (and ``/health``) from ``source``."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             if self.path.split("?")[0] == "/metrics":
                 body, ctype = render(source.read(), hostname), "text/plain; version=0.0.4; charset=utf-8"
             elif self.path == "/health":
@@ -166,7 +167,7 @@ def make_server(source: SyntheticGpus | NvmlGpus, host: str, port: int, hostname
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+        def log_message(self, format: str, *args: Any) -> None:
             return
 
     server = ThreadingHTTPServer((host, port), Handler)
@@ -208,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         source = SyntheticGpus(power, energy_start_mj=args.energy_start_mj)
     server = make_server(source, args.host, args.port, args.hostname)
     host, port = server.server_address[:2]
-    print(json.dumps({"url": f"http://{host}:{port}", "t0_monotonic": getattr(source, "t0", None)}), flush=True)
+    ready = {"url": f"http://{host!s}:{port}", "t0_monotonic": getattr(source, "t0", None)}
+    print(json.dumps(ready), flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:

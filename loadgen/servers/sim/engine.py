@@ -132,8 +132,20 @@ class Sink(Protocol):
 class Seq:
     """One generating request inside the engine."""
 
-    __slots__ = ("admitted_ns", "arrival_ns", "chunks", "done", "last_emit_ns", "max_tokens",
-                 "prompt_tokens", "cached_tokens", "sink", "stall_after", "stall_ns", "tokens")
+    __slots__ = (
+        "admitted_ns",
+        "arrival_ns",
+        "cached_tokens",
+        "chunks",
+        "done",
+        "last_emit_ns",
+        "max_tokens",
+        "prompt_tokens",
+        "sink",
+        "stall_after",
+        "stall_ns",
+        "tokens",
+    )
 
     def __init__(self, sink: Sink, arrival_ns: int, prompt_tokens: int, max_tokens: int, *,
                  stall_after: int = -1, stall_ns: int = 0, cached_tokens: int = 0) -> None:

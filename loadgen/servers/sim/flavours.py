@@ -24,7 +24,7 @@ Hist = Callable[[Line, str, str, str, "Histogram"], None]
 Scalar = Callable[..., None]
 
 
-def render_flavour(flavour: str, eng: Engine, max_seqs: int, labels: str, out: Line, scalar: Scalar,
+def render_flavour(flavour: str, eng: Engine, *, max_seqs: int, labels: str, out: Line, scalar: Scalar,
                    hist: Hist) -> None:
     """Append ``eng``'s series under ``flavour``'s names to ``out`` (``scalar``/``hist`` write one
     series each)."""
@@ -94,8 +94,8 @@ def render_flavour(flavour: str, eng: Engine, max_seqs: int, labels: str, out: L
                labels, value=eng.prompt_tokens_total)
         scalar(out, "trtllm_generation_tokens_total", "counter",
                "Cumulative number of generation tokens produced.", labels, value=eng.generation_tokens_total)
-        scalar(out, "trtllm_prompt_cached_tokens_total", "counter", "Cumulative number of cached prompt tokens.",
-               labels, value=eng.prefix_hits_total)
+        scalar(out, "trtllm_prompt_cached_tokens_total", "counter",
+               "Cumulative number of cached prompt tokens.", labels, value=eng.prefix_hits_total)
         scalar(out, "trtllm_request_success_total", "counter", "Count of successfully processed requests.",
                labels + ',finished_reason="length"', value=eng.success_total)
         hist(out, "trtllm_time_to_first_token_seconds", "Histogram of time to first token in seconds.",

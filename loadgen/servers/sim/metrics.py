@@ -37,7 +37,8 @@ def render_metrics(app: SimApp) -> bytes:
     labels = 'model_name="{}"'.format(cfg.model.replace("\\", "\\\\").replace('"', '\\"'))
     out: list[str] = []
     if cfg.metrics_flavour != "vllm":
-        render_flavour(cfg.metrics_flavour, eng, cfg.max_seqs, labels, out, _scalar, _histogram)
+        render_flavour(cfg.metrics_flavour, eng, max_seqs=cfg.max_seqs, labels=labels, out=out,
+                       scalar=_scalar, hist=_histogram)
         return ("\n".join(out) + "\n").encode()
     _scalar(out, "vllm:num_requests_running", "gauge", "Number of requests in model execution batches.",
             labels, value=eng.running)

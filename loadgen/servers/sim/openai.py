@@ -89,8 +89,8 @@ class SimApp:
         self.cfg = cfg
         self.loop = loop
         self.engine = Engine(cfg, loop)
-        self.prefix = PrefixCache(cfg.prefix_cache_blocks, cfg.prefix_block_tokens) if cfg.prefix_cache_blocks \
-            else None
+        self.prefix = (PrefixCache(cfg.prefix_cache_blocks, cfg.prefix_block_tokens)
+                       if cfg.prefix_cache_blocks else None)
         self.faults = FaultPicker(cfg.faults, cfg.seed)
         rng = random.Random(cfg.seed)
         self.words = [f" w{rng.randrange(10000):04d}" for _ in range(WORDS)]
