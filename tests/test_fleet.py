@@ -75,3 +75,20 @@ def test_sweeps_and_plans_prefer_the_fleets_joules_per_token() -> None:
     assert joules_per_output_token(fleet) == 0.5
     unknown = {**local, "fleet_energy": {"joules_per_output_token": None, "energy_j": None}}
     assert joules_per_output_token(unknown) == 5.0
+
+
+def test_cached_tokens_survive_the_record_table_and_give_the_client_hit_rate() -> None:
+    from loadgen.metrics.cached import cached_prompt_tokens
+    from loadgen.metrics.gaps import RecordTable
+    from loadgen.records import RequestRecord
+
+    recs = [RequestRecord(index=i, sample=i, query=i, scheduled_ns=0, sent_ns=0, end_ns=1, prompt_tokens=100,
+                          cached_tokens=c) for i, c in enumerate([0, 64, None, 96])]
+    table = RecordTable()
+    for r in recs:
+        table.append(r)
+    back = list(table)
+    assert [r.cached_tokens for r in back] == [0, 64, None, 96]
+    cached = cached_prompt_tokens(back, server_hit_rate=0.5)
+    assert cached == {"requests_reporting": 3, "requests_hit": 2, "total": 160, "prompt_tokens": 300,
+                      "hit_rate": 160 / 300, "server_hit_rate": 0.5}
