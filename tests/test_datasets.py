@@ -11,8 +11,8 @@ import pytest
 
 from loadgen.schedule.trace import build_trace, seeded_rngs
 from loadgen.settings import LengthDist, Settings
-from loadgen.workload.files import load_dataset
 from loadgen.workload.samples import draw_lengths
+from loadgen.workload.sources import load_dataset
 from loadgen.workload.tokens import WordCounter
 
 N = 200_000

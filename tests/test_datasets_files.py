@@ -10,7 +10,8 @@ import pytest
 from loadgen.errors import ConfigError
 from loadgen.schedule.trace import seeded_rngs
 from loadgen.settings import DatasetSpec, Settings, build_settings
-from loadgen.workload.files import load_dataset, load_file
+from loadgen.workload.files import load_file
+from loadgen.workload.sources import load_dataset
 from loadgen.workload.tokens import LocalTokenizer, WordCounter
 from tests.tiny_model import prompt_of, write_tiny_model
 

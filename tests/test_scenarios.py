@@ -58,7 +58,7 @@ def test_changing_qps_keeps_the_sample_order():
 def test_changing_qps_sends_the_same_prompts_first(extra):
     """The prompt set is sized from qps × duration, yet the queries both runs send carry the same
     prompts and lengths, in the same order (MLPERF.md: changing QPS must not change the sample order)."""
-    from loadgen.workload.files import load_dataset
+    from loadgen.workload.sources import load_dataset
     from loadgen.workload.tokens import WordCounter
 
     def sent(qps: float) -> list[tuple[str, int, int]]:

@@ -20,7 +20,7 @@ from loadgen.errors import ConfigError
 from loadgen.schedule.trace import build_trace, seeded_rngs
 from loadgen.servers.sim import SimConfig, SimProcess, SimServer
 from loadgen.settings import ReplaySpec, Scenario, Settings
-from loadgen.workload.files import load_dataset
+from loadgen.workload.sources import load_dataset
 from loadgen.workload.tokens import LocalTokenizer, WordCounter
 from loadgen.workload.traces import read_azure, read_mooncake, retime
 from tests.conftest import run_cli, write_scenario

@@ -11,7 +11,7 @@ from loadgen.engine.warmup import warmup_dataset
 from loadgen.records import read_records
 from loadgen.schedule.trace import build_trace, seeded_rngs
 from loadgen.settings import Settings
-from loadgen.workload.files import load_dataset
+from loadgen.workload.sources import load_dataset
 from loadgen.workload.tokens import WordCounter
 from tests.conftest import load_report, run_cli
 from tests.recording_server import RecordingServer

@@ -49,9 +49,9 @@ from loadgen.records import RecordWriter, RequestRecord
 from loadgen.report.build import build_report, write_outputs
 from loadgen.schedule.trace import Trace, build_trace, cap_shares, seeded_rngs
 from loadgen.settings import Scenario, Settings
-from loadgen.workload.files import load_dataset
 from loadgen.workload.prefix import ttft_by_group
 from loadgen.workload.samples import Dataset
+from loadgen.workload.sources import load_dataset
 from loadgen.workload.tokens import LocalTokenizer, ServerTokenizer, TokenCounter, WordCounter
 
 DRAIN_GRACE_S = 30.0

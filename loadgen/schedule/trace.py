@@ -28,6 +28,7 @@ from loadgen.schedule.arrivals import (
 from loadgen.schedule.length import check_max_duration
 from loadgen.settings import Scenario, Settings
 from loadgen.workload.samples import Dataset
+from loadgen.workload.sources import expected_queries
 
 __all__ = [
     "MAX_QUERIES", "Trace", "build_trace", "cap_shares", "constant_offsets", "expected_queries",
@@ -69,16 +70,6 @@ class Trace:
 
     def samples_of(self, query: int) -> np.ndarray:
         return self.order[query % len(self.order)]
-
-
-def expected_queries(settings: Settings) -> int:
-    """A good guess of the number of queries, used to size the prompt set (no prompt repeats)."""
-    sc = settings.scenario
-    if sc in (Scenario.SERVER, Scenario.CONSTANT):
-        return max(settings.num_requests, math.ceil((settings.qps or 1) * settings.duration_s) + 16)
-    if sc == Scenario.MULTISTREAM:
-        return settings.num_requests * settings.samples_per_query
-    return settings.num_requests
 
 
 def rate_profile(settings: Settings) -> RateProfile:

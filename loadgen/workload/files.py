@@ -29,10 +29,9 @@ import orjson
 
 from loadgen.errors import ConfigError
 from loadgen.settings import DatasetSpec, Settings
-from loadgen.workload.samples import Dataset, Sample, draw_lengths, from_jsonl, synthetic
+from loadgen.workload.samples import Dataset, Sample, draw_lengths
 from loadgen.workload.tokens import TokenCounter
 
-MAX_PROMPTS = 50_000  # default cap on the prompt set (one per expected query below it)
 _BATCH = 512
 Messages = tuple[dict[str, str], ...]
 
@@ -229,28 +228,3 @@ def load_file(
     """``spec``'s file as a Dataset of ``spec.num_samples`` (else ``size``; None: every usable one)."""
     return from_items(read_items(spec.format, spec.path), spec, settings, counter, rng,
                       size=spec.num_samples or size)
-
-
-def load_dataset(settings: Settings, counter: TokenCounter, rngs: dict[str, np.random.Generator]) -> Dataset:
-    """The run's prompts from whichever source the settings name (one at most; synthetic otherwise).
-
-    ``replay`` → :func:`loadgen.workload.traces.replay_dataset`; ``dataset`` → the file; ``prefix`` →
-    :func:`loadgen.workload.prefix.shared_prefix`; ``prompts_file`` → JSONL shorthand; else synthetic prompts.
-    """
-    from loadgen.schedule.trace import expected_queries
-    from loadgen.settings import Scenario
-
-    size = settings.dataset_size or min(expected_queries(settings), MAX_PROMPTS)
-    if settings.scenario == Scenario.REPLAY:
-        from loadgen.workload.traces import replay_dataset
-
-        return replay_dataset(settings, counter, rngs)
-    if settings.dataset is not None:
-        return load_file(settings.dataset, settings, counter, rngs["lengths"], size)
-    if settings.prefix is not None:
-        from loadgen.workload.prefix import shared_prefix
-
-        return shared_prefix(settings, settings.prefix, size, counter, rngs)
-    if settings.prompts_file is not None:
-        return from_jsonl(settings.prompts_file, settings, counter, rngs["lengths"])
-    return synthetic(settings, size, counter, rngs)

@@ -32,6 +32,7 @@ import orjson
 
 from loadgen.errors import ConfigError
 from loadgen.settings import ReplaySpec, Settings
+from loadgen.workload.files import from_items, read_items
 from loadgen.workload.samples import Dataset, Sample, verify_counts
 from loadgen.workload.tokens import TokenCounter, single_token_words
 
@@ -221,8 +222,6 @@ def replay_dataset(
             raise ConfigError(f"replay: no row of {spec.path} falls in the window starting at "
                               f"{spec.start_s:g} s (the trace spans {rows.times_s[-1]:g} s).")
         return rows_dataset(picked, spec, counter, settings.seed, rngs["prompts"])
-    from loadgen.workload.files import from_items, read_items
-
     dspec = settings.dataset
     assert dspec is not None  # Settings validation: replay needs a trace or a dataset file
     items = read_items(dspec.format, dspec.path)

@@ -10,7 +10,7 @@ from loadgen.servers.sim.engine import Histogram, LatenessRecorder
 from loadgen.servers.sim.flavours import render_flavour
 
 if TYPE_CHECKING:
-    from loadgen.servers.sim.openai import SimApp
+    from loadgen.servers.sim.state import SimState
 
 
 def _fmt(bound: float) -> str:
@@ -31,7 +31,7 @@ def _scalar(out: list[str], name: str, kind: str, help_: str, labels: str, *, va
     out += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name}{tail} {value!r}"]
 
 
-def render_metrics(app: SimApp) -> bytes:
+def render_metrics(app: SimState) -> bytes:
     """The Prometheus text exposition; every series labelled ``model_name`` like vLLM's."""
     eng, cfg = app.engine, app.cfg
     labels = 'model_name="{}"'.format(cfg.model.replace("\\", "\\\\").replace('"', '\\"'))
@@ -70,7 +70,7 @@ def render_metrics(app: SimApp) -> bytes:
     return ("\n".join(out) + "\n").encode()
 
 
-def stats(app: SimApp) -> dict[str, Any]:
+def stats(app: SimState) -> dict[str, Any]:
     """The sim's own health and counters (JSON of ``GET /sim/stats``)."""
     eng = app.engine
     return {

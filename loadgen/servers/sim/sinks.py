@@ -16,7 +16,7 @@ from loadgen.servers.sim.engine import Seq
 from loadgen.servers.sim.http import Conn
 
 if TYPE_CHECKING:
-    from loadgen.servers.sim.openai import SimApp
+    from loadgen.servers.sim.state import SimState
 
 DONE = b"data: [DONE]\n\n"
 MALFORMED = b'data: {"id": "cmpl-malformed", "choices": [{"text": \n\n'
@@ -31,7 +31,7 @@ class _Sink:
     __slots__ = ("after", "app", "base", "cached", "chat", "conn", "continuous", "fault", "include_usage",
                  "n_prompt", "rid")
 
-    def __init__(self, app: SimApp, conn: Conn, *, chat: bool, options: dict[str, Any], n_prompt: int,
+    def __init__(self, app: SimState, conn: Conn, *, chat: bool, options: dict[str, Any], n_prompt: int,
                  fault: FaultSpec | None) -> None:
         self.app, self.conn, self.chat, self.n_prompt = app, conn, chat, n_prompt
         self.fault = fault.kind if fault is not None else ""
@@ -53,7 +53,7 @@ class StreamSink(_Sink):
 
     __slots__ = ("_usage_head", "fin", "mid", "pre", "role")
 
-    def __init__(self, app: SimApp, conn: Conn, *, chat: bool, options: dict[str, Any], n_prompt: int,
+    def __init__(self, app: SimState, conn: Conn, *, chat: bool, options: dict[str, Any], n_prompt: int,
                  fault: FaultSpec | None) -> None:
         super().__init__(app, conn, chat=chat, options=options, n_prompt=n_prompt, fault=fault)
         head = b'data: {"id":"%b","object":"%b","created":%d,"model":%b,"choices":[' % (
