@@ -92,3 +92,28 @@ def test_cached_tokens_survive_the_record_table_and_give_the_client_hit_rate() -
     cached = cached_prompt_tokens(back, server_hit_rate=0.5)
     assert cached == {"requests_reporting": 3, "requests_hit": 2, "total": 160, "prompt_tokens": 300,
                       "hit_rate": 160 / 300, "server_hit_rate": 0.5}
+
+
+def test_an_unreachable_prometheus_is_a_note_and_the_run_is_kept(tmp_path: Path) -> None:
+    from tests.fleet_helpers import free_port
+
+    scenario = write_scenario(tmp_path / "s.yaml", scenario="concurrency", concurrency=2, duration_s=1,
+                              num_requests=5, prometheus_settle_s=0)
+    port = free_port()  # nothing listens there
+    res = run_cli("run", str(scenario), "--out", str(tmp_path / "r"), "--quiet", "--no-gpu-telemetry",
+                  "--prometheus-url", f"http://127.0.0.1:{port}", timeout=90)
+    assert res.code == 0, res.output
+    report = load_report(tmp_path / "r")
+    assert report["results"]["requests_completed"] >= 5
+    note = report["server_metrics"]["note"]
+    assert f"Prometheus at http://127.0.0.1:{port} did not answer" in note
+    assert "fleet_energy" not in report
+
+
+def test_a_bad_prometheus_url_is_refused_naming_the_flag(tmp_path: Path) -> None:
+    scenario = write_scenario(tmp_path / "s.yaml", scenario="concurrency", concurrency=1, duration_s=1,
+                              num_requests=2)
+    res = run_cli("run", str(scenario), "--out", str(tmp_path / "r"), "--quiet", "--prometheus-url",
+                  "prometheus:9090", timeout=60)
+    assert res.code == 2, res.output
+    assert "--prometheus-url" in res.output and "http://prometheus:9090" in res.output

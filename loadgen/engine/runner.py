@@ -344,16 +344,6 @@ async def run_async(
     return RunResult(out_dir, report.data)
 
 
-def _cached_tokens(data: dict[str, Any], records: list[RequestRecord]) -> None:
-    """Client-side prefix-cache hits (usage.prompt_tokens_details) beside the server's hit rate."""
-    from loadgen.metrics.cached import cached_prompt_tokens
-
-    sm = data.get("server_metrics")
-    cached = cached_prompt_tokens(records, sm.get("prefix_cache_hit_rate") if isinstance(sm, dict) else None)
-    if cached is not None:
-        data["results"]["cached_prompt_tokens"] = cached
-
-
 def _workload_results(
     results: dict[str, Any], settings: Settings, records: list[RequestRecord], dataset: Dataset,
     sessions: dict[str, Any],
@@ -455,9 +445,11 @@ class Sidecars:
         (replicas, DCGM exporters, Prometheus: loadgen.observe.remote) and the client's cached-prompt-token
         counts."""
         data.update(self.results(data["results"], t0_ns))
+        from loadgen.metrics.cached import add_cached_tokens
+
         if self.remote is not None:
             data.update(await self.remote.results(data, t0_ns))
-        _cached_tokens(data, records)
+        add_cached_tokens(data, records)
 
     async def finish(self, say: Callable[[str], None]) -> None:
         if self.exporter is None:

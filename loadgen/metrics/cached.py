@@ -20,7 +20,7 @@ from typing import Any
 
 from loadgen.records import RequestRecord
 
-__all__ = ["cached_prompt_tokens"]
+__all__ = ["add_cached_tokens", "cached_prompt_tokens"]
 
 
 def cached_prompt_tokens(records: Iterable[RequestRecord], server_hit_rate: float | None = None
@@ -44,3 +44,12 @@ def cached_prompt_tokens(records: Iterable[RequestRecord], server_hit_rate: floa
         "hit_rate": total / prompt if prompt else None,
         "server_hit_rate": server_hit_rate,
     }
+
+
+def add_cached_tokens(data: dict[str, Any], records: Iterable[RequestRecord]) -> None:
+    """Put :func:`cached_prompt_tokens` in a built report's ``results`` (with the server's hit rate from
+    its ``server_metrics``), when any request reported cached tokens."""
+    sm = data.get("server_metrics")
+    cached = cached_prompt_tokens(records, sm.get("prefix_cache_hit_rate") if isinstance(sm, dict) else None)
+    if cached is not None:
+        data["results"]["cached_prompt_tokens"] = cached

@@ -6,7 +6,9 @@ The same engine state, written the way vLLM's older engine, SGLang, TGI or Tenso
 cited there. The simulator keeps its own copy of the names: it plays the server, and a server does not
 read its client's tables. TGI has no token counters and no TTFT histogram: its token totals live in the
 ``_sum`` of per-request histograms, written here as TGI writes them (``tgi_request_input_length``,
-``tgi_request_generated_tokens``, with token-count buckets).
+``tgi_request_generated_tokens``, with token-count buckets). One approximation: under TGI's
+``tgi_request_mean_time_per_token_duration`` (one per-request mean in TGI) the simulator writes its
+per-token ITL histogram (same unit, finer count).
 """
 
 from __future__ import annotations
