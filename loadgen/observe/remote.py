@@ -47,9 +47,15 @@ class Remote:
     @classmethod
     def start(cls, settings: Settings, *, default_scrape: bool) -> Remote:
         fleet = dcgm = prom = None
+        for flag, urls in (("--metrics-url", settings.metrics_urls), ("--dcgm-url", settings.dcgm_urls)):
+            for u in urls:
+                try:
+                    metrics_endpoint(u, u)
+                except ValueError:
+                    raise ConfigError(
+                        f"{flag} {u!r} is not an http(s) URL; give e.g. http://host:9400 (scrapes /metrics "
+                        "there) or http://host:9400/path/to/metrics") from None
         try:
-            for u in (*settings.metrics_urls, *settings.dcgm_urls):
-                metrics_endpoint(u, u)
             if settings.metrics_urls:
                 fleet = FleetScraper(settings.metrics_urls, settings.server_kind)
             if settings.dcgm_urls:
@@ -58,8 +64,7 @@ class Remote:
                 prom = PrometheusSource(settings.prometheus_url, server_kind=settings.server_kind,
                                         overrides=settings.promql, settle_s=settings.prometheus_settle_s)
         except ValueError as exc:
-            msg = str(exc).replace("--server-metrics-url", "--metrics-url/--dcgm-url")
-            raise ConfigError(msg) from None
+            raise ConfigError(str(exc)) from None
         return cls(fleet, dcgm, prom, direct_server=default_scrape or fleet is not None)
 
     @property
