@@ -66,7 +66,7 @@ def test_a_bad_dcgm_url_is_refused_naming_the_flag(tmp_path: Path) -> None:
 
 
 def test_sweeps_and_plans_prefer_the_fleets_joules_per_token() -> None:
-    from loadgen.study.sweep import joules_per_output_token
+    from loadgen.study.rows import joules_per_output_token
 
     local = {"telemetry": {"available": True, "total": {"joules_per_output_token": 5.0}},
              "results": {"output_tokens_total": 100}}

@@ -20,7 +20,7 @@ from loadgen.report.html import (
     write_run_html,
     write_sweep_html,
 )
-from loadgen.report.svgplot import Axis, Chart, RefLine, Series, cdf, fmt_num, linear_ticks, log_ticks
+from loadgen.report.html.svgplot import Axis, Chart, RefLine, Series, cdf, fmt_num, linear_ticks, log_ticks
 
 MS = 1_000_000
 URL = "http://127.0.0.1:8123"

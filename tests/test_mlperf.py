@@ -11,8 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binom
 
-from loadgen.metrics.mlperf import MlperfParams, MlperfResult, early_stopping_h, evaluate, percentile
+from loadgen.metrics.early_stopping import early_stopping_h, percentile
+from loadgen.metrics.mlperf_result import MlperfParams, MlperfResult
+from loadgen.metrics.validity import _verdict, evaluate
 from loadgen.records import RequestRecord
+from loadgen.report.summary import render_summary
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -289,7 +292,7 @@ def test_offline_throughput_over_max_latency() -> None:
 
 
 def test_summary_text_layout() -> None:
-    text = evaluate(server_run(459), server_params(sut_name="sim")).summary_text()
+    text = render_summary(evaluate(server_run(459), server_params(sut_name="sim")))
     lines = text.splitlines()
     assert lines[:3] == ["=" * 48, "MLPerf Results Summary", "=" * 48]
     kv = parse_summary(text)
@@ -311,7 +314,7 @@ def test_summary_text_layout() -> None:
 
 
 def test_summary_text_invalid() -> None:
-    text = evaluate(server_run(458), server_params()).summary_text()
+    text = render_summary(evaluate(server_run(458), server_params()))
     kv = parse_summary(text)
     assert kv["Result is"] == "INVALID"
     assert kv["Early stopping satisfied"] == "NO"
@@ -322,7 +325,7 @@ def test_summary_text_invalid() -> None:
 def test_default_min_duration_has_no_shortening_note() -> None:
     r = evaluate(server_run(10), server_params(min_duration_ns=600 * S))
     assert not r.checks["min_duration"]
-    assert "shorter than MLPerf" not in r.summary_text()
+    assert "shorter than MLPerf" not in render_summary(r)
 
 
 @pytest.mark.parametrize(
@@ -334,7 +337,7 @@ def test_degenerate_runs_are_invalid_and_json_safe(records: list[RequestRecord],
     r: MlperfResult = evaluate(records, MlperfParams(scenario))  # type: ignore[arg-type]
     assert not r.valid and r.reasons
     json.dumps(r.to_dict(), allow_nan=False)
-    assert "Result is : INVALID" in r.summary_text()
+    assert "Result is : INVALID" in render_summary(r)
 
 
 def test_to_dict_keys() -> None:
@@ -369,8 +372,6 @@ def _server_records(n: int, qps: float, service_s: float, capacity_qps: float | 
 
 
 def test_sustained_server_keeps_up_and_overloaded_one_does_not():
-    from loadgen.metrics.mlperf import MlperfParams, evaluate
-
     params = MlperfParams(scenario="Server", min_query_count=1, check_sustained=True)
     ok = evaluate(_server_records(400, qps=20, service_s=1.0), params)
     assert ok.checks["sustained"] and ok.sustained["ratio"] == pytest.approx(1.0, abs=0.01)
@@ -379,12 +380,10 @@ def test_sustained_server_keeps_up_and_overloaded_one_does_not():
     assert not over.checks["sustained"] and not over.valid
     assert over.sustained["ratio"] == pytest.approx(0.8, abs=0.03)
     assert any("did not keep up with the offered rate" in r for r in over.reasons)
-    assert "Offered load sustained : NO" in over.summary_text()
+    assert "Offered load sustained : NO" in render_summary(over)
 
 
 def test_sustained_needs_an_issue_span_of_twice_the_median_latency():
-    from loadgen.metrics.mlperf import MlperfParams, evaluate
-
     params = MlperfParams(scenario="Server", min_query_count=1, check_sustained=True)
     short = evaluate(_server_records(40, qps=20, service_s=3.0), params)  # span 1.95 s, latency 3 s
     assert not short.checks["sustained"]
@@ -398,8 +397,6 @@ def test_sustained_needs_an_issue_span_of_twice_the_median_latency():
 def test_a_short_run_at_three_times_capacity_says_lower_the_qps_not_run_longer():
     """At 3x capacity the median latency grows with the run (about as long as the run itself), so
     "run longer" could never fix it: the growing latency is named instead, with the advice that does."""
-    from loadgen.metrics.mlperf import MlperfParams, evaluate
-
     params = MlperfParams(scenario="Server", min_query_count=1, check_sustained=True)
     for n in (60, 120):  # 3 s and 6 s of schedule at 20/s, served at 20/3 per s
         over = evaluate(_server_records(n, qps=20, service_s=0.05, capacity_qps=20 / 3), params)
@@ -411,8 +408,6 @@ def test_a_short_run_at_three_times_capacity_says_lower_the_qps_not_run_longer()
 
 
 def test_too_short_advice_names_a_duration_that_makes_the_check_possible():
-    from loadgen.metrics.mlperf import MlperfParams, evaluate
-
     params = MlperfParams(scenario="Server", min_query_count=1, check_sustained=True)
     short = evaluate(_server_records(40, qps=20, service_s=3.0), params)  # steady latency 3 s
     (reason,) = [r for r in short.reasons if "Too short" in r]
@@ -425,8 +420,6 @@ def test_too_short_advice_names_a_duration_that_makes_the_check_possible():
 def test_verdict_and_reasons_never_disagree() -> None:
     """valid == (not reasons) on every path: a failed check without its own reason gets one naming it,
     and a reason makes the result INVALID whatever the checks say."""
-    from loadgen.metrics.mlperf import _verdict
-
     bare = evaluate(server_run(459), server_params())
     assert bare.valid and not bare.reasons
     bare.checks["min_queries"] = False
@@ -448,7 +441,7 @@ def test_retried_requests_fail_a_check_with_their_reason() -> None:
     r = evaluate(records, server_params())
     assert not r.valid and r.checks["no_retries"] is False and r.retries_total == 3
     assert any(x.startswith("2 requests needed retries (3 resends, --retries)") for x in r.reasons)
-    assert "No request retried : NO" in r.summary_text()
+    assert "No request retried : NO" in render_summary(r)
     assert evaluate(server_run(459), server_params()).checks["no_retries"] is True
 
 
@@ -459,7 +452,7 @@ def test_a_stop_makes_the_result_invalid_in_summary_and_report_alike() -> None:
                  interrupted=True)
     assert not r.valid and r.checks["ran_to_completion"] is False
     assert any("interrupted" in x for x in r.reasons)
-    text = r.summary_text()
+    text = render_summary(r)
     assert "Result is : INVALID" in text and "Ran to completion : NO" in text
 
 

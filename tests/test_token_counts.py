@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 
-from loadgen.engine.runner import token_counter
+from loadgen.engine.target import token_counter
 from loadgen.settings import Settings
 from tests.conftest import load_report, run_cli
 from tests.recording_server import RecordingServer

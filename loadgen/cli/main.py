@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import shlex
-import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,11 +18,12 @@ import typer
 
 from loadgen.cli.aliases import pick, rate_overrides, unsupported_vllm_flag, vllm_endpoint
 from loadgen.cli.study import register as register_analysis
-from loadgen.engine.runner import RunControl, RunResult, run_async
+from loadgen.engine.runner import RunControl, run_with_signals
 from loadgen.errors import ConfigError, LoadgenError
-from loadgen.report.build import Report, rebuild, render_console, write_outputs
+from loadgen.report.build import Report, rebuild, render_console
+from loadgen.report.outputs import write_outputs
 from loadgen.schedule.length import check_max_duration, expected_length
-from loadgen.settings import Settings, declared_scenario, load_settings
+from loadgen.settings import declared_scenario, load_settings
 
 app = typer.Typer(
     add_completion=False,
@@ -42,14 +41,6 @@ def _err(message: str) -> None:
 
 def _info(message: str) -> None:
     typer.echo(f"loadgen: {message}", err=True)
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 def _parse_headers(values: list[str] | None) -> dict[str, str] | None:
@@ -106,19 +97,6 @@ def prompt_api_key(api_key_env: str | None) -> str:
     if not key.strip():
         raise ConfigError("--api-key-prompt: no key was entered. Type the key, or leave the option out.")
     return key.strip()
-
-
-def execute(settings: Settings, control: RunControl, api_key: str | None = None) -> RunResult:
-    """Run with signal handling: first SIGINT/SIGTERM drains, the second aborts."""
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        loop = runner.get_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, control.interrupt, sig.name)
-        try:
-            return runner.run(run_async(settings, control=control, log=_info, api_key=api_key))
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
 
 
 @app.command()
@@ -253,7 +231,7 @@ def run(
             _info("WARNING: --insecure: TLS certificates are NOT verified")
         key = prompt_api_key(settings.api_key_env) if api_key_prompt else None
         control = RunControl()
-        result = execute(settings, control, key)
+        result = run_with_signals(settings, control=control, log=_info, api_key=key)
     except LoadgenError as exc:
         _err(str(exc))
         raise typer.Exit(exc.exit_code) from None

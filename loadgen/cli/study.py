@@ -61,10 +61,9 @@ def _with_slo(settings: Settings, ttft_ms: float | None, tpot_ms: float | None) 
 
 def _execute(settings: Settings) -> Any:
     """One run with the CLI's signal handling (first SIGINT drains, the second aborts)."""
-    from loadgen.cli.main import execute
-    from loadgen.engine.runner import RunControl
+    from loadgen.engine.runner import run_with_signals
 
-    return execute(settings, RunControl())
+    return run_with_signals(settings, log=_info)
 
 
 def _default_out(kind: str) -> Path:

@@ -14,9 +14,9 @@ one completes. As in MLPerf LoadGen, a stream checks *after* issuing: it stops o
 met and the query it just issued went out at or after the minimum duration, so the last issue is never
 earlier than the duration. The hard stop (checked before each issue) ends it regardless.
 
-Waiting: asyncio timers wake up to ~1 ms late (epoll rounds timeouts to milliseconds), so the issuer
-sleeps until 1 ms before the target and then yields to the loop (``sleep(0)``) until the target; reads
-keep being served while it waits.
+Waiting and time: the issuer takes a :class:`~loadgen.engine.clock.Clock` (default the real one,
+which sleeps until 1 ms before a target and then yields to the loop until it; reads keep being served
+while it waits). Tests pass a :class:`~loadgen.engine.clock.VirtualClock` for exact timings.
 
 Stopping: :meth:`Issuer.stop` ends issuing (in-flight requests finish); :meth:`Issuer.abort` also
 cancels the requests in flight, which are recorded as ``cancelled``.
@@ -26,29 +26,24 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from loadgen.client.client import Client
+from loadgen.engine.clock import REAL_CLOCK, Clock
 from loadgen.records import RequestRecord
 from loadgen.schedule.trace import Trace
-from loadgen.workload.samples import Dataset
-
-_SPIN_NS = 1_000_000
+from loadgen.workload.samples import Dataset, Sample
 
 
-async def sleep_until(target_ns: int) -> None:
-    """Return at ``perf_counter_ns() >= target_ns``, typically within tens of microseconds."""
-    while True:
-        left = target_ns - time.perf_counter_ns()
-        if left <= 0:
-            return
-        if left > _SPIN_NS:
-            await asyncio.sleep((left - _SPIN_NS) / 1e9)
-        else:
-            await asyncio.sleep(0)
+class Sender(Protocol):
+    """What the issuer sends through (:class:`loadgen.client.client.Client`; a fake in unit tests):
+    ``fill`` sends one sample and fills the record, times relative to ``t0_ns``, the run's origin."""
+
+    t0_ns: int
+
+    async def fill(self, rec: RequestRecord, sample: Sample) -> object: ...
 
 
 @dataclass
@@ -139,7 +134,7 @@ class Issuer:
 
     def __init__(
         self,
-        client: Client,
+        client: Sender,
         dataset: Dataset,
         trace: Trace,
         on_record: Callable[[RequestRecord], None],
@@ -149,11 +144,14 @@ class Issuer:
         query_ids: list[int] | None = None,
         id_offset: int = 0,
         id_stride: int = 1,
+        clock: Clock = REAL_CLOCK,
     ) -> None:
         """``query_ids`` maps a (split) trace's query positions to the original trace's query ids;
         record indices and closed-loop query ids are ``id_offset + id_stride * k``, so several worker
-        processes that share one trace never reuse an id."""
+        processes that share one trace never reuse an id. ``clock`` times issuance (``client.t0_ns``
+        is on it)."""
         self._client = client
+        self._clock = clock
         self._dataset = dataset
         self._trace = trace
         self._on_record = on_record
@@ -238,7 +236,7 @@ class Issuer:
                         tg.create_task(self._closed_stream(tg)) for _ in range(self._trace.streams)
                     ]
                     await asyncio.gather(*streams)
-                self.stats.issue_ended_ns = time.perf_counter_ns() - self._client.t0_ns
+                self.stats.issue_ended_ns = self._clock.now_ns() - self._client.t0_ns
         except BaseExceptionGroup as group:
             # Cancelled requests are expected after abort(); anything else is a bug and propagates.
             rest = group.subgroup(lambda e: not isinstance(e, asyncio.CancelledError))
@@ -252,6 +250,7 @@ class Issuer:
         offsets = trace.offsets_ns.tolist()
         ids = self._query_ids
         cap = self.cap
+        sleep_until = self._clock.sleep_until
         for pos, offset in enumerate(offsets):
             if self._stop.is_set():
                 return
@@ -274,9 +273,9 @@ class Issuer:
         is checked before each issue."""
         t0 = self._client.t0_ns
         trace = self._trace
-        await sleep_until(t0)  # worker processes are told a common start slightly in the future
+        await self._clock.sleep_until(t0)  # worker processes are told a common start a little ahead
         while not self._stop.is_set():
-            now = time.perf_counter_ns() - t0
+            now = self._clock.now_ns() - t0
             if now >= trace.hard_stop_ns:
                 reason = self._hard_stop_reason()
                 if reason is not None:  # else both minimums are met overall: this stream just ends
@@ -288,7 +287,7 @@ class Issuer:
             self.stats.last_issue_ns = max(self.stats.last_issue_ns, now)
             tasks = [self._spawn(tg, query, s, now) for s in trace.samples_of(query).tolist()]
             await asyncio.wait(tasks)
-            self._slowest_query_ns = max(self._slowest_query_ns, time.perf_counter_ns() - t0 - now)
+            self._slowest_query_ns = max(self._slowest_query_ns, self._clock.now_ns() - t0 - now)
             if self._queries_started >= trace.min_queries and now >= trace.min_duration_ns:
                 return
 

@@ -41,7 +41,7 @@ import numpy as np
 from loadgen.client.client import Client, ClientOptions, make_session
 from loadgen.engine.gcpause import gc_frozen
 from loadgen.engine.issuer import Issuer, IssueStats
-from loadgen.metrics.health import LoopLagMonitor
+from loadgen.engine.loopmon import LoopLagMonitor
 from loadgen.records import RecordWriter, RequestRecord
 from loadgen.schedule.trace import Trace, cap_shares
 from loadgen.workload.samples import Dataset

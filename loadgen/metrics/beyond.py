@@ -1,4 +1,4 @@
-"""loadgen's checks beyond LoadGen's rules, for :func:`loadgen.metrics.mlperf.evaluate` (each one a failed
+"""loadgen's checks beyond LoadGen's rules, for :func:`loadgen.metrics.validity.evaluate` (each one a failed
 check *and* its reason, so the verdict and its reasons agree): failed or token-less requests, retries,
 a run that ended early, a client that was the bottleneck, and — open-loop Server runs — whether the
 server kept up with the offered rate."""
@@ -13,8 +13,8 @@ import numpy as np
 from loadgen.metrics.early_stopping import DEFAULT_MIN_DURATION_NS
 from loadgen.records import RequestRecord
 
-if TYPE_CHECKING:  # types only: loadgen.metrics.mlperf imports this module
-    from loadgen.metrics.mlperf import MlperfResult, _Samples
+if TYPE_CHECKING:
+    from loadgen.metrics.mlperf_result import MlperfResult, Samples
 
 
 def _s(ns: int | float) -> float:
@@ -88,7 +88,7 @@ def sustained(result: MlperfResult, measured: list[RequestRecord]) -> None:
 
 
 def beyond_loadgen(
-    result: MlperfResult, measured: list[RequestRecord], s: _Samples, client_limited: str | None
+    result: MlperfResult, measured: list[RequestRecord], s: Samples, client_limited: str | None
 ) -> None:
     """loadgen's own checks: failed or token-less requests, a saturated client, a short min duration."""
     params = result.params

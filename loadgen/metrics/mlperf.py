@@ -11,210 +11,34 @@ nanoseconds:
   ``output_tokens`` (usage or tokenizer; every token, the first included); ``n_tokens < 2`` is an error;
 * validity = min duration ∧ min query count ∧ latency constraint ∧ early stopping.
 
-Beyond LoadGen (said so in the result's ``reasons``): any failed request makes the result INVALID
-(LoadGen cannot lose a query; an HTTP client can), and so does a client that was the bottleneck
-(``client_limited``), since then the offered load was not what the scenario asked for.
+Only LoadGen's own statistics (:func:`measure`) and checks (:func:`loadgen_checks`) are here. loadgen's
+checks beyond LoadGen are in :mod:`loadgen.metrics.beyond`; :func:`loadgen.metrics.validity.evaluate`
+runs both and decides the one verdict. The result types are in :mod:`loadgen.metrics.mlperf_result`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from loadgen.metrics.beyond import beyond_loadgen, sustained
-from loadgen.metrics.early_stopping import (
-    DEFAULT_MIN_DURATION_NS,
-    MLPERF_PERCENTILES,
-    early_stopping_h,
-    largest_t,
-    percentile,
+from loadgen.metrics.early_stopping import early_stopping_h, largest_t, percentile
+from loadgen.metrics.mlperf_result import (
+    SCENARIOS,
+    EarlyStopping,
+    LatencyStats,
+    MlperfParams,
+    MlperfResult,
+    Samples,
+    ScenarioName,
 )
-from loadgen.metrics.latency import percentile_key
 from loadgen.records import RequestRecord
 
-ScenarioName = Literal["SingleStream", "MultiStream", "Server", "Offline"]
-SCENARIOS: tuple[str, ...] = ("SingleStream", "MultiStream", "Server", "Offline")
+__all__ = ["SCENARIOS", "LatencyStats", "MlperfParams", "MlperfResult", "ScenarioName", "loadgen_checks",
+           "measure", "token_mode"]
 
 _NS_PER_S = 1e9
-
-
-# ---- parameters and results -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MlperfParams:
-    """What LoadGen's TestSettings would say for this run. Times are integer ns.
-
-    ``ttft_bound_ns`` / ``tpot_bound_ns`` are the LLM latency constraint (p99 by default; None = no
-    bound on that metric); ``latency_bound_ns`` is the plain latency constraint of a non-LLM Server run.
-    ``target_latency_percentile`` None means LoadGen's default: 0.90 SingleStream, 0.99 otherwise.
-    ``use_token_latencies`` None means: yes when an LLM bound is given or any completed record carries a
-    first-token time.
-    """
-
-    scenario: ScenarioName
-    target_qps: float | None = None
-    ttft_bound_ns: int | None = None
-    tpot_bound_ns: int | None = None
-    latency_bound_ns: int | None = None
-    min_duration_ns: int = DEFAULT_MIN_DURATION_NS
-    min_query_count: int = 100
-    target_latency_percentile: float | None = None
-    samples_per_query: int = 1
-    sut_name: str = "loadgen"
-    check_sustained: bool = False  # open-loop Server runs: see _sustained (beyond LoadGen)
-    closed_loop: bool = False  # a closed loop judged by Server's rules (concurrency): wording, advice
-    early_stopping_confidence: float = 0.99
-    use_token_latencies: bool | None = None
-
-    def __post_init__(self) -> None:
-        if self.scenario not in SCENARIOS:
-            raise ValueError(f"scenario must be one of {', '.join(SCENARIOS)}, not {self.scenario!r}")
-        if self.target_latency_percentile is not None and not 0 < self.target_latency_percentile < 1:
-            raise ValueError("target_latency_percentile is a fraction, e.g. 0.99")
-
-    @property
-    def percentile(self) -> float:
-        if self.target_latency_percentile is not None:
-            return self.target_latency_percentile
-        return 0.90 if self.scenario == "SingleStream" else 0.99
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    """LoadGen's latency block, integer ns: min, max, mean (floor) and the percentile grid."""
-
-    count: int
-    min: int
-    max: int
-    mean: int
-    percentiles: dict[float, int]
-
-    @classmethod
-    def of(cls, values: npt.NDArray[np.int64]) -> LatencyStats | None:
-        if values.size == 0:
-            return None
-        s = np.sort(values)
-        return cls(
-            count=int(s.size),
-            min=int(s[0]),
-            max=int(s[-1]),
-            mean=int(s.sum()) // int(s.size),
-            percentiles={p: percentile(s, p) for p in MLPERF_PERCENTILES},
-        )
-
-    def to_dict(self) -> dict[str, int]:
-        out = {"count": self.count, "min": self.min, "max": self.max, "mean": self.mean}
-        out |= {percentile_key(p * 100): v for p, v in self.percentiles.items()}
-        return out
-
-
-@dataclass(frozen=True)
-class EarlyStopping:
-    """One early-stopping evaluation (LoadGen's "<metric> Early Stopping Result")."""
-
-    metric: str  # "latency", "ttft", "tpot" or "query_latency"
-    passed: bool
-    queries: int
-    overlatency: int | None  # Server: t, the queries over the bound
-    queries_needed: int | None  # queries the run would need (h(t) + t, or h(1) + 1)
-    estimate_ns: int | None  # SingleStream/MultiStream: sorted[n − t]
-    text: str  # LoadGen's recommendation lines
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class MlperfResult:
-    """The outcome of :func:`evaluate`; :meth:`summary_text` renders ``mlperf_log_summary.txt``."""
-
-    params: MlperfParams
-    valid: bool
-    reasons: list[str]
-    checks: dict[str, bool]
-    notes: list[str] = field(default_factory=list)
-    token_latencies: bool = False
-    queries: int = 0  # queries issued (Offline: 1 query of all samples, as in LoadGen)
-    samples: int = 0  # samples issued
-    samples_completed: int = 0
-    samples_failed: int = 0
-    token_errors: int = 0  # completed samples with n_tokens < 2 or no first token (token mode)
-    latency_ns: LatencyStats | None = None  # per sample
-    query_latency_ns: LatencyStats | None = None  # MultiStream: per query
-    ttft_ns: LatencyStats | None = None
-    tpot_ns: LatencyStats | None = None
-    target_latency_ns: int | None = None  # latency at the target percentile (MS: query latency)
-    target_ttft_ns: int | None = None
-    target_tpot_ns: int | None = None
-    samples_per_s: float | None = None  # Server: completed; Offline: n / max latency; SS: w/ overhead
-    scheduled_samples_per_s: float | None = None  # Server
-    tokens_per_s: float | None = None
-    samples_per_s_without_overhead: float | None = None  # SingleStream: 1 / mean latency
-    tokens_per_s_without_overhead: float | None = None  # SingleStream
-    output_tokens_total: int = 0
-    duration_checked_ns: int = 0  # the time compared with min_duration (see MLPERF.md)
-    early_stopping: list[EarlyStopping] = field(default_factory=list)
-    sustained: dict[str, float] | None = None  # Server: see _sustained
-    retries_total: int = 0  # resends of --retries (beyond LoadGen, which never resends)
-    stopped_early: str | None = None  # why issuing ended before the trace did (signal, hard stop, ...)
-    interrupted: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe: ints, finite floats or None, strings, lists and dicts with string keys."""
-
-        def stats(s: LatencyStats | None) -> dict[str, int] | None:
-            return None if s is None else s.to_dict()
-
-        def num(x: float | None) -> float | None:
-            return x if x is not None and math.isfinite(x) else None
-
-        return {
-            "scenario": self.params.scenario,
-            "sut_name": self.params.sut_name,
-            "valid": self.valid,
-            "result": "VALID" if self.valid else "INVALID",
-            "reasons": list(self.reasons),
-            "notes": list(self.notes),
-            "checks": dict(self.checks),
-            "token_latencies": self.token_latencies,
-            "queries": self.queries,
-            "samples": self.samples,
-            "samples_completed": self.samples_completed,
-            "samples_failed": self.samples_failed,
-            "token_errors": self.token_errors,
-            "latency_ns": stats(self.latency_ns),
-            "query_latency_ns": stats(self.query_latency_ns),
-            "ttft_ns": stats(self.ttft_ns),
-            "tpot_ns": stats(self.tpot_ns),
-            "target_latency_percentile": self.params.percentile,
-            "target_latency_ns": self.target_latency_ns,
-            "target_ttft_ns": self.target_ttft_ns,
-            "target_tpot_ns": self.target_tpot_ns,
-            "samples_per_s": num(self.samples_per_s),
-            "scheduled_samples_per_s": num(self.scheduled_samples_per_s),
-            "tokens_per_s": num(self.tokens_per_s),
-            "samples_per_s_without_overhead": num(self.samples_per_s_without_overhead),
-            "tokens_per_s_without_overhead": num(self.tokens_per_s_without_overhead),
-            "output_tokens_total": self.output_tokens_total,
-            "duration_checked_ns": self.duration_checked_ns,
-            "early_stopping": [e.to_dict() for e in self.early_stopping],
-            "sustained": self.sustained,
-            "retries_total": self.retries_total,
-            "params": asdict(self.params),
-        }
-
-    def summary_text(self, extra_stats: Sequence[str] = ()) -> str:
-        """``mlperf_log_summary.txt``; ``extra_stats`` (``key : value`` lines beyond LoadGen's, e.g.
-        errors by class and GPU energy) go at the end of "Additional Stats"."""
-        from loadgen.report.summary import render_summary
-
-        return render_summary(self, extra_stats)
 
 
 # ---- evaluation -------------------------------------------------------------------------------------
@@ -260,25 +84,14 @@ def _early_stopping_estimate(
     return EarlyStopping(name, True, n, None, need, estimate, text)
 
 
-@dataclass
-class _Samples:
-    """Per-sample arrays of the completed measured records (ns)."""
-
-    latency: npt.NDArray[np.int64]
-    ttft: npt.NDArray[np.int64]
-    tpot: npt.NDArray[np.int64]
-    tokens: int
-    token_errors: int
-
-
-def _samples(done: list[RequestRecord], scenario: str, token_mode: bool) -> _Samples:
+def _samples(done: list[RequestRecord], scenario: str, token_mode: bool) -> Samples:
     base = np.array([0 if scenario == "Offline" else r.scheduled_ns for r in done], dtype=np.int64)
     end = np.array([r.end_ns for r in done], dtype=np.int64)
     latency = end - base
     tokens = sum(r.output_tokens for r in done)
     if not token_mode:
         empty = np.empty(0, dtype=np.int64)
-        return _Samples(latency, empty, empty, tokens, 0)
+        return Samples(latency, empty, empty, tokens, 0)
     ttft, tpot, errors = [], [], 0
     for r, b, lat in zip(done, base.tolist(), latency.tolist(), strict=True):
         if r.first_token_ns is None:
@@ -290,7 +103,7 @@ def _samples(done: list[RequestRecord], scenario: str, token_mode: bool) -> _Sam
             errors += 1
             continue
         tpot.append((lat - first) // (r.output_tokens - 1))
-    return _Samples(latency, np.array(ttft, dtype=np.int64), np.array(tpot, dtype=np.int64), tokens, errors)
+    return Samples(latency, np.array(ttft, dtype=np.int64), np.array(tpot, dtype=np.int64), tokens, errors)
 
 
 def _query_latencies(records: list[RequestRecord]) -> npt.NDArray[np.int64]:
@@ -374,7 +187,7 @@ def _min_queries(result: MlperfResult) -> None:
     )
 
 
-def _throughput(result: MlperfResult, measured: list[RequestRecord], s: _Samples) -> None:
+def _throughput(result: MlperfResult, measured: list[RequestRecord], s: Samples) -> None:
     n = s.latency.size
     scen = result.params.scenario
     if n == 0:
@@ -404,7 +217,7 @@ def _throughput(result: MlperfResult, measured: list[RequestRecord], s: _Samples
             result.tokens_per_s_without_overhead = s.tokens / (mean_s * n)
 
 
-def _constraints(result: MlperfResult, s: _Samples) -> None:
+def _constraints(result: MlperfResult, s: Samples) -> None:
     """Server: p-th percentile of each bounded metric ≤ its bound (equality passes)."""
     params = result.params
     ok = True
@@ -436,7 +249,7 @@ def _constraints(result: MlperfResult, s: _Samples) -> None:
     result.checks["performance_constraints"] = ok and s.latency.size > 0
 
 
-def _early_stop(result: MlperfResult, s: _Samples, query_lat: npt.NDArray[np.int64]) -> None:
+def _early_stop(result: MlperfResult, s: Samples, query_lat: npt.NDArray[np.int64]) -> None:
     params = result.params
     p, conf = params.percentile, params.early_stopping_confidence
     scen = params.scenario
@@ -516,38 +329,27 @@ def _reduce_load(params: MlperfParams) -> str:
     return "Reduce target QPS (--qps)"
 
 
-def evaluate(
-    records: Iterable[RequestRecord],
-    params: MlperfParams,
-    *,
-    client_limited: str | None = None,
-    stopped_early: str | None = None,
-    interrupted: bool = False,
-) -> MlperfResult:
-    """Judge a run the way LoadGen would (plus loadgen's own checks); see the module docstring.
 
-    Warm-up records are ignored. Latency statistics cover completed samples; any failed sample makes
-    the result INVALID. ``client_limited`` is the runner's reason the client was the bottleneck, or
-    None; ``stopped_early`` why issuing ended before the trace did (a hard stop, ``--max-error-rate``,
-    a signal) and ``interrupted`` whether a signal did it: either makes the result INVALID.
 
-    The verdict and its reasons never disagree: ``valid`` is True exactly when ``reasons`` is empty
-    (see :func:`_verdict`).
-    """
-    measured = [r for r in records if not r.warmup]
-    done = [r for r in measured if r.ok]
-    scen = params.scenario
-    token_mode = (
-        params.use_token_latencies
-        if params.use_token_latencies is not None
-        else (
-            params.ttft_bound_ns is not None
-            or params.tpot_bound_ns is not None
-            or any(r.first_token_ns is not None for r in done)
-        )
+def token_mode(params: MlperfParams, done: list[RequestRecord]) -> bool:
+    """LoadGen's ``use_token_latencies``: as given, else yes when an LLM bound is given or any completed
+    record carries a first-token time."""
+    if params.use_token_latencies is not None:
+        return params.use_token_latencies
+    return (
+        params.ttft_bound_ns is not None
+        or params.tpot_bound_ns is not None
+        or any(r.first_token_ns is not None for r in done)
     )
-    result = MlperfResult(params=params, valid=False, reasons=[], checks={}, token_latencies=token_mode,
-                          stopped_early=stopped_early, interrupted=interrupted)
+
+
+def measure(
+    result: MlperfResult, measured: list[RequestRecord], done: list[RequestRecord]
+) -> tuple[Samples, npt.NDArray[np.int64]]:
+    """LoadGen's counts and latency statistics into ``result``; the per-sample arrays and (MultiStream)
+    the per-query latencies, for the checks."""
+    params = result.params
+    scen = params.scenario
     result.samples = len(measured)
     result.samples_completed = len(done)
     result.samples_failed = len(measured) - len(done)
@@ -558,7 +360,7 @@ def evaluate(
     else:
         result.queries = len(measured)
 
-    s = _samples(done, scen, token_mode)
+    s = _samples(done, scen, result.token_latencies)
     result.token_errors = s.token_errors
     result.output_tokens_total = s.tokens
     query_lat = _query_latencies(measured) if scen == "MultiStream" else np.empty(0, dtype=np.int64)
@@ -571,31 +373,22 @@ def evaluate(
     result.target_latency_ns = percentile(np.sort(headline), p) if headline.size else None
     result.target_ttft_ns = percentile(np.sort(s.ttft), p) if s.ttft.size else None
     result.target_tpot_ns = percentile(np.sort(s.tpot), p) if s.tpot.size else None
+    return s, query_lat
 
+
+def loadgen_checks(
+    result: MlperfResult, measured: list[RequestRecord], s: Samples, query_lat: npt.NDArray[np.int64]
+) -> None:
+    """LoadGen's checks (latency constraint, min duration, min queries, early stopping) and its
+    throughput, each failed check with its reason."""
     if not measured:
         result.checks = {
             k: False for k in ("performance_constraints", "min_duration", "min_queries", "early_stopping")
         }
         result.reasons.append("No request was issued.")
-    else:
-        _constraints(result, s)
-        _min_duration(result, measured, int(s.latency.max()) if s.latency.size else 0)
-        _min_queries(result)
-        _early_stop(result, s, query_lat)
-        _throughput(result, measured, s)
-        if scen == "Server" and params.check_sustained:
-            sustained(result, measured)
-
-    beyond_loadgen(result, measured, s, client_limited)
-    _verdict(result)
-    return result
-
-
-def _verdict(result: MlperfResult) -> None:
-    """The one place the verdict is decided: VALID exactly when every check passed and no reason was
-    given. A failed check always comes with its own reason; should one ever come without (a bug), a
-    reason naming the check is added, so that ``valid == (not reasons)`` holds whatever happens."""
-    failed = [name for name, ok in result.checks.items() if not ok]
-    if failed and not result.reasons:
-        result.reasons.append(f"Check(s) failed: {', '.join(failed)} (loadgen gave no reason: a bug).")
-    result.valid = not failed and not result.reasons
+        return
+    _constraints(result, s)
+    _min_duration(result, measured, int(s.latency.max()) if s.latency.size else 0)
+    _min_queries(result)
+    _early_stop(result, s, query_lat)
+    _throughput(result, measured, s)

@@ -10,23 +10,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import orjson
+from typing import TYPE_CHECKING, Any, Protocol
 
 from loadgen.errors import ReportError
 from loadgen.metrics import latency as metrics
 from loadgen.metrics import mlperf
 from loadgen.metrics.gaps import GapStore, compact
+from loadgen.metrics.validity import evaluate
 from loadgen.records import RequestRecord, iter_records
+from loadgen.report.files import load_json
 from loadgen.report.fleet import fleet_console_lines, fleet_summary_lines
+from loadgen.report.schema import SCHEMA_VERSION, Validity
+from loadgen.report.summary import render_summary
 from loadgen.settings import Scenario, Settings
 
 if TYPE_CHECKING:
-    from loadgen.engine.issuer import IssueStats
     from loadgen.metrics.health import ClientHealth
 
-SCHEMA_VERSION = 1
+class IssueOutcome(Protocol):
+    """What the report needs of the issuer's stats (:class:`loadgen.engine.issuer.IssueStats`), which
+    it may not import: the engine sits above the report in the data flow."""
+
+    @property
+    def stopped_early(self) -> str | None:  # why issuing ended before the trace did, or None
+        ...
+
+
 _MLPERF_SCENARIO: dict[Scenario, mlperf.ScenarioName] = {
     Scenario.SINGLESTREAM: "SingleStream",
     Scenario.MULTISTREAM: "MultiStream",
@@ -45,14 +54,20 @@ class Report:
     scenario_note: str | None = None  # beyond MLPerf: "(concurrency: not an MLPerf scenario; ...)"
 
     @property
+    def validity(self) -> Validity:
+        """The one verdict (``report.json``'s ``validity``)."""
+        v = self.data["validity"]
+        return {"valid": bool(v["valid"]), "reasons": list(v["reasons"])}
+
+    @property
     def valid(self) -> bool:
-        return bool(self.data["validity"]["valid"])
+        return self.validity["valid"]
 
     @property
     def summary_text(self) -> str:
         """``summary.txt`` from the report as it is now (server metrics and GPU telemetry are added to
         ``data`` after :func:`build_report`): LoadGen's layout, plus :func:`additional_stats`."""
-        text = self.mlperf_result.summary_text(additional_stats(self.data))
+        text = render_summary(self.mlperf_result, additional_stats(self.data))
         if self.scenario_note:
             text = text.replace("Scenario : Server", f"Scenario : Server {self.scenario_note}", 1)
         return text
@@ -109,13 +124,18 @@ def mlperf_params(settings: Settings, sut_name: str) -> mlperf.MlperfParams:
     )
 
 
+def verdict_section(ml: mlperf.MlperfResult) -> Validity:
+    """``report.json``'s ``validity`` from the evaluation: ``valid`` exactly when ``reasons`` is empty."""
+    return {"valid": ml.valid, "reasons": list(ml.reasons)}
+
+
 def build_report(
     meta: dict[str, Any],
     records: list[RequestRecord],
     *,
     settings: Settings,
     health: ClientHealth | None = None,
-    stats: IssueStats | None = None,
+    stats: IssueOutcome | None = None,
     interrupted: bool = False,
     itl: dict[str, Any] | None = None,
 ) -> Report:
@@ -129,8 +149,8 @@ def build_report(
     sut = f"{server.get('model') or settings.model or '?'} @ {server.get('url') or settings.url or '?'}"
     limited = "; ".join(health.reasons) if health is not None and health.limited else None
     stopped = stats.stopped_early if stats is not None else None
-    ml = mlperf.evaluate(measured, mlperf_params(settings, sut), client_limited=limited,
-                         stopped_early=stopped, interrupted=interrupted)
+    ml = evaluate(measured, mlperf_params(settings, sut), client_limited=limited,
+                  stopped_early=stopped, interrupted=interrupted)
     results["retries_total"] = ml.retries_total
     data = {
         **meta,
@@ -140,7 +160,7 @@ def build_report(
         "stopped_early": stopped,
         "results": results,
         # the one verdict: report.json, summary.txt, the console and the HTML all show this one
-        "validity": {"valid": ml.valid, "reasons": list(ml.reasons)},
+        "validity": verdict_section(ml),
         "mlperf": ml.to_dict(),
         "client": health.to_dict() if health is not None else None,
     }
@@ -148,35 +168,6 @@ def build_report(
     if settings.scenario in (Scenario.CONCURRENCY, Scenario.CONSTANT, Scenario.REPLAY):
         note = f"({settings.scenario.mlperf_name}: not an MLPerf scenario; judged by Server's rules)"
     return Report(data, ml, note)
-
-
-def write_outputs(out_dir: Path, report: Report) -> None:
-    """``report.json`` and ``summary.txt``; ``requests.jsonl`` was written during the run."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report.data.setdefault("files", {})
-    report.data["files"].update({
-        "report": "report.json", "summary": "summary.txt", "requests": "requests.jsonl",
-        "html": "report.html",
-    })
-    (out_dir / "report.json").write_bytes(
-        orjson.dumps(report.data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
-    )
-    (out_dir / "summary.txt").write_text(report.summary_text)
-    from loadgen.report.html import write_run_html  # the plots are only needed here
-
-    write_run_html(out_dir)
-
-
-def load_json(path: Path) -> dict[str, Any]:
-    try:
-        data = orjson.loads(path.read_bytes())
-    except OSError as exc:
-        raise ReportError(f"cannot read {path}: {exc.strerror}.") from exc
-    except orjson.JSONDecodeError as exc:
-        raise ReportError(f"{path} is not valid JSON ({exc}).") from exc
-    if not isinstance(data, dict):
-        raise ReportError(f"{path} is not a loadgen report (expected a JSON object).")
-    return data
 
 
 def rebuild(path: Path) -> Report | dict[str, Any]:

@@ -1,14 +1,12 @@
 """``mlperf_log_summary.txt`` in LoadGen's layout, rendered from a
-:class:`loadgen.metrics.mlperf.MlperfResult`
+:class:`loadgen.metrics.mlperf_result.MlperfResult`
 (every data line splits on its first ``:``), with loadgen's own checks and notes beside LoadGen's."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # types only: loadgen.metrics.mlperf imports this module when it renders
-    from loadgen.metrics.mlperf import LatencyStats, MlperfResult
+from loadgen.metrics.mlperf_result import LatencyStats, MlperfResult
 
 _BANNER = "================================================"
 

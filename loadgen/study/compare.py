@@ -30,7 +30,7 @@ import numpy.typing as npt
 from loadgen.errors import ReportError
 from loadgen.metrics.latency import RequestArrays, e2e_ns, tpot_ns, ttft_ns
 from loadgen.records import read_records
-from loadgen.report.build import load_json
+from loadgen.report.files import load_json
 
 DEFAULT_RESAMPLES = 1000
 #: Latency metrics: name -> (per-request series, percentile). Lower is better for all of them.

@@ -32,11 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from loadgen.errors import ConfigError
+from loadgen.report.files import write_json
 from loadgen.settings import Scenario, Settings, build_settings
-from loadgen.study.sweep import RunPoint, joules_per_output_token, point_seed
+from loadgen.study.params import point_seed
+from loadgen.study.rows import joules_per_output_token
+from loadgen.study.sweep import RunPoint
 
 SCHEMA_VERSION = 1
 PEAK_MIN_QUERIES = 662  # early stopping at p99: h(1) + 1, so one query over the bound can still pass
@@ -126,7 +127,7 @@ class _Search:
 
     def write(self, data: dict[str, Any]) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "peak.json").write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+        write_json(self.out_dir / "peak.json", data)
 
 
 def peak_settings(base: Settings, min_queries: int = PEAK_MIN_QUERIES) -> Settings:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from loadgen.errors import ConfigError, ReportError
-from loadgen.report.build import load_json
+from loadgen.report.files import load_json
 
 SCHEMA_VERSION = 1
 _CURVES = ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "joules_per_output_token")

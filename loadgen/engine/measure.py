@@ -1,0 +1,229 @@
+"""The measured part of a run: :func:`measure` issues the load (an issuer in this process, worker
+processes, or multi-turn sessions), every record into one :class:`~loadgen.engine.sink.RecordSink`,
+with the event loop's lag sampled and the live progress line; and :func:`warm_up`, before it.
+
+The clock origin ``client.t0_ns`` is set here, just before the first measured request (worker
+processes agree on theirs: :class:`~loadgen.engine.workers.WorkerPool`). Garbage collection is frozen
+while measuring (:func:`~loadgen.engine.gcpause.gc_frozen`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loadgen.client.client import Client
+from loadgen.engine.control import RunControl
+from loadgen.engine.gcpause import gc_frozen
+from loadgen.engine.issuer import Issuer, IssueStats
+from loadgen.engine.loopmon import LoopLagMonitor
+from loadgen.engine.progress import Progress
+from loadgen.engine.sink import RecordSink, RunObserver
+from loadgen.engine.warmup import run_warmup
+from loadgen.engine.workers import WorkerJob, WorkerPool, auto_workers, preconnect_count, split_trace
+from loadgen.metrics.gaps import GapStore
+from loadgen.metrics.health import ClientHealth, admission_times, assess
+from loadgen.records import RequestRecord
+from loadgen.schedule.trace import Trace, cap_shares, seeded_rngs
+from loadgen.settings import Scenario, Settings
+from loadgen.workload.samples import Dataset
+from loadgen.workload.tokens import TokenCounter
+
+Measured = tuple[list[RequestRecord], IssueStats, ClientHealth, dict[str, Any]]
+
+
+async def warm_up(
+    settings: Settings, *, client: Client, warm: Dataset, trace: Trace, out_dir: Path,
+    say: Callable[[str], None],
+) -> None:
+    """Send the warm-up prompts (not measured) into ``warmup.jsonl``."""
+    say(f"warm-up: {len(warm)} requests (not measured; prompts apart from the measured ones)")
+    await run_warmup(settings, client, warm, trace, out_dir)
+
+
+def choose_workers(settings: Settings, trace: Trace) -> int:
+    """``settings.workers``, or enough processes for the expected chunk rate and streams."""
+    if settings.workers is not None:
+        return settings.workers
+    if trace.open_loop and len(trace.offsets_ns) > 1 and trace.offsets_ns[-1] > 0:
+        rate = len(trace.offsets_ns) / (trace.offsets_ns[-1] / 1e9)
+        return auto_workers(rate * settings.output_len.mean, 0)
+    if trace.open_loop:  # Offline: everything at once
+        return auto_workers(0, len(trace.offsets_ns))
+    return auto_workers(0, trace.streams * trace.samples_per_query)
+
+
+async def measure(
+    settings: Settings,
+    *,
+    client: Client,
+    counter: TokenCounter,
+    dataset: Dataset,
+    trace: Trace,
+    out_dir: Path,
+    control: RunControl,
+    observers: tuple[RunObserver, ...],
+    gaps: GapStore,
+    workers: int = 1,
+    max_connections: int = 0,
+) -> Measured:
+    """Issue the measured load; returns the records, the issue stats, the client's health and the
+    per-turn summary of multi-turn sessions (empty otherwise). ``requests.jsonl`` holds every record
+    when this returns, also when it raises."""
+    path = out_dir / "requests.jsonl"
+    if settings.sessions is not None:
+        return await _sessions(settings, client=client, counter=counter, path=path, observers=observers,
+                               gaps=gaps)
+    sink = RecordSink(path if workers <= 1 else None, observers=observers, gaps=gaps,
+                      max_error_rate=settings.max_error_rate, stop=control.stop)
+    if workers > 1:
+        records, stats, health = await _workers(
+            settings, client=client, dataset=dataset, trace=trace, path=path, control=control,
+            workers=workers, max_connections=max_connections, sink=sink,
+        )
+    else:
+        records, stats, health = await _issuer(settings, client=client, dataset=dataset, trace=trace,
+                                               control=control, sink=sink)
+    return records, stats, health, {}
+
+
+async def _issuer(
+    settings: Settings, *, client: Client, dataset: Dataset, trace: Trace, control: RunControl,
+    sink: RecordSink,
+) -> tuple[list[RequestRecord], IssueStats, ClientHealth]:
+    """One issuer on this event loop."""
+    issuer = Issuer(client, dataset, trace, sink.record, sink.on_start)
+    await client.preconnect(preconnect_count(trace))
+    control.measuring(issuer)  # from here an interrupt drains instead of cancelling the run
+    monitor = LoopLagMonitor()
+    progress = None
+    if settings.progress:
+        progress = Progress(issuer.stats, trace.planned_queries, settings.duration_s)
+    try:
+        async with gc_frozen(), asyncio.TaskGroup() as tg:
+            client.t0_ns = time.perf_counter_ns()
+            monitor.start(tg)
+            progress_task = tg.create_task(progress.run()) if progress else None
+            try:
+                await issuer.run()
+            finally:
+                monitor.stop()
+                if progress_task is not None:
+                    progress_task.cancel()
+    finally:
+        control.measuring(None)
+        sink.close()
+    done = sink.records()
+    health = _health(settings, done, monitor.lags_ns, [monitor.cpu_cores])
+    return done, issuer.stats, health
+
+
+async def _workers(
+    settings: Settings, *, client: Client, dataset: Dataset, trace: Trace, path: Path, control: RunControl,
+    workers: int, max_connections: int, sink: RecordSink,
+) -> tuple[list[RequestRecord], IssueStats, ClientHealth]:
+    """Worker processes; each appends its records to ``path``, which the pool tails into the sink."""
+    parts = split_trace(trace, workers)
+    # The starts happen in the workers, which report their in-flight counts every tick: observers that
+    # can take a count get it (the exporter's loadgen_in_flight); request_started is never called here.
+    counted = sink.in_flight_setters()
+
+    def on_in_flight(n: int) -> None:
+        for set_in_flight in counted:
+            set_in_flight(n)
+
+    per_worker_conns = max_connections // len(parts) + 8 if max_connections else 0
+    jobs = [
+        WorkerJob(worker=w, workers=len(parts), trace=sub, query_ids=ids, dataset=dataset,
+                  opts=client.options, max_connections=per_worker_conns, records_path=path,
+                  tokenizer=client.tokenizer, preconnect=preconnect_count(sub))
+        for w, (sub, ids) in enumerate(parts)
+    ]
+    pool = WorkerPool(jobs)
+    control.measuring(pool)  # an interrupt before its t0 cancels the run (pool.measuring)
+    progress = None
+    if settings.progress:
+        progress = Progress(pool.stats, trace.planned_queries, settings.duration_s)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            progress_task = tg.create_task(progress.run()) if progress else None
+            try:
+                results = await pool.run(sink.keep, on_in_flight if counted else None)
+            finally:
+                if progress_task is not None:
+                    progress_task.cancel()
+    finally:
+        control.measuring(None)
+    client.t0_ns = pool.t0_ns
+    lags = np.concatenate([r.lags_ns for r in results]) if results else np.zeros(0, np.int64)
+    done = sink.records()
+    health = _health(settings, done, lags, [r.cpu_cores for r in results])
+    return done, pool.stats, health
+
+
+async def _sessions(
+    settings: Settings, *, client: Client, counter: TokenCounter, path: Path,
+    observers: tuple[RunObserver, ...], gaps: GapStore,
+) -> Measured:
+    """Multi-turn chat sessions (loadgen.workload.conversations): each user's history grows with the real
+    replies."""
+    from loadgen.workload.conversations import client_sender, plan_sessions, run_sessions, turn_summary
+
+    assert settings.sessions is not None
+    plan = plan_sessions(settings.sessions, settings, counter, seeded_rngs(settings.seed))
+    stats = IssueStats()
+    sink = RecordSink(path, observers=observers, gaps=gaps, count=stats)
+    inner = client_sender(client, counter, sink.record)
+
+    async def send(messages: Any, output_len: int) -> tuple[RequestRecord, str]:
+        sink.started()
+        return await inner(messages, output_len)
+
+    monitor = LoopLagMonitor()
+    try:
+        async with gc_frozen(), asyncio.TaskGroup() as tg:
+            client.t0_ns = time.perf_counter_ns()
+            monitor.start(tg)
+            try:
+                results = await run_sessions(plan, send, counter)
+            finally:
+                monitor.stop()
+    finally:
+        sink.close()
+    summary = {str(k): v for k, v in turn_summary(results).items()}
+    done = sink.records()
+    return done, stats, _health(settings, done, monitor.lags_ns, [monitor.cpu_cores]), summary
+
+
+def _health(
+    settings: Settings, records: list[RequestRecord], lags_ns: np.ndarray, cpus: list[float | None]
+) -> ClientHealth:
+    sent = [r for r in records if r.sent_ns]
+    delays = np.array([r.sent_ns - r.scheduled_ns for r in sent], dtype=np.int64)
+    known = [c for c in cpus if c is not None]
+    closed = None
+    if not settings.scenario.open_loop:
+        closed = np.array([r.end_ns - r.sent_ns for r in sent if r.end_ns], dtype=np.int64)
+    # under --max-concurrency a request is due when it got its slot (the wait was asked for)
+    cap = settings.max_concurrency if settings.scenario.open_loop else None
+    scheduled = np.array([r.scheduled_ns for r in sent], dtype=np.int64)
+    due = scheduled
+    if cap is not None:
+        due = admission_times(np.array([r.index for r in sent], dtype=np.int64), scheduled,
+                              np.array([max(r.end_ns, r.sent_ns) for r in sent], dtype=np.int64),
+                              cap_shares(cap, len(cpus)))
+    ok = np.array([r.first_token_ns is not None and r.error_class is None for r in sent], dtype=bool)
+    first = np.array([r.first_token_ns or 0 for r in sent], dtype=np.int64)
+    from_due = (first - due)[ok]
+    from_sent = (first - np.array([r.sent_ns for r in sent], dtype=np.int64))[ok]
+    waits = due - scheduled if cap is not None else None
+    return assess(delays, lags_ns, max(known) if known else None,
+                  check_issue_delay=settings.scenario != Scenario.OFFLINE, cpu_per_worker=cpus,
+                  issue_delay_limit_ms=settings.issue_delay_limit_ms, closed_loop_latencies_ns=closed,
+                  ttft_from_scheduled_ns=from_due, ttft_from_sent_ns=from_sent, slot_wait_ns=waits,
+                  max_concurrency=cap)
