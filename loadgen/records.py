@@ -159,4 +159,5 @@ def _parse_line(line: bytes, path: Path, lineno: int, *, last: bool) -> RequestR
 
 
 def read_records(path: Path) -> list[RequestRecord]:
+    """Every record of a ``requests.jsonl`` (see :func:`iter_records` for what a torn last line does)."""
     return list(iter_records(path))
