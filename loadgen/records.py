@@ -48,6 +48,7 @@ class RequestRecord:
     output_tokens: int = 0  # best known count, see ``tokens_source``
     tokens_source: str = "chunks"  # one of TOKEN_SOURCES
     prompt_tokens: int | None = None  # the server's usage.prompt_tokens
+    cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens (prefix-cache hits)
     requested_output_tokens: int | None = None  # max_tokens sent
     status: int | None = None  # HTTP status, None when no response head arrived
     error_class: str | None = None  # see loadgen.client.client.ERROR_CLASSES; None for success

@@ -312,6 +312,13 @@ class Settings(_Model):
     # --- servers loadgen starts: vLLM (``server``), else the built-in simulator when url is None -----
     server: ServerLaunch | None = None
     server_metrics_url: str | None = None  # default: <url>/metrics; "none" turns scraping off
+    # --- remote fleets (loadgen.observe.fleet, promql, dcgm; README "Remote fleets") ---------------
+    metrics_urls: list[str] = Field(default_factory=list)  # one /metrics per replica: fleet + replicas
+    server_kind: Literal["vllm", "vllm-v0", "sglang", "tgi", "trtllm"] | None = None  # None: detected
+    prometheus_url: str | None = None  # PromQL source over the run's window
+    promql: dict[str, str] = Field(default_factory=dict)  # canonical series -> PromQL (overrides)
+    prometheus_settle_s: float = Field(3.0, ge=0, le=600)  # wait after the run for the last scrapes
+    dcgm_urls: list[str] = Field(default_factory=list)  # DCGM exporters scraped directly
     sim: dict[str, Any] = Field(default_factory=dict)
     # --- outputs ----------------------------------------------------------------------------------
     out: Path | None = None

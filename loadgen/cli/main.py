@@ -175,6 +175,14 @@ def run(
                                                           "vllm.entrypoints.openai.api_server'")] = None,
     server_metrics_url: Annotated[str | None, typer.Option(help="Prometheus /metrics of the server "
                                                                 "('none': skip)")] = None,
+    metrics_url: Annotated[list[str] | None, typer.Option(help="a replica's /metrics (repeatable: fleet "
+                                                              "sums + per-replica sections)")] = None,
+    server_kind: Annotated[str | None, typer.Option(help="metric names: vllm, vllm-v0, sglang, tgi, "
+                                                         "trtllm (default: detected)")] = None,
+    prometheus_url: Annotated[str | None, typer.Option(help="read server and DCGM series from this "
+                                                            "Prometheus (PromQL) over the run")] = None,
+    dcgm_url: Annotated[list[str] | None, typer.Option(help="a DCGM exporter's /metrics (repeatable): "
+                                                            "remote GPU energy")] = None,
     request_timeout: Annotated[float | None, typer.Option(help="seconds one request may take in all "
                                                                "(error class timeout)")] = None,
     idle_timeout: Annotated[float | None, typer.Option(help="seconds without a byte mid-response "
@@ -219,6 +227,8 @@ def run(
             "gpus": _parse_gpus(gpus), "gpu_telemetry": False if no_gpu_telemetry else None,
         }
         overrides["server_metrics_url"] = server_metrics_url
+        overrides.update(metrics_urls=metrics_url or None, server_kind=server_kind,
+                         prometheus_url=prometheus_url, dcgm_urls=dcgm_url or None)
         overrides.update(rate)
         overrides.update(request_timeout_s=request_timeout, idle_timeout_s=idle_timeout, retries=retries,
                          max_error_rate=max_error_rate)

@@ -396,6 +396,9 @@ class Client:
             _spread_tokens(rec)
             if isinstance(usage.get("prompt_tokens"), int):
                 rec.prompt_tokens = usage["prompt_tokens"]
+            details = usage.get("prompt_tokens_details")
+            if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+                rec.cached_tokens = details["cached_tokens"]
         elif self._tokenizer is not None and pieces:
             rec.output_tokens = self._tokenizer.count(["".join(pieces)])[0]
             rec.tokens_source = "tokenizer"

@@ -196,7 +196,7 @@ async def run_async(
     report = build_report(meta, records, settings=settings, health=health, stats=stats,
                           interrupted=control.interrupts > 0, itl=gaps.distribution())
     _note_cap(report.data, settings)
-    report.data.update(sidecars.results(report.data["results"], client.t0_ns))
+    await sidecars.add_results(report.data, records, client.t0_ns)
     _workload_results(report.data["results"], settings, records, dataset, extra)
     write_outputs(out_dir, report)
     await sidecars.finish(say)

@@ -130,8 +130,10 @@ _NONE = -(1 << 62)
 _INT_FIELDS = ("index", "sample", "query", "scheduled_ns", "sent_ns", "end_ns", "first_token_ns",
                "last_chunk_ns", "input_tokens", "output_tokens", "prompt_tokens", "requested_output_tokens",
                "status", "worker", "retries")
+# cached_tokens (prefix-cache hits, None when the server did not say): int32, -1 for None, to keep a row
+# at 4 bytes more rather than 8.
 _ROW = np.dtype([*((f, np.int64) for f in _INT_FIELDS), ("warmup", np.bool_), ("source", np.int8),
-                 ("error_class", np.int16)])
+                 ("error_class", np.int16), ("cached_tokens", np.int32)])
 
 
 class RecordTable:
@@ -172,7 +174,8 @@ class RecordTable:
                 rec.first_token_ns, last, rec.input_tokens, rec.output_tokens, rec.prompt_tokens,
                 rec.requested_output_tokens, rec.status, rec.worker, rec.retries)
         self._blocks[-1][i] = (*(_NONE if v is None else v for v in ints), rec.warmup,
-                               self._code(rec.tokens_source), self._code(rec.error_class))
+                               self._code(rec.tokens_source), self._code(rec.error_class),
+                               -1 if rec.cached_tokens is None else rec.cached_tokens)
         if rec.error is not None:
             self._errors[self._n] = rec.error[:200]
         self._n += 1
@@ -184,9 +187,10 @@ class RecordTable:
             for k, row in enumerate(rows):
                 values: dict[str, Any] = {f: (None if v == _NONE else v)
                                           for f, v in zip(_INT_FIELDS, row, strict=False)}
-                warmup, source, error_class = row[len(_INT_FIELDS):]
+                warmup, source, error_class, cached = row[len(_INT_FIELDS):]
                 yield RequestRecord(
                     **values, chunk_ns=_DROPPED, chunk_tokens=_DROPPED, warmup=bool(warmup),
+                    cached_tokens=None if cached < 0 else cached,
                     tokens_source=names[source] or "chunks", error_class=names[error_class],
                     error=self._errors.get(b * self.BLOCK + k),
                 )

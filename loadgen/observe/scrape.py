@@ -85,8 +85,10 @@ class ServerMetricsScraper:
         settle_s: float = 0.25,
         settle_poll_s: float = 0.05,
         settle_timeout_s: float = 5.0,
+        parse: Callable[[str], Snapshot] | None = None,
     ) -> None:
         self.url = base_url.rstrip("/") + path
+        self.parse = parse  # another server kind's names → canonical ones (observe/flavours.py)
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.gauges = tuple(gauges)
@@ -211,7 +213,8 @@ class ServerMetricsScraper:
                     self._failed(f"HTTP {resp.status}")
                     return None
                 text = await resp.text()
-            snap = parse_selected(text, (*self.gauges, *self.counters), self.histograms.values())
+            snap = (self.parse(text) if self.parse is not None
+                    else parse_selected(text, (*self.gauges, *self.counters), self.histograms.values()))
         except aiohttp.ClientConnectorError as e:
             if first:
                 self.skipped = True

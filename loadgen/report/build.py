@@ -19,6 +19,7 @@ from loadgen.metrics.gaps import GapStore, compact
 from loadgen.metrics.validity import evaluate
 from loadgen.records import RequestRecord, iter_records
 from loadgen.report.files import load_json
+from loadgen.report.fleet import fleet_console_lines, fleet_summary_lines
 from loadgen.report.schema import SCHEMA_VERSION, Validity
 from loadgen.report.summary import render_summary
 from loadgen.settings import Scenario, Settings
@@ -100,7 +101,7 @@ def additional_stats(data: dict[str, Any]) -> list[str]:
             f"GPU mean power (W) : {_num(power.get('mean'), '.2f')}",
             f"GPU peak power (W) : {_num(power.get('peak'), '.2f')}",
         ]
-    return lines
+    return lines + fleet_summary_lines(data)
 
 
 def mlperf_params(settings: Settings, sut_name: str) -> mlperf.MlperfParams:
@@ -321,6 +322,7 @@ def render_console(data: dict[str, Any]) -> str:
     if (data.get("server_metrics") or {}).get("note"):
         lines.append(f"server metrics: {data['server_metrics']['note']}")
     lines += _console_gpu(data.get("telemetry") or {})
+    lines += fleet_console_lines(data)
     lines.append("")
     v = data["validity"]
     lines.append("Result is : VALID" if v["valid"] else "Result is : INVALID")

@@ -223,7 +223,8 @@ def make_plan(src: Source, inp: PlanInputs) -> dict[str, Any]:
     energy = expected["joules_per_output_token"] * 1000 if expected["joules_per_output_token"] else None
     if energy is not None:
         fig("energy_per_1k_output_tokens_j", energy, "J",
-            f"GPU energy from the reports' telemetry, {how['joules_per_output_token']}")
+            f"GPU energy from the reports (the fleet's DCGM series when present, else local NVML "
+            f"telemetry), {how['joules_per_output_token']}")
     else:
         warnings.append("no GPU telemetry in the measured points: no energy figure")
     return {

@@ -49,7 +49,12 @@ def _pct(results: dict[str, Any], key: str, p: str) -> float | None:
 
 def joules_per_output_token(report: dict[str, Any]) -> float | None:
     """GPU joules per output token from the report's ``telemetry`` section (``total``, as written by
-    :mod:`loadgen.observe.gpu`); None when the run had no GPU telemetry."""
+    :mod:`loadgen.observe.gpu`), or the remote fleet's (``fleet_energy``, preferred when present: those
+    GPUs serve); None when the run had neither."""
+    from loadgen.report.fleet import fleet_joules_per_output_token
+
+    if (fleet := fleet_joules_per_output_token(report)) is not None:
+        return fleet
     tel = report.get("telemetry")
     if not isinstance(tel, dict) or tel.get("available") is False:
         return None

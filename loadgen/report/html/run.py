@@ -12,6 +12,7 @@ from typing import Any
 
 from loadgen.records import RequestRecord, iter_records, read_records
 from loadgen.report.files import load_json, write_text
+from loadgen.report.fleet import fleet_html
 from loadgen.report.html.figures import RunData, run_figures
 from loadgen.report.html.page import cell, esc, figure_html, page_html, table_html
 from loadgen.report.html.svgplot import Axis, Chart, Series
@@ -300,6 +301,7 @@ def render_run_html(
         body.append("<p class='note'>No request records (requests.jsonl) were available: plots omitted.</p>")
     body += _server_figures(report)
     body += _gpu_figures(report)
+    body += fleet_html(report)
     body.append(
         "<details><summary>Settings</summary><pre>"
         + esc(json.dumps(s, indent=2, sort_keys=True, default=str)) + "</pre></details>"

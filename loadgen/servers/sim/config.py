@@ -5,7 +5,7 @@ Timing model (all times from the server's monotonic clock; ``b`` = sequences hol
     prompt_tokens  completions: whitespace-separated words of the prompt (a list of ints counts ids)
                    chat:        Σ over messages (words of ``content`` + chat_template_tokens)
     step(b)      = itl_ms · (1 + itl_slope · (b − 1))                       decode step with b running
-    first token  = a + ttft_ms + prefill_ms_per_token · prompt_tokens       a = admission time
+    first token  = a + ttft_ms + prefill_ms_per_token · (prompt_tokens − cached)  a = admission time
     token k+1    = token k + step(b at token k's due time)
     slot held    = from admission a to the due time of the last (max_tokens-th) token
 
@@ -70,6 +70,8 @@ class FaultSpec:
             raise ValueError(f"fault {self.kind}: give a rate in (0, 1] or every=N (N >= 1)")
 
 
+SIM_FLAVOURS = ("vllm", "vllm-v0", "sglang", "tgi", "trtllm")
+
 _FAULT_KEYS = {"rate": "rate", "every": "every", "after": "after_tokens", "after_tokens": "after_tokens",
                "seconds": "seconds"}
 
@@ -119,6 +121,12 @@ class SimConfig:
     api_key: str | None = None
     seed: int = 0
     faults: tuple[FaultSpec, ...] = field(default_factory=tuple)
+    #: Metric names ``/metrics`` speaks: vllm, vllm-v0, sglang, tgi, trtllm (servers/sim/flavours.py).
+    metrics_flavour: str = "vllm"
+    #: Prefix cache (servers/sim/prefix.py): blocks held (0 = off) and tokens per block. Cached tokens
+    #: skip ``prefill_ms_per_token`` and are reported in ``usage.prompt_tokens_details.cached_tokens``.
+    prefix_cache_blocks: int = 0
+    prefix_block_tokens: int = 16
 
     def __post_init__(self) -> None:
         for name in ("ttft_ms", "itl_ms", "itl_slope", "prefill_ms_per_token"):
@@ -129,6 +137,11 @@ class SimConfig:
                 raise ValueError(f"SimConfig.{name}={getattr(self, name)} must be >= 1")
         if self.chat_template_tokens < 0:
             raise ValueError("SimConfig.chat_template_tokens must be >= 0")
+        if self.metrics_flavour not in SIM_FLAVOURS:
+            raise ValueError(f"SimConfig.metrics_flavour={self.metrics_flavour!r}; expected one of "
+                             f"{', '.join(SIM_FLAVOURS)}")
+        if self.prefix_cache_blocks < 0 or self.prefix_block_tokens < 1:
+            raise ValueError("SimConfig.prefix_cache_blocks must be >= 0 and prefix_block_tokens >= 1")
         object.__setattr__(self, "faults", tuple(self.faults))
 
     def to_dict(self) -> dict[str, Any]:

@@ -31,6 +31,9 @@ from loadgen.servers.sim.config import SimConfig, step_ms
 # (yielding the CPU and the GIL each turn) until the due time.
 SPIN_NS = 400_000
 
+#: Token-count buckets of the per-request length histograms (TGI's flavour).
+TOKEN_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
+                 16384.0)
 # vLLM's bucket boundaries (vllm/v1/metrics/loggers.py), seconds.
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
                 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
@@ -129,12 +132,25 @@ class Sink(Protocol):
 class Seq:
     """One generating request inside the engine."""
 
-    __slots__ = ("admitted_ns", "arrival_ns", "chunks", "done", "last_emit_ns", "max_tokens",
-                 "prompt_tokens", "sink", "stall_after", "stall_ns", "tokens")
+    __slots__ = (
+        "admitted_ns",
+        "arrival_ns",
+        "cached_tokens",
+        "chunks",
+        "done",
+        "last_emit_ns",
+        "max_tokens",
+        "prompt_tokens",
+        "sink",
+        "stall_after",
+        "stall_ns",
+        "tokens",
+    )
 
     def __init__(self, sink: Sink, arrival_ns: int, prompt_tokens: int, max_tokens: int, *,
-                 stall_after: int = -1, stall_ns: int = 0) -> None:
+                 stall_after: int = -1, stall_ns: int = 0, cached_tokens: int = 0) -> None:
         self.sink = sink
+        self.cached_tokens = cached_tokens  # prompt tokens found in the prefix cache: no prefill
         self.arrival_ns = arrival_ns
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens
@@ -170,9 +186,14 @@ class Engine:
         self.itl = Histogram(ITL_BUCKETS)
         self.e2e = Histogram(E2E_BUCKETS)
         self.prompt_tokens_total = 0
+        self.prefix_queries_total = 0  # prompt tokens looked up in the prefix cache (when it is on)
+        self.prefix_hits_total = 0
         self.generation_tokens_total = 0
         self.chunks_total = 0
         self.success_total = 0
+        # Per-request token counts (TGI's only token totals: the sums of these histograms).
+        self.input_lengths = Histogram(TOKEN_BUCKETS)
+        self.generated_lengths = Histogram(TOKEN_BUCKETS)
         self._armed = 1 << 62
         self._timer = _TimerThread(loop, self.run_due)
         self._timer.start()
@@ -193,7 +214,11 @@ class Engine:
         self.running += 1
         seq.admitted_ns = at_ns
         self.prompt_tokens_total += seq.prompt_tokens
-        due = at_ns + self._ttft_ns + round(self._prefill_ns * seq.prompt_tokens)
+        self.input_lengths.observe(seq.prompt_tokens)
+        if self.cfg.prefix_cache_blocks:
+            self.prefix_queries_total += seq.prompt_tokens
+            self.prefix_hits_total += seq.cached_tokens
+        due = at_ns + self._ttft_ns + round(self._prefill_ns * (seq.prompt_tokens - seq.cached_tokens))
         self._push(due + (seq.stall_ns if seq.stall_after == 0 else 0), seq)
 
     def _release(self, at_ns: int) -> None:
@@ -253,6 +278,7 @@ class Engine:
                     seq.done = True
                     self.success_total += 1
                     self.e2e.observe((now - seq.arrival_ns) / 1e9)
+                    self.generated_lengths.observe(seq.max_tokens)
                     self._release(due)
                     continue
                 if seq.chunks == seq.stall_after:

@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from loadgen.servers.sim.engine import Histogram, LatenessRecorder
+from loadgen.servers.sim.flavours import render_flavour
 
 if TYPE_CHECKING:
     from loadgen.servers.sim.state import SimState
@@ -18,13 +19,16 @@ def _fmt(bound: float) -> str:
 
 def _histogram(out: list[str], name: str, help_: str, labels: str, hist: Histogram) -> None:
     out += [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]
+    sep = "," if labels else ""
     for bound, acc in hist.cumulative():
-        out.append(f'{name}_bucket{{{labels},le="{_fmt(bound)}"}} {acc}')
-    out += [f"{name}_count{{{labels}}} {hist.count}", f"{name}_sum{{{labels}}} {hist.sum!r}"]
+        out.append(f'{name}_bucket{{{labels}{sep}le="{_fmt(bound)}"}} {acc}')
+    tail = f"{{{labels}}}" if labels else ""
+    out += [f"{name}_count{tail} {hist.count}", f"{name}_sum{tail} {hist.sum!r}"]
 
 
 def _scalar(out: list[str], name: str, kind: str, help_: str, labels: str, *, value: float) -> None:
-    out += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name}{{{labels}}} {value!r}"]
+    tail = f"{{{labels}}}" if labels else ""
+    out += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name}{tail} {value!r}"]
 
 
 def render_metrics(app: SimState) -> bytes:
@@ -32,6 +36,10 @@ def render_metrics(app: SimState) -> bytes:
     eng, cfg = app.engine, app.cfg
     labels = 'model_name="{}"'.format(cfg.model.replace("\\", "\\\\").replace('"', '\\"'))
     out: list[str] = []
+    if cfg.metrics_flavour != "vllm":
+        render_flavour(cfg.metrics_flavour, eng, max_seqs=cfg.max_seqs, labels=labels, out=out,
+                       scalar=_scalar, hist=_histogram)
+        return ("\n".join(out) + "\n").encode()
     _scalar(out, "vllm:num_requests_running", "gauge", "Number of requests in model execution batches.",
             labels, value=eng.running)
     _scalar(out, "vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.",
@@ -44,6 +52,10 @@ def render_metrics(app: SimState) -> bytes:
             labels, value=eng.prompt_tokens_total)
     _scalar(out, "vllm:generation_tokens_total", "counter", "Number of generation tokens processed.",
             labels, value=eng.generation_tokens_total)
+    _scalar(out, "vllm:prefix_cache_queries_total", "counter", "Prefix cache queries, in terms of tokens.",
+            labels, value=eng.prefix_queries_total)
+    _scalar(out, "vllm:prefix_cache_hits_total", "counter", "Prefix cache hits, in terms of tokens.",
+            labels, value=eng.prefix_hits_total)
     _scalar(out, "vllm:request_success_total", "counter", "Count of successfully processed requests.",
             labels + ',finished_reason="length"', value=eng.success_total)
     _histogram(out, "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",

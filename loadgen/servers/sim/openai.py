@@ -26,6 +26,27 @@ FAULT_STATUS = {"http_429": (429, "TooManyRequestsError"), "http_500": (500, "In
                 "http_503": (503, "ServiceUnavailableError")}
 
 
+def _prompt_words(body: dict[str, Any]) -> list[str]:
+    """The prompt's tokens as the prefix cache sees them: its words (chat: every message's, in order;
+    token ids as strings)."""
+    msgs = body.get("messages")
+    if isinstance(msgs, list):
+        out: list[str] = []
+        for m in msgs:
+            c = m.get("content") if isinstance(m, dict) else None
+            if isinstance(c, str):
+                out += c.split()
+            elif isinstance(c, list):
+                out += [w for p in c if isinstance(p, dict) for w in str(p.get("text", "")).split()]
+        return out
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        return prompt.split()
+    return [str(t) for t in prompt] if isinstance(prompt, list) else []
+
+
 def _words(text: Any) -> int:
     if isinstance(text, str):
         return len(text.split())
@@ -197,6 +218,8 @@ class SimApp(SimState):
             return
         start = _Start(self, conn, chat=chat, stream=stream, options=options, n_prompt=n_prompt,
                        max_tokens=max_tokens, fault=fault)
+        if self.prefix is not None:
+            start.cached = max(min(self.prefix.lookup(_prompt_words(body)), n_prompt - 1), 0)
         if kind == "slow_headers":
             assert fault is not None
             self.count_fault(kind, terminal=False)
@@ -212,6 +235,7 @@ class _Start:
                  n_prompt: int, max_tokens: int, fault: FaultSpec | None) -> None:
         self.app, self.conn, self.chat, self.stream = app, conn, chat, stream
         self.options, self.n_prompt, self.max_tokens, self.fault = options, n_prompt, max_tokens, fault
+        self.cached = -1  # prefix-cached prompt tokens (-1: no prefix cache)
 
     def run(self, arrival: int | None) -> None:
         app, conn, fault = self.app, self.conn, self.fault
@@ -225,7 +249,9 @@ class _Start:
             app.count_fault("stall", terminal=False)
         sink = (StreamSink if self.stream else JsonSink)(app, conn, chat=self.chat, options=self.options,
                                                         n_prompt=self.n_prompt, fault=fault)
-        seq = Seq(sink, arrival, self.n_prompt, self.max_tokens, stall_after=stall_after, stall_ns=stall_ns)
+        sink.cached = self.cached
+        seq = Seq(sink, arrival, self.n_prompt, self.max_tokens, stall_after=stall_after, stall_ns=stall_ns,
+                  cached_tokens=max(self.cached, 0))
         conn.active = seq
         if self.stream:
             conn.start_stream()

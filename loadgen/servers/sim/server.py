@@ -85,8 +85,13 @@ class SimServer:
     """
 
     def __init__(self, cfg: SimConfig | None = None, host: str = "127.0.0.1", port: int = 0,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, admin_port: int | None = None) -> None:
         self.cfg = cfg or SimConfig()
+        # A second listener on its own port serving the same app: with several processes sharing
+        # ``port`` (reuse_port, the kernel spreads connections), each replica's /metrics stays addressable.
+        self.admin_port = admin_port
+        self.admin_url = ""
+        self._admin: asyncio.AbstractServer | None = None
         self.host = host
         self.port = port
         self.reuse_port = reuse_port  # several processes on one port (SO_REUSEPORT), for more cores
@@ -118,9 +123,16 @@ class SimServer:
             raise
         port = self._server.sockets[0].getsockname()[1]
         self.url = f"http://{self.host}:{port}"
+        if self.admin_port is not None:
+            self._admin = await loop.create_server(self._protocol, self.host, self.admin_port)
+            self.admin_url = f"http://{self.host}:{self._admin.sockets[0].getsockname()[1]}"
         return self.url
 
     async def stop(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
+            await self._admin.wait_closed()
+            self._admin = None
         if self._server is not None:
             self._server.close()
             for conn in list(self._conns):
@@ -153,7 +165,8 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def serve(cfg: SimConfig, host: str = "127.0.0.1", port: int = 0, *,
           ready: Callable[[str], None] | None = None, reuse_port: bool = False,
-          stop_on_eof: int | None = None) -> None:
+          stop_on_eof: int | None = None, admin_port: int | None = None,
+          admin_ready: Callable[[str], None] | None = None) -> None:
     """Run the simulated server until SIGINT or SIGTERM (main thread only) or, with ``stop_on_eof`` (a
     pipe's file descriptor), until end-of-file on it; ``ready(base_url)`` is called once it listens. Uses
     uvloop when importable."""
@@ -176,7 +189,10 @@ def serve(cfg: SimConfig, host: str = "127.0.0.1", port: int = 0, *,
                     stop.set()
 
             loop.add_reader(fd, readable)
-        async with SimServer(cfg, host, port, reuse_port=reuse_port) as url:
+        server = SimServer(cfg, host, port, reuse_port=reuse_port, admin_port=admin_port)
+        async with server as url:
+            if admin_ready is not None:
+                admin_ready(server.admin_url)
             if ready is not None:
                 ready(url)
             await stop.wait()
@@ -195,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--cpu", type=int, default=None, help="pin to this CPU (os.sched_setaffinity)")
     parser.add_argument("--reuse-port", action="store_true", help="share the port with other processes")
+    parser.add_argument("--admin-port", type=int, default=None,
+                        help="also listen here (0: any free port), e.g. one replica's /metrics beside a "
+                             "shared --reuse-port; printed as admin_url")
     parser.add_argument("--exit-on-stdin-eof", action="store_true",
                         help="stop when stdin reaches end-of-file (stdin: a pipe from the parent process)")
     args = parser.parse_args(argv)
@@ -209,11 +228,17 @@ def main(argv: list[str] | None = None) -> int:
     # refuse connections beyond it, which the client would report as the server's failures.
     ensure_descriptors(None)
 
+    admin: list[str] = []
+
     def ready(url: str) -> None:
-        print(json.dumps({"url": url, "pid": os.getpid()}), flush=True)
+        line: dict[str, Any] = {"url": url, "pid": os.getpid()}
+        if admin:
+            line["admin_url"] = admin[0]
+        print(json.dumps(line), flush=True)
 
     serve(cfg, args.host, args.port, ready=ready, reuse_port=args.reuse_port,
-          stop_on_eof=sys.stdin.fileno() if args.exit_on_stdin_eof else None)
+          stop_on_eof=sys.stdin.fileno() if args.exit_on_stdin_eof else None, admin_port=args.admin_port,
+          admin_ready=admin.append)
     return 0
 
 

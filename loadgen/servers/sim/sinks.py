@@ -28,8 +28,8 @@ def error_body(status: int, message: str, kind: str) -> dict[str, Any]:
 
 
 class _Sink:
-    __slots__ = ("after", "app", "base", "chat", "conn", "continuous", "fault", "include_usage", "n_prompt",
-                 "rid")
+    __slots__ = ("after", "app", "base", "cached", "chat", "conn", "continuous", "fault", "include_usage",
+                 "n_prompt", "rid")
 
     def __init__(self, app: SimState, conn: Conn, *, chat: bool, options: dict[str, Any], n_prompt: int,
                  fault: FaultSpec | None) -> None:
@@ -40,10 +40,12 @@ class _Sink:
         self.continuous = bool(options.get("continuous_usage_stats")) and self.include_usage
         self.rid = f"{'chatcmpl' if chat else 'cmpl'}-{app._ids.getrandbits(128):032x}"
         self.base = app.requests * 7919
+        self.cached = -1  # prefix-cached prompt tokens; -1: the cache is off (no prompt_tokens_details)
 
     def usage(self, completion: int) -> bytes:
-        return b'{"prompt_tokens":%d,"total_tokens":%d,"completion_tokens":%d}' % (
-            self.n_prompt, self.n_prompt + completion, completion)
+        details = b',"prompt_tokens_details":{"cached_tokens":%d}' % self.cached if self.cached >= 0 else b""
+        return b'{"prompt_tokens":%d,"total_tokens":%d,"completion_tokens":%d%b}' % (
+            self.n_prompt, self.n_prompt + completion, completion, details)
 
 
 class StreamSink(_Sink):
@@ -127,7 +129,10 @@ class JsonSink(_Sink):
         if not final:
             return True
         text = app.text(self.base, 1, hi)
-        usage = {"prompt_tokens": self.n_prompt, "total_tokens": self.n_prompt + hi, "completion_tokens": hi}
+        usage: dict[str, Any] = {"prompt_tokens": self.n_prompt, "total_tokens": self.n_prompt + hi,
+                                 "completion_tokens": hi}
+        if self.cached >= 0:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached}
         if self.chat:
             choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text,
                                                               "tool_calls": []},

@@ -14,6 +14,7 @@ import orjson
 
 from loadgen.servers.sim.config import FaultSpec, SimConfig
 from loadgen.servers.sim.engine import Engine
+from loadgen.servers.sim.prefix import PrefixCache
 
 WORDS = 4096
 
@@ -47,6 +48,8 @@ class SimState:
         self.cfg = cfg
         self.loop = loop
         self.engine = Engine(cfg, loop)
+        self.prefix = (PrefixCache(cfg.prefix_cache_blocks, cfg.prefix_block_tokens)
+                       if cfg.prefix_cache_blocks else None)
         self.faults = FaultPicker(cfg.faults, cfg.seed)
         rng = random.Random(cfg.seed)
         self.words = [f" w{rng.randrange(10000):04d}" for _ in range(WORDS)]
