@@ -8,8 +8,9 @@ the names below load on first use; the event loop, signal handlers and logging a
 
 The house, along the data flow (each sub-package's ``__init__`` says what it holds)::
 
-    settings, scenario_files   what to do: typed, validated Settings; YAML and built-in scenarios
-    records, errors, limits    per-request records and their JSONL; the exception tree; process limits
+    settings, specs            what to do: typed, validated Settings and the parts a scenario is built from
+    records, errors, limits,   per-request records and their JSONL; the exception tree; process limits;
+    loops                      the event loop (uvloop when installed)
     workload/                  WHAT is sent: tokens, samples, files, traces, prefixes, conversations
     schedule/                  WHEN: arrival processes, the trace fixed before the clock, run length
     client/                    ONE request timed at the byte: bodies, HTTP transports, SSE, probes
@@ -21,7 +22,7 @@ The house, along the data flow (each sub-package's ``__init__`` says what it hol
     study/                     MANY runs: sweep, peak, plan, compare
     api.py, cli/               the library's entry points and the thin ``loadgen`` command over them
 
-Imports only go down this list (``tests/test_layers.py``).
+A module imports only from its own line or the lines above it (``tests/test_layers.py``).
 """
 
 from __future__ import annotations

@@ -18,18 +18,17 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from loadgen.errors import ConfigError
 from loadgen.schedule.arrivals import MAX_QUERIES, MAX_SCHEDULE_S, RateProfile, schedule_problem
-from loadgen.specs import (  # noqa: F401  (re-exported: the scenario's parts)
+from loadgen.specs import (
     ArrivalSpec,
     DatasetSpec,
+    FrozenModel,
     LengthDist,
     PrefixSpec,
-    RampSpec,
     ReplaySpec,
     ServerLaunch,
     SessionSpec,
     Slo,
-    _length,
-    _Model,
+    coerce_length,
 )
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
@@ -79,7 +78,7 @@ MLPERF_PRESETS: dict[str, tuple[float, float]] = {
 }
 
 
-class Settings(_Model):
+class Settings(FrozenModel):
     """Everything one run needs. Times in seconds unless the name says otherwise."""
 
     scenario: Scenario
@@ -169,7 +168,7 @@ class Settings(_Model):
     @field_validator("input_len", "output_len", mode="before")
     @classmethod
     def _lengths(cls, v: Any) -> Any:
-        return _length(v)
+        return coerce_length(v)
 
     @field_validator("preset")
     @classmethod

@@ -10,11 +10,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
-class _Model(BaseModel):
+class FrozenModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class LengthDist(_Model):
+class LengthDist(FrozenModel):
     """A token-length distribution; a plain integer in a file or option means ``fixed``.
 
     ``uniform`` draws integers in [min, max]; ``normal`` and ``lognormal`` take ``mean`` and ``std``
@@ -40,7 +40,7 @@ class LengthDist(_Model):
         return self.max if self.max is not None else max(self.mean * 4, self.mean + 1)
 
 
-def _length(value: Any) -> Any:
+def coerce_length(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("expected a token count or a {kind, mean, ...} mapping")
     if isinstance(value, int):
@@ -50,7 +50,7 @@ def _length(value: Any) -> Any:
     return value
 
 
-class Slo(_Model):
+class Slo(FrozenModel):
     """Latency objectives (p99 bounds for validity; per-request bounds for goodput), milliseconds."""
 
     ttft_ms: float | None = Field(None, gt=0)
@@ -58,7 +58,7 @@ class Slo(_Model):
     e2e_ms: float | None = Field(None, gt=0)
 
 
-class ServerLaunch(_Model):
+class ServerLaunch(FrozenModel):
     """A server loadgen starts for the run (``server:`` in a scenario file, ``--launch`` on the CLI).
 
     ``command`` is the program and its leading arguments, as a list (never a shell string):
@@ -82,7 +82,7 @@ class ServerLaunch(_Model):
         return v
 
 
-class DatasetSpec(_Model):
+class DatasetSpec(FrozenModel):
     """A prompt file (``dataset:``); see :mod:`loadgen.workload.files` for the layouts.
 
     Input lengths are re-counted with the token counter in use; samples outside
@@ -107,7 +107,7 @@ class DatasetSpec(_Model):
         return self
 
 
-class ReplaySpec(_Model):
+class ReplaySpec(FrozenModel):
     """Trace replay (``replay:``, for ``scenario: replay``); see :mod:`loadgen.workload.traces`.
 
     ``format``/``path`` name a trace file (Azure LLM inference CSV or Mooncake JSONL); without them the
@@ -136,7 +136,7 @@ class ReplaySpec(_Model):
         return self
 
 
-class PrefixSpec(_Model):
+class PrefixSpec(FrozenModel):
     """Shared prefixes (``prefix:``): ``groups`` distinct prefixes of ``length`` tokens, each prompt one
     prefix followed by a unique suffix of ``suffix_len`` tokens (default: ``input_len``)."""
 
@@ -147,10 +147,10 @@ class PrefixSpec(_Model):
     @field_validator("suffix_len", mode="before")
     @classmethod
     def _suffix(cls, v: Any) -> Any:
-        return _length(v)
+        return coerce_length(v)
 
 
-class RampSpec(_Model):
+class RampSpec(FrozenModel):
     """The rate rises from ``start_qps`` to the run's ``qps`` over ``duration_s`` — linearly, or in
     ``steps`` equal steps — and stays at ``qps`` afterwards."""
 
@@ -159,7 +159,7 @@ class RampSpec(_Model):
     steps: int | None = Field(None, ge=1, le=100_000)
 
 
-class ArrivalSpec(_Model):
+class ArrivalSpec(FrozenModel):
     """Arrival process of the open-loop ``server`` scenario (``arrival:``); see
     :mod:`loadgen.schedule.arrivals`.
 
@@ -171,7 +171,7 @@ class ArrivalSpec(_Model):
     ramp: RampSpec | None = None
 
 
-class SessionSpec(_Model):
+class SessionSpec(FrozenModel):
     """Multi-turn chat sessions (``sessions:``): ``users`` conversations of ``turns`` turns each, with
     exponential think time of mean ``think_time_s`` between a reply and the next user turn."""
 
@@ -183,4 +183,4 @@ class SessionSpec(_Model):
     @field_validator("user_len", mode="before")
     @classmethod
     def _user_len(cls, v: Any) -> Any:
-        return _length(v)
+        return coerce_length(v)

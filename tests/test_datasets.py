@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from loadgen.schedule.trace import build_trace, seeded_rngs
-from loadgen.settings import LengthDist, Settings
+from loadgen.settings import Settings
+from loadgen.specs import LengthDist
 from loadgen.workload.samples import draw_lengths
 from loadgen.workload.sources import load_dataset
 from loadgen.workload.tokens import WordCounter

@@ -9,7 +9,8 @@ import pytest
 
 from loadgen.errors import ConfigError
 from loadgen.schedule.trace import seeded_rngs
-from loadgen.settings import DatasetSpec, Settings, build_settings
+from loadgen.settings import Settings, build_settings
+from loadgen.specs import DatasetSpec
 from loadgen.workload.files import load_file
 from loadgen.workload.sources import load_dataset
 from loadgen.workload.tokens import LocalTokenizer, WordCounter

@@ -20,7 +20,8 @@ from loadgen.client.client import Client, ClientOptions
 from loadgen.records import RequestRecord
 from loadgen.schedule.trace import seeded_rngs
 from loadgen.servers.vllm import VllmLauncher
-from loadgen.settings import PrefixSpec, Settings
+from loadgen.settings import Settings
+from loadgen.specs import PrefixSpec
 from loadgen.workload.prefix import shared_prefix, ttft_by_group
 from loadgen.workload.tokens import WordCounter
 from tests.conftest_vllm import (

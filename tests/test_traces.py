@@ -19,7 +19,8 @@ from loadgen.engine.workers import preconnect_count
 from loadgen.errors import ConfigError
 from loadgen.schedule.trace import build_trace, seeded_rngs
 from loadgen.servers.sim import SimConfig, SimProcess, SimServer
-from loadgen.settings import ReplaySpec, Scenario, Settings
+from loadgen.settings import Scenario, Settings
+from loadgen.specs import ReplaySpec
 from loadgen.workload.sources import load_dataset
 from loadgen.workload.tokens import LocalTokenizer, WordCounter
 from loadgen.workload.traces import read_azure, read_mooncake, retime

@@ -70,7 +70,7 @@ class Slo:
 
     @classmethod
     def of(cls, obj: Any) -> Slo:
-        """Build from any object with some of these attributes (e.g. ``loadgen.settings.Slo``)."""
+        """Build from any object with some of these attributes (e.g. ``loadgen.specs.Slo``)."""
         return cls(**{name: getattr(obj, name, None) for name in ("ttft_ms", "tpot_ms", "e2e_ms", "itl_ms")})
 
     def any(self) -> bool:

@@ -29,7 +29,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from loadgen.records import RequestRecord
-from loadgen.settings import SessionSpec, Settings
+from loadgen.settings import Settings
+from loadgen.specs import SessionSpec
 from loadgen.workload.samples import Sample, draw_lengths, word_prompt
 from loadgen.workload.tokens import TokenCounter, single_token_words
 

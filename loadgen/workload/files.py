@@ -28,7 +28,8 @@ import numpy as np
 import orjson
 
 from loadgen.errors import ConfigError
-from loadgen.settings import DatasetSpec, Settings
+from loadgen.settings import Settings
+from loadgen.specs import DatasetSpec
 from loadgen.workload.samples import Dataset, Sample, draw_lengths
 from loadgen.workload.tokens import TokenCounter
 

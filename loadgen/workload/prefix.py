@@ -18,7 +18,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from loadgen.settings import PrefixSpec, Settings
+from loadgen.settings import Settings
+from loadgen.specs import PrefixSpec
 from loadgen.workload.samples import Dataset, Sample, draw_lengths, verify_counts, word_prompt
 from loadgen.workload.tokens import TokenCounter, single_token_words
 

@@ -18,7 +18,8 @@ import numpy as np
 import orjson
 
 from loadgen.errors import ConfigError
-from loadgen.settings import LengthDist, Settings
+from loadgen.settings import Settings
+from loadgen.specs import LengthDist
 from loadgen.workload.tokens import TokenCounter, single_token_words
 
 

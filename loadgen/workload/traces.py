@@ -31,7 +31,8 @@ import numpy as np
 import orjson
 
 from loadgen.errors import ConfigError
-from loadgen.settings import ReplaySpec, Settings
+from loadgen.settings import Settings
+from loadgen.specs import ReplaySpec
 from loadgen.workload.files import from_items, read_items
 from loadgen.workload.samples import Dataset, Sample, verify_counts
 from loadgen.workload.tokens import TokenCounter, single_token_words
