@@ -57,6 +57,10 @@ class RequestRecord:
     retries: int = 0
     warmup: bool = False
     last_chunk_ns: int | None = None  # set when the chunk lists were dropped (loadgen.metrics.gaps.compact)
+    # Reasoning models: the first chunk of the answer (content or tool calls, after any thinking), and
+    # the thinking tokens (usage.completion_tokens_details.reasoning_tokens, else counted from chunks).
+    first_answer_ns: int | None = None
+    reasoning_tokens: int | None = None
 
     @property
     def ok(self) -> bool:

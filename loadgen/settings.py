@@ -78,6 +78,12 @@ MLPERF_PRESETS: dict[str, tuple[float, float]] = {
 }
 
 
+#: Request fields loadgen sets from the run and the sample, which ``extra_body`` may not replace.
+RESERVED_FIELDS = frozenset({"model", "prompt", "messages", "input", "stream"})
+#: Output-length fields, set from the sample; ``extra_body`` may only drop them (null).
+LENGTH_FIELDS = frozenset({"max_tokens", "max_completion_tokens", "max_output_tokens"})
+
+
 class Settings(FrozenModel):
     """Everything one run needs. Times in seconds unless the name says otherwise."""
 
@@ -87,7 +93,10 @@ class Settings(FrozenModel):
     url: str | None = None  # None: start the built-in simulated server for the run
     model: str | None = None  # None: the first model the endpoint lists
     api_key_env: str | None = None  # name of the environment variable holding the API key
-    endpoint: Literal["completions", "chat"] = "completions"
+    endpoint: Literal["completions", "chat", "responses"] = "completions"
+    # fields laid over every request body (sampling, response_format, chat_template_kwargs, tools ...);
+    # null drops a default field (see loadgen.client.protocol.merge_extra)
+    extra_body: dict[str, Any] = Field(default_factory=dict)
     stream: bool = True
     ignore_eos: bool = True  # ask vLLM for exactly output_len tokens
     headers: dict[str, str] = Field(default_factory=dict)
@@ -169,6 +178,19 @@ class Settings(FrozenModel):
     @classmethod
     def _lengths(cls, v: Any) -> Any:
         return coerce_length(v)
+
+    @field_validator("extra_body")
+    @classmethod
+    def _extra_body(cls, v: dict[str, Any]) -> dict[str, Any]:
+        taken = sorted(RESERVED_FIELDS & v.keys())
+        if taken:
+            raise ValueError(f"{', '.join(taken)} cannot be set in extra_body: loadgen sets them from the "
+                             "run (model, stream) and the sample (prompt, messages, input)")
+        lengths = sorted(k for k in LENGTH_FIELDS & v.keys() if v[k] is not None)
+        if lengths:
+            raise ValueError(f"{', '.join(lengths)} in extra_body: output lengths come from output_len or "
+                             "the dataset; give null to leave the field out of the request")
+        return v
 
     @field_validator("preset")
     @classmethod
@@ -259,9 +281,8 @@ class Settings(FrozenModel):
         if self.preset is None:
             return self.slo
         ttft, tpot = MLPERF_PRESETS[self.preset]
-        return Slo(
-            ttft_ms=self.slo.ttft_ms or ttft, tpot_ms=self.slo.tpot_ms or tpot, e2e_ms=self.slo.e2e_ms
-        )
+        return self.slo.model_copy(update={"ttft_ms": self.slo.ttft_ms or ttft,
+                                           "tpot_ms": self.slo.tpot_ms or tpot})
 
     @property
     def latency_percentile(self) -> float:

@@ -51,11 +51,13 @@ def coerce_length(value: Any) -> Any:
 
 
 class Slo(FrozenModel):
-    """Latency objectives (p99 bounds for validity; per-request bounds for goodput), milliseconds."""
+    """Latency objectives (p99 bounds for validity; per-request bounds for goodput), milliseconds.
+    ``ttfa_ms`` (time to first answer token, for reasoning models) and ``e2e_ms`` bound goodput only."""
 
     ttft_ms: float | None = Field(None, gt=0)
     tpot_ms: float | None = Field(None, gt=0)
     e2e_ms: float | None = Field(None, gt=0)
+    ttfa_ms: float | None = Field(None, gt=0)
 
 
 class ServerLaunch(FrozenModel):

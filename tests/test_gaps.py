@@ -112,4 +112,6 @@ def test_record_table_is_smaller_than_the_records_it_replaces():
 
     per_record, _ = held(records)
     per_row, _ = held(table)
-    assert per_row < 160 and per_record > 2 * per_row, (per_record, per_row)
+    # 144-byte rows (17 int64 fields, the reasoning pair included, and 8 bytes of small ones) in blocks
+    # of 8192: 20,000 rows hold 3 blocks, 177 bytes a row.
+    assert per_row < 180 and per_record > 2 * per_row, (per_record, per_row)

@@ -89,9 +89,9 @@ class TextClient(Client):
         super().__init__(*args, tokenizer=EXACT, **kw)
         self.texts: dict[int, str] = {}
 
-    def _count_output(self, rec, usage, pieces):
+    def _count_output(self, rec, usage, pieces, *rest):
         self.texts[id(rec)] = "".join(pieces)
-        super()._count_output(rec, usage, pieces)
+        super()._count_output(rec, usage, pieces, *rest)
 
     async def fill(self, rec, sample, *, keep_text=False):
         await super().fill(rec, sample)

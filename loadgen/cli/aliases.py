@@ -81,15 +81,15 @@ def pick(option: str, value: T | None, alias: str, alias_value: T | None) -> T |
 
 
 def vllm_endpoint(value: str | None) -> str | None:
-    """``--endpoint`` as loadgen's ``completions``/``chat``, also from vLLM's path form."""
+    """``--endpoint`` as loadgen's ``completions``/``chat``/``responses``, also from vLLM's path form."""
     if value is None or not value.startswith("/"):
         return value
     path = value.rstrip("/").removeprefix("/v1")
-    known = {"/completions": "completions", "/chat/completions": "chat"}
+    known = {"/completions": "completions", "/chat/completions": "chat", "/responses": "responses"}
     if path not in known:
         raise ConfigError(
-            f"--endpoint {value}: loadgen sends to /v1/completions or /v1/chat/completions; give "
-            "--endpoint completions or --endpoint chat."
+            f"--endpoint {value}: loadgen sends to /v1/completions, /v1/chat/completions or "
+            "/v1/responses; give --endpoint completions, chat or responses."
         )
     return known[path]
 

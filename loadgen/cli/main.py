@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import orjson
 import typer
 
 from loadgen.cli.aliases import pick, rate_overrides, unsupported_vllm_flag, vllm_endpoint
@@ -42,6 +43,20 @@ def _err(message: str) -> None:
 
 def _info(message: str) -> None:
     typer.echo(f"loadgen: {message}", err=True)
+
+
+def _parse_json_object(flag: str, text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"{flag} {text!r} is not valid JSON ({exc}); give an object, e.g. "
+                          f"{flag} '{{\"temperature\": 0.7}}'.") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{flag} {text!r} is not a JSON object; give one, e.g. "
+                          f"{flag} '{{\"temperature\": 0.7}}'.")
+    return value
 
 
 def _parse_headers(values: list[str] | None) -> dict[str, str] | None:
@@ -138,7 +153,10 @@ def run(
     input_len: Annotated[int | None, typer.Option(help="input tokens per prompt (fixed)")] = None,
     output_len: Annotated[int | None, typer.Option(help="output tokens per request (fixed)")] = None,
     seed: Annotated[int | None, typer.Option(help="seed of the schedule and the prompts")] = None,
-    endpoint: Annotated[str | None, typer.Option(help="completions or chat")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="completions, chat or responses")] = None,
+    extra_body: Annotated[str | None, typer.Option(
+        help="JSON object laid over every request body, e.g. '{\"temperature\":0.7}' (null drops a field)",
+    )] = None,
     no_stream: Annotated[bool, typer.Option("--no-stream", help="non-streaming requests")] = False,
     warmup: Annotated[int | None, typer.Option(help="requests sent before the clock starts")] = None,
     samples_per_query: Annotated[int | None, typer.Option(help="samples per query (multistream)")] = None,
@@ -147,7 +165,8 @@ def run(
     ttft_ms: Annotated[float | None, typer.Option(help="p99 TTFT bound for validity (ms)")] = None,
     tpot_ms: Annotated[float | None, typer.Option(help="p99 TPOT bound for validity (ms)")] = None,
     preset: Annotated[str | None, typer.Option(help="MLPerf latency preset, e.g. llama3_1-8b")] = None,
-    header: Annotated[list[str] | None, typer.Option(help="extra request header NAME:VALUE")] = None,
+    header: Annotated[list[str] | None, typer.Option("--header", "--extra-header",
+                                                     help="extra request header NAME:VALUE")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="do not verify TLS certificates")] = False,
     fail_on_invalid: Annotated[bool, typer.Option("--fail-on-invalid", help="exit 1 when INVALID")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress line")] = False,
@@ -216,7 +235,8 @@ def run(
             "max_duration_s": max_duration, "max_concurrency": max_concurrency,
             "input_len": pick("--input-len", input_len, "--random-input-len", random_input_len),
             "output_len": pick("--output-len", output_len, "--random-output-len", random_output_len),
-            "seed": seed, "endpoint": vllm_endpoint(endpoint),
+            "seed": seed, "endpoint": vllm_endpoint(endpoint), "extra_body": _parse_json_object(
+                "--extra-body", extra_body),
             "warmup": warmup, "samples_per_query": samples_per_query, "tokenizer": tokenizer,
             "prompts_file": prompts_file, "preset": preset, "headers": _parse_headers(header),
             "stream": False if no_stream else None, "insecure": True if insecure else None,
@@ -277,6 +297,9 @@ def sim(
     prefill_ms_per_token: Annotated[float, typer.Option(help="extra TTFT per prompt token (ms)")] = 0.0,
     max_seqs: Annotated[int, typer.Option(help="sequences decoded together; the rest queue")] = 256,
     tokens_per_chunk: Annotated[int, typer.Option(help="tokens carried by each SSE chunk")] = 1,
+    reasoning_tokens: Annotated[int, typer.Option(
+        help="chat, responses: the first N generated tokens are thinking (delta.reasoning_content)")] = 0,
+    keep_bodies: Annotated[int, typer.Option(help="keep the last N request bodies at GET /sim/bodies")] = 0,
     seed: Annotated[int, typer.Option(help="seed of faults and generated words")] = 0,
     api_key_env: Annotated[str | None, typer.Option(help="require the key in this variable")] = None,
     fault: Annotated[list[str] | None, typer.Option(help="inject a fault, e.g. http_500:0.1")] = None,
@@ -293,6 +316,7 @@ def sim(
             model=model, ttft_ms=ttft_ms, itl_ms=itl_ms, itl_slope=itl_slope,
             prefill_ms_per_token=prefill_ms_per_token, max_seqs=max_seqs,
             tokens_per_chunk=tokens_per_chunk, seed=seed, api_key=key, faults=faults,
+            reasoning_tokens=reasoning_tokens, keep_bodies=keep_bodies,
         )
     except (ValueError, TypeError) as exc:
         _err(str(exc))

@@ -17,8 +17,8 @@ import aiohttp
 import orjson
 
 from loadgen.client.http1 import Http1Client, HttpBrokenError, HttpConnectError, Response
-from loadgen.client.protocol import PROTOCOLS
-from loadgen.client.sse import SseParser
+from loadgen.client.protocol import PROTOCOLS, merge_extra
+from loadgen.client.stream import StreamState, count_output, error_message, fail
 from loadgen.records import RequestRecord
 from loadgen.workload.samples import Sample
 from loadgen.workload.tokens import TokenCounter
@@ -63,6 +63,7 @@ class ClientOptions:
     transport: str = "fast"  # "fast" (loadgen.client.http1) or "aiohttp"
     continuous_usage: bool = False  # ask for per-chunk usage (vLLM's continuous_usage_stats)
     retries: int = 0  # extra attempts for retryable failures (see RETRY_STATUSES); 0: never retry
+    extra_body: dict[str, Any] = field(default_factory=dict)  # laid over every body (protocol.merge_extra)
 
 
 def make_session(opts: ClientOptions, max_connections: int) -> aiohttp.ClientSession:
@@ -86,86 +87,6 @@ def make_session(opts: ClientOptions, max_connections: int) -> aiohttp.ClientSes
         skip_auto_headers=("User-Agent",),
         headers={"User-Agent": "loadgen"},
     )
-
-
-class StreamState:
-    """Turns the bytes of one response body into the fields of its record, as they arrive.
-
-    ``feed(data, now)`` is the per-read hot path shared by both transports: find event boundaries,
-    parse each event with orjson, append (timestamp, tokens) for chunks that carry generated text.
-    It returns False when the stream must stop (a malformed or error event).
-    """
-
-    __slots__ = (
-        "_keep_text", "_parser", "_prev", "_rec", "_text", "done", "finished", "last_ns", "pieces",
-        "usage",
-    )
-
-    def __init__(self, rec: RequestRecord, text: Any, keep_text: bool) -> None:
-        self._rec = rec
-        self._text = text
-        self._keep_text = keep_text
-        self._parser = SseParser()
-        self._prev = 0
-        self.pieces: list[str] = []
-        self.usage: dict[str, Any] | None = None
-        self.done = False
-        self.finished = False
-        self.last_ns = 0
-
-    def feed(self, data: bytes, now: int) -> bool:
-        self.last_ns = now
-        rec = self._rec
-        for name, payload in self._parser.feed(data):
-            if payload == b"[DONE]":
-                self.done = True
-                continue
-            try:
-                obj = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                rec.end_ns = now
-                _fail(rec, "malformed", f"event is not JSON: {payload[:80]!r}")
-                return False
-            if type(obj) is not dict:
-                rec.end_ns = now
-                _fail(rec, "malformed", f"event is not a JSON object: {payload[:80]!r}")
-                return False
-            if name == b"error" or "error" in obj or obj.get("object") == "error":
-                rec.end_ns = now
-                _fail(rec, "server_error", f"error event: {_error_message(payload)}")
-                return False
-            u = obj.get("usage")
-            if u:
-                self.usage = u
-            choices = obj.get("choices")
-            if not choices:
-                continue
-            choice = choices[0]
-            piece = self._text(choice)
-            if piece:
-                k = 1
-                done = u.get("completion_tokens") if u else None
-                if type(done) is int:  # continuous usage stats: tokens since the last chunk
-                    k = max(1, done - self._prev)
-                    self._prev = done
-                if rec.first_token_ns is None:
-                    rec.first_token_ns = now
-                rec.chunk_ns.append(now)
-                rec.chunk_tokens.append(k)
-                if self._keep_text:
-                    self.pieces.append(piece)
-            if choice.get("finish_reason"):
-                self.finished = True
-        return True
-
-    def finish(self, now: int) -> None:
-        rec = self._rec
-        if rec.end_ns == 0:
-            rec.end_ns = self.last_ns or now
-        if rec.error_class is None and not (self.done or self.finished):
-            pending = self._parser.pending
-            left = f" ({len(pending)} bytes of an unfinished event)" if pending else ""
-            _fail(rec, "incomplete", f"stream ended without [DONE] or finish_reason{left}")
 
 
 class Client:
@@ -220,14 +141,14 @@ class Client:
         ``rec.retries`` counts the extra attempts and the latencies count from the first attempt's send.
         """
         opts = self._opts
-        body = orjson.dumps(
-            self._proto.body(sample, opts.model, opts.stream, opts.ignore_eos, opts.continuous_usage)
-        )
+        built = self._proto.body(sample, opts.model, opts.stream, opts.ignore_eos, opts.continuous_usage)
+        body = orjson.dumps(merge_extra(built, opts.extra_body) if opts.extra_body else built)
         rec.requested_output_tokens = sample.output_tokens
         rec.input_tokens = sample.input_tokens
         first_sent = 0
         while True:
-            state = StreamState(rec, self._proto.text, keep_text or self._tokenizer is not None)
+            state = self._proto.state(rec, self._proto.text, keep_text or self._tokenizer is not None,
+                                self._proto.thinking)
             try:
                 if self._http is not None:
                     await self._fill_fast(rec, body, state)
@@ -242,14 +163,14 @@ class Client:
                 await asyncio.sleep(min(RETRY_BACKOFF_S * 2 ** (rec.retries - 1), 1.0))
             except asyncio.CancelledError:
                 rec.sent_ns = first_sent or rec.sent_ns
-                _fail(rec, "cancelled", "run stopped while in flight")
+                fail(rec, "cancelled", "run stopped while in flight")
                 rec.end_ns = time.perf_counter_ns() - self.t0_ns
                 raise
         rec.sent_ns = first_sent
         if rec.end_ns == 0:
             rec.end_ns = time.perf_counter_ns() - self.t0_ns
         if rec.error_class is None or rec.error_class == "incomplete":
-            self._count_output(rec, state.usage, state.pieces)
+            self._count_output(rec, state.usage, state.pieces, state.thought)
         return "".join(state.pieces) if keep_text else None
 
     # ---- fast transport ------------------------------------------------------------------------------
@@ -279,7 +200,7 @@ class Client:
                     mode = "json"
                 else:
                     rec.end_ns = now - t0
-                    _fail(rec, "content_type", f"unexpected Content-Type {resp.content_type!r}")
+                    fail(rec, "content_type", f"unexpected Content-Type {resp.content_type!r}")
                     return False
             if mode == "stream":
                 return state.feed(data, now - t0)
@@ -300,20 +221,20 @@ class Client:
                     watchdog.cancel()
         except TimeoutError:
             if idle:
-                _fail(rec, "idle_timeout", f"no bytes for {opts.idle_timeout_s:g} s")
+                fail(rec, "idle_timeout", f"no bytes for {opts.idle_timeout_s:g} s")
             else:
-                _fail(rec, "timeout", f"request took longer than {opts.request_timeout_s:g} s")
+                fail(rec, "timeout", f"request took longer than {opts.request_timeout_s:g} s")
             return
         except HttpConnectError as exc:
             if rec.status is None:
-                _fail(rec, "connect", str(exc))
+                fail(rec, "connect", str(exc))
             else:
-                _fail(rec, "disconnect", str(exc))
+                fail(rec, "disconnect", str(exc))
             return
         except HttpBrokenError as exc:
             state.finish(time.perf_counter_ns() - t0)
             rec.error_class = None if rec.error_class == "incomplete" else rec.error_class
-            _fail(rec, "disconnect", f"response broke off: {exc}")
+            fail(rec, "disconnect", f"response broke off: {exc}")
             return
         self._conclude(rec, resp, mode, raw, state)
 
@@ -324,7 +245,7 @@ class Client:
         end = state.last_ns or time.perf_counter_ns() - self.t0_ns
         if mode == "error" or (not mode and resp.status != 200):
             rec.end_ns = end
-            _fail(rec, "http_status", f"HTTP {resp.status}: {_error_message(b''.join(raw))}")
+            fail(rec, "http_status", f"HTTP {resp.status}: {error_message(b''.join(raw))}")
         elif mode == "stream":
             state.finish(end)
         elif mode == "json":
@@ -332,7 +253,7 @@ class Client:
             self._parse_json(rec, b"".join(raw), state)
         elif rec.error_class is None:
             rec.end_ns = end
-            _fail(rec, "malformed", "empty response body")
+            fail(rec, "malformed", "empty response body")
 
     # ---- aiohttp transport ---------------------------------------------------------------------------
     async def _fill_aiohttp(self, rec: RequestRecord, body: bytes, state: StreamState) -> None:
@@ -349,7 +270,7 @@ class Client:
                 if resp.status != 200:
                     raw = await resp.content.read(_ERROR_BODY_LIMIT)
                     rec.end_ns = time.perf_counter_ns() - t0
-                    _fail(rec, "http_status", f"HTTP {resp.status}: {_error_message(raw)}")
+                    fail(rec, "http_status", f"HTTP {resp.status}: {error_message(raw)}")
                 elif resp.content_type == "text/event-stream":
                     async for data in resp.content.iter_any():
                         if not state.feed(data, time.perf_counter_ns() - t0):
@@ -360,51 +281,39 @@ class Client:
                     rec.end_ns = time.perf_counter_ns() - t0
                     self._parse_json(rec, raw, state)
                 else:
-                    _fail(rec, "content_type", f"unexpected Content-Type {resp.content_type!r}")
+                    fail(rec, "content_type", f"unexpected Content-Type {resp.content_type!r}")
         except aiohttp.ServerTimeoutError:
-            _fail(rec, "idle_timeout", f"no bytes for {opts.idle_timeout_s:g} s")
+            fail(rec, "idle_timeout", f"no bytes for {opts.idle_timeout_s:g} s")
         except TimeoutError:
-            _fail(rec, "timeout", f"request took longer than {opts.request_timeout_s:g} s")
+            fail(rec, "timeout", f"request took longer than {opts.request_timeout_s:g} s")
         except aiohttp.ClientPayloadError as exc:
-            _fail(rec, "disconnect", f"response broke off: {_short(exc)}")
+            fail(rec, "disconnect", f"response broke off: {_short(exc)}")
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
             cls = "connect" if rec.status is None else "disconnect"
-            _fail(rec, cls, f"{type(exc).__name__}: {_short(exc)}")
+            fail(rec, cls, f"{type(exc).__name__}: {_short(exc)}")
         except aiohttp.ClientResponseError as exc:
-            _fail(rec, "malformed", f"bad HTTP response: {_short(exc)}")
+            fail(rec, "malformed", f"bad HTTP response: {_short(exc)}")
         except aiohttp.ClientError as exc:
-            _fail(rec, "connect", f"{type(exc).__name__}: {_short(exc)}")
+            fail(rec, "connect", f"{type(exc).__name__}: {_short(exc)}")
 
     def _parse_json(self, rec: RequestRecord, raw: bytes, state: StreamState) -> None:
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            _fail(rec, "malformed", f"body is not JSON: {raw[:80]!r}")
+            fail(rec, "malformed", f"body is not JSON: {raw[:80]!r}")
             return
-        if not isinstance(obj, dict) or not obj.get("choices"):
-            _fail(rec, "malformed", f"no choices in the response: {raw[:80]!r}")
+        parsed = self._proto.parse(obj) if isinstance(obj, dict) else None
+        if parsed is None:
+            fail(rec, "malformed", f"no output in the response: {raw[:80]!r}")
             return
-        state.pieces.append(self._proto.text(obj["choices"][0]) or "")
-        state.usage = obj.get("usage")
+        state.pieces.append(parsed[0])
+        state.usage = parsed[1]
         # Without streaming the first token is only seen with the last: TTFT equals E2E.
-        rec.first_token_ns = rec.end_ns
+        rec.first_token_ns = rec.first_answer_ns = rec.end_ns
 
-    def _count_output(self, rec: RequestRecord, usage: dict[str, Any] | None, pieces: list[str]) -> None:
-        if usage and isinstance(usage.get("completion_tokens"), int):
-            rec.output_tokens = usage["completion_tokens"]
-            rec.tokens_source = "usage"
-            _spread_tokens(rec)
-            if isinstance(usage.get("prompt_tokens"), int):
-                rec.prompt_tokens = usage["prompt_tokens"]
-            details = usage.get("prompt_tokens_details")
-            if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
-                rec.cached_tokens = details["cached_tokens"]
-        elif self._tokenizer is not None and pieces:
-            rec.output_tokens = self._tokenizer.count(["".join(pieces)])[0]
-            rec.tokens_source = "tokenizer"
-        else:
-            rec.output_tokens = sum(rec.chunk_tokens)
-            rec.tokens_source = "chunks"
+    def _count_output(self, rec: RequestRecord, usage: dict[str, Any] | None, pieces: list[str],
+                      thought: int = 0) -> None:
+        count_output(rec, usage, pieces, thought, self._tokenizer)
 
 
 class _IdleWatchdog:
@@ -447,39 +356,5 @@ def retryable(rec: RequestRecord) -> bool:
     )
 
 
-def _spread_tokens(rec: RequestRecord) -> None:
-    """When usage counts more tokens than the chunks said (a server that sends several tokens per
-    chunk without per-chunk usage), spread the extra evenly over the chunks after the first, so that
-    ITL is per token and not per chunk. Exact when the server gave per-chunk usage (nothing to do)."""
-    chunks = rec.chunk_tokens
-    extra = rec.output_tokens - sum(chunks)
-    if extra <= 0 or len(chunks) < 2:
-        return
-    per, left = divmod(extra, len(chunks) - 1)
-    for i in range(1, len(chunks)):
-        chunks[i] += per + (1 if i <= left else 0)
-
-
-def _fail(rec: RequestRecord, cls: str, message: str) -> None:
-    if rec.error_class is None:
-        rec.error_class = cls
-        rec.error = message
-
-
 def _short(exc: BaseException) -> str:
     return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-
-
-def _error_message(raw: bytes) -> str:
-    """The server's error text, from OpenAI/vLLM error JSON when possible."""
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return raw[:200].decode("utf-8", "replace").strip() or "(empty body)"
-    if isinstance(obj, dict):
-        err = obj.get("error", obj)
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])[:300]
-        if isinstance(err, str):
-            return err[:300]
-    return raw[:200].decode("utf-8", "replace")

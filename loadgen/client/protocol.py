@@ -1,18 +1,51 @@
-"""The two OpenAI request shapes loadgen speaks: ``/v1/completions`` and ``/v1/chat/completions``.
+"""The OpenAI request shapes loadgen speaks: ``/v1/completions``, ``/v1/chat/completions`` and
+``/v1/responses``.
 
-Each protocol builds the request body for a sample and pulls the generated text out of a response
-event; the client does the rest the same way for both.
+Each protocol builds the request body for a sample, names the stream reader of its events
+(:mod:`loadgen.client.stream`) and pulls the generated text and usage out of a non-streaming body;
+the client does the rest the same way for all. :func:`merge_extra` lays a user's ``extra_body`` over
+the built body.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from loadgen.client.stream import ResponsesState, StreamState, responses_usage
 from loadgen.workload.samples import Sample
 
 
-class Completions:
+def merge_extra(body: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with ``extra``'s fields laid over it; a null in ``extra`` removes that field (e.g.
+    ``{"max_tokens": null}`` for a server that takes only ``max_completion_tokens``). What ``extra``
+    may hold is checked where it is read (``loadgen.settings.RESERVED_FIELDS``, ``LENGTH_FIELDS``)."""
+    for key, value in extra.items():
+        if value is None:
+            body.pop(key, None)
+        else:
+            body[key] = value
+    return body
+
+
+class _Choices:
+    """Completions and chat: the output is in ``choices[0]``, the usage beside it."""
+
+    @staticmethod
+    def text(choice: dict[str, Any]) -> str | None:
+        raise NotImplementedError
+
+    @classmethod
+    def parse(cls, obj: dict[str, Any]) -> tuple[str, Any] | None:
+        """(text, usage) of a non-streaming response; None when it has no choices."""
+        choices = obj.get("choices")
+        if not choices or not isinstance(choices[0], dict):
+            return None
+        return cls.text(choices[0]) or "", obj.get("usage")
+
+
+class Completions(_Choices):
     path = "/v1/completions"
+    state = StreamState
 
     @staticmethod
     def body(
@@ -35,9 +68,14 @@ class Completions:
     def text(choice: dict[str, Any]) -> str | None:
         return choice.get("text")
 
+    @staticmethod
+    def thinking(choice: dict[str, Any]) -> bool:
+        return False
 
-class Chat:
+
+class Chat(_Choices):
     path = "/v1/chat/completions"
+    state = StreamState
 
     @staticmethod
     def body(
@@ -62,8 +100,75 @@ class Chat:
         msg = choice.get("delta") or choice.get("message")
         if not isinstance(msg, dict):
             return None
-        # Reasoning models stream their thinking first; it is generated output all the same.
-        return msg.get("content") or msg.get("reasoning_content") or msg.get("reasoning")
+        # Reasoning models stream their thinking first (vLLM has spelled it ``reasoning_content`` and
+        # ``reasoning``); it is generated output all the same. Tool-call deltas are output too.
+        return (msg.get("content") or msg.get("reasoning_content") or msg.get("reasoning")
+                or _tool_text(msg.get("tool_calls")))
+
+    @staticmethod
+    def thinking(choice: dict[str, Any]) -> bool:
+        """Whether a choice that carries output carries thinking only (no answer text, no tool call)."""
+        msg = choice.get("delta") or choice.get("message")
+        return isinstance(msg, dict) and not msg.get("content") and not msg.get("tool_calls")
+
+
+class Responses:
+    """The Responses API (``/v1/responses``): ``input`` messages, ``max_output_tokens``, typed events."""
+
+    path = "/v1/responses"
+    state = ResponsesState
+
+    @staticmethod
+    def body(
+        sample: Sample, model: str, stream: bool, ignore_eos: bool, continuous_usage: bool = False
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": model,
+            "input": sample.as_messages(),
+            "max_output_tokens": sample.output_tokens,
+            "temperature": 0.0,
+            "stream": stream,
+        }
+        if ignore_eos:
+            body["ignore_eos"] = True  # vLLM's extension, as for the other two
+        return body
+
+    @staticmethod
+    def text(choice: dict[str, Any]) -> str | None:  # the stream reader reads events itself
+        return None
+
+    @staticmethod
+    def thinking(choice: dict[str, Any]) -> bool:
+        return False
+
+    @staticmethod
+    def parse(obj: dict[str, Any]) -> tuple[str, Any] | None:
+        """(text of every output item: reasoning, messages, function calls; usage) of a response."""
+        output = obj.get("output")
+        if not isinstance(output, list):
+            return None
+        parts: list[str] = []
+        for item in output:
+            if not isinstance(item, dict):
+                continue
+            if item.get("type") == "function_call":
+                parts.append(str(item.get("name") or "") + str(item.get("arguments") or ""))
+            for part in item.get("content") or ():
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    parts.append(part["text"])
+        return "".join(parts), responses_usage(obj.get("usage"))
+
+
+def _tool_text(calls: Any) -> str | None:
+    """The text a tool-call delta adds: the function's name and its argument fragments."""
+    if not isinstance(calls, list):
+        return None
+    parts = []
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict):
+            parts.append(str(fn.get("name") or "") + str(fn.get("arguments") or ""))
+    return "".join(parts) or None
 
 
 def _stream_options(continuous_usage: bool) -> dict[str, bool]:
@@ -74,4 +179,6 @@ def _stream_options(continuous_usage: bool) -> dict[str, bool]:
     return {"include_usage": True}
 
 
-PROTOCOLS: dict[str, type[Completions] | type[Chat]] = {"completions": Completions, "chat": Chat}
+PROTOCOLS: dict[str, type[Completions] | type[Chat] | type[Responses]] = {
+    "completions": Completions, "chat": Chat, "responses": Responses,
+}

@@ -155,6 +155,7 @@ async def run_async(
             stream=settings.stream, ignore_eos=settings.ignore_eos, headers=headers,
             request_timeout_s=settings.request_timeout_s, idle_timeout_s=settings.idle_timeout_s,
             insecure=settings.insecure, transport=settings.http_client, retries=settings.retries,
+            extra_body=settings.extra_body,
         )
         opts, counter, dataset, trace, meta, warm = await _prepare(
             settings, opts, launched, run_id, say,

@@ -129,7 +129,7 @@ def compact(record: RequestRecord) -> RequestRecord:
 _NONE = -(1 << 62)
 _INT_FIELDS = ("index", "sample", "query", "scheduled_ns", "sent_ns", "end_ns", "first_token_ns",
                "last_chunk_ns", "input_tokens", "output_tokens", "prompt_tokens", "requested_output_tokens",
-               "status", "worker", "retries")
+               "status", "worker", "retries", "first_answer_ns", "reasoning_tokens")
 # cached_tokens (prefix-cache hits, None when the server did not say): int32, -1 for None, to keep a row
 # at 4 bytes more rather than 8.
 _ROW = np.dtype([*((f, np.int64) for f in _INT_FIELDS), ("warmup", np.bool_), ("source", np.int8),
@@ -172,7 +172,8 @@ class RecordTable:
         last = rec.chunk_ns[-1] if rec.chunk_ns else rec.last_chunk_ns
         ints = (rec.index, rec.sample, rec.query, rec.scheduled_ns, rec.sent_ns, rec.end_ns,
                 rec.first_token_ns, last, rec.input_tokens, rec.output_tokens, rec.prompt_tokens,
-                rec.requested_output_tokens, rec.status, rec.worker, rec.retries)
+                rec.requested_output_tokens, rec.status, rec.worker, rec.retries, rec.first_answer_ns,
+                rec.reasoning_tokens)
         self._blocks[-1][i] = (*(_NONE if v is None else v for v in ints), rec.warmup,
                                self._code(rec.tokens_source), self._code(rec.error_class),
                                -1 if rec.cached_tokens is None else rec.cached_tokens)

@@ -56,6 +56,8 @@ class Slo:
     * ``tpot_ms``: its TPOT (:func:`tpot_ns`) ≤ bound; requests with fewer than 2 output tokens have no
       TPOT and pass this bound;
     * ``e2e_ms``: its E2E from the sent time (:func:`e2e_ns`) ≤ bound;
+    * ``ttfa_ms``: its time to first answer token from the sent time (:func:`ttfa_ns`) ≤ bound (a
+      reasoning model's thinking counts against it; without thinking it equals TTFT);
     * ``itl_ms``: its **largest** inter-token gap (the maximum of its own :func:`itl_ns` samples) ≤
       bound, i.e. no token of the request waited longer than the bound; a request with one content
       chunk has no gap and passes.
@@ -67,11 +69,13 @@ class Slo:
     tpot_ms: float | None = None
     e2e_ms: float | None = None
     itl_ms: float | None = None
+    ttfa_ms: float | None = None
 
     @classmethod
     def of(cls, obj: Any) -> Slo:
         """Build from any object with some of these attributes (e.g. ``loadgen.specs.Slo``)."""
-        return cls(**{name: getattr(obj, name, None) for name in ("ttft_ms", "tpot_ms", "e2e_ms", "itl_ms")})
+        return cls(**{name: getattr(obj, name, None)
+                      for name in ("ttft_ms", "tpot_ms", "e2e_ms", "itl_ms", "ttfa_ms")})
 
     def any(self) -> bool:
         return any(v is not None for v in asdict(self).values())
@@ -83,7 +87,9 @@ class RequestArrays:
 
     ``first_token`` and ``last_chunk`` are −1 where the request produced no content chunk (a failure,
     or a non-streaming response); ``status`` is −1 where no response head arrived. ``ok`` is the
-    success mask (``error_class is None``).
+    success mask (``error_class is None``). ``first_answer`` is −1 where no answer chunk came (the
+    first chunk that was not thinking; equal to ``first_token`` for a model that does not think);
+    ``reasoning_tokens`` is 0 where the request had none.
     """
 
     scheduled: IntArray
@@ -95,6 +101,8 @@ class RequestArrays:
     output_tokens: IntArray
     status: IntArray
     ok: npt.NDArray[np.bool_]
+    first_answer: IntArray
+    reasoning_tokens: IntArray
 
     @classmethod
     def from_records(cls, records: Iterable[RequestRecord]) -> RequestArrays:
@@ -114,6 +122,8 @@ class RequestArrays:
             output_tokens=col(r.output_tokens for r in rows),
             status=col(-1 if r.status is None else r.status for r in rows),
             ok=np.fromiter((r.ok for r in rows), dtype=np.bool_, count=len(rows)),
+            first_answer=col(-1 if r.first_answer_ns is None else r.first_answer_ns for r in rows),
+            reasoning_tokens=col(r.reasoning_tokens or 0 for r in rows),
         )
 
     def __len__(self) -> int:
@@ -148,6 +158,13 @@ def ttft_ns(arrays: RequestArrays, base: Base = "sent") -> IntArray:
     coordinated omission cannot hide in it."""
     mask = arrays.ok & arrays.has_first_token
     return arrays.first_token[mask] - arrays.base(base)[mask]
+
+
+def ttfa_ns(arrays: RequestArrays, base: Base = "sent") -> IntArray:
+    """Time to first answer token, ns: ``first_answer − sent`` (or ``− scheduled``) of each completed
+    request whose answer began (reasoning models think first; for others it is the TTFT)."""
+    mask = arrays.ok & (arrays.first_answer >= 0)
+    return arrays.first_answer[mask] - arrays.base(base)[mask]
 
 
 def e2e_ns(arrays: RequestArrays, base: Base = "sent") -> IntArray:
@@ -244,6 +261,8 @@ def _meets_slo(records: Sequence[RequestRecord], arrays: RequestArrays, slo: Slo
         good &= has_token & (ttft <= slo.ttft_ms * _NS_PER_MS)
     if slo.e2e_ms is not None:
         good &= (arrays.end - arrays.sent) <= slo.e2e_ms * _NS_PER_MS
+    if slo.ttfa_ms is not None:
+        good &= (arrays.first_answer >= 0) & (arrays.first_answer - arrays.sent <= slo.ttfa_ms * _NS_PER_MS)
     if slo.tpot_ms is not None:
         n = arrays.output_tokens
         span = (arrays.last_chunk - arrays.first_token).astype(np.float64)
@@ -268,7 +287,10 @@ def summarize(
     Rates divide by ``duration_s`` = the last measured request's end (run start is 0), in seconds:
     ``requests_per_s`` = completed requests / duration_s; ``output_tokens_per_s`` /
     ``input_tokens_per_s`` = the completed requests' output / input tokens / duration_s;
-    ``total_tokens_per_s`` is their sum. ``goodput`` (only with ``slo``) counts completed requests that
+    ``total_tokens_per_s`` is their sum. ``time_to_first_answer_ms`` is :func:`ttfa_ns`;
+    ``reasoning_tokens`` / ``answer_tokens`` split the completed requests' output tokens into thinking
+    (the server's ``reasoning_tokens``, else the thinking chunks counted) and the rest. ``goodput``
+    (only with ``slo``) counts completed requests that
     met every bound given (see :class:`Slo`); its ``fraction`` is over completed requests. Numbers that
     cannot be computed (no request, zero duration) are ``None``, never NaN. ``itl`` is the ITL
     distribution when the caller pooled the gaps already (records compacted to bound memory, see
@@ -282,6 +304,7 @@ def summarize(
     duration_s = float(arrays.end.max()) / _NS_PER_S if len(arrays) else 0.0
     out_total = int(arrays.output_tokens[ok].sum())
     in_total = int(arrays.input_tokens[ok].sum())
+    thought = int(np.minimum(arrays.reasoning_tokens, arrays.output_tokens)[ok].sum())
 
     errors_by_class = Counter(r.error_class for r in measured if r.error_class is not None)
     errors_by_status = Counter(
@@ -294,6 +317,7 @@ def summarize(
     results: dict[str, Any] = {
         "ttft_ms": distribution(ttft_ns(arrays, "sent")),
         "ttft_from_scheduled_ms": distribution(ttft_ns(arrays, "scheduled")),
+        "time_to_first_answer_ms": distribution(ttfa_ns(arrays, "sent")),
         "itl_ms": itl if itl is not None else distribution(itl_ns(measured)),
         "tpot_ms": distribution(tpot_ns(arrays)),
         "e2e_ms": distribution(e2e_ns(arrays, "sent")),
@@ -311,6 +335,8 @@ def summarize(
         "total_tokens_per_s": _rate(out_total + in_total, duration_s),
         "output_tokens_total": out_total,
         "input_tokens_total": in_total,
+        "reasoning_tokens": thought,
+        "answer_tokens": out_total - thought,
         "tokens_source": dict(sorted(tokens_source.items())),
     }
     if slo is not None:

@@ -8,6 +8,8 @@ Metrics (seconds and joules, Prometheus base units):
 
 ===================================  =========  ==========================================================
 ``loadgen_ttft_seconds``             histogram  first content chunk − sent, completed requests
+``loadgen_time_to_first_answer_``    histogram  first answer chunk (not thinking) − sent; = TTFT for a model
+  ``seconds``                                   that does not think
 ``loadgen_itl_seconds``              histogram  gaps between content chunks; a k-token chunk is k samples
                                                 of gap/k (the definition of
                                                 :func:`loadgen.metrics.latency.itl_ns`)
@@ -209,10 +211,12 @@ class Exporter:
             return _Histogram(name, doc, LATENCY_BUCKETS_S)
 
         self._ttft = hist("loadgen_ttft_seconds", "Time to first token from send, completed requests, s.")
+        self._ttfa = hist("loadgen_time_to_first_answer_seconds",
+                          "Time to the first answer chunk (after any thinking) from send, s.")
         self._itl = hist("loadgen_itl_seconds", "Inter-token latency; a k-token chunk counts k gaps/k, s.")
         self._tpot = hist("loadgen_tpot_seconds", "Time per output token after the first, s.")
         self._e2e = hist("loadgen_e2e_seconds", "End-to-end latency from send, completed requests, s.")
-        self._hists = (self._ttft, self._itl, self._tpot, self._e2e)
+        self._hists = (self._ttft, self._ttfa, self._itl, self._tpot, self._e2e)
         self._gpu: dict[str, _GpuState] = {}
         self._tokens_out = 0  # mirror of loadgen_output_tokens_total for joules per token
 
@@ -292,6 +296,8 @@ class Exporter:
             if first is None:
                 return
             self._ttft.observe((first - record.sent_ns) * _NS)
+            if record.first_answer_ns is not None:
+                self._ttfa.observe((record.first_answer_ns - record.sent_ns) * _NS)
             if len(chunks) >= 2:
                 # Inlined _Histogram.observe: this loop is the per-token part of the exporter's cost.
                 itl = self._itl

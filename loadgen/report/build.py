@@ -87,6 +87,11 @@ def additional_stats(data: dict[str, Any]) -> list[str]:
               for k, v in sorted((r.get("errors_by_class") or {}).items())]
     lines += [f"Failed requests with HTTP status {k} : {v}"
               for k, v in sorted((r.get("errors_by_status") or {}).items())]
+    if r.get("reasoning_tokens"):
+        ttfa = r.get("time_to_first_answer_ms") or {}
+        lines += [f"Reasoning tokens : {r['reasoning_tokens']}", f"Answer tokens : {r.get('answer_tokens')}",
+                  f"Time to first answer p50 (ms) : {_num(ttfa.get('p50'), '.3f')}",
+                  f"Time to first answer p99 (ms) : {_num(ttfa.get('p99'), '.3f')}"]
     tel = data.get("telemetry")
     if isinstance(tel, dict) and not tel.get("available"):
         lines.append(f"GPU telemetry : unavailable: {tel.get('reason') or 'unknown reason'}")
@@ -143,7 +148,7 @@ def build_report(
     measured = [r for r in records if not r.warmup]
     slo = settings.effective_slo
     results = metrics.summarize(
-        measured, slo=metrics.Slo(ttft_ms=slo.ttft_ms, tpot_ms=slo.tpot_ms, e2e_ms=slo.e2e_ms), itl=itl
+        measured, slo=metrics.Slo.of(slo), itl=itl
     )
     server = meta.get("server") or {}
     sut = f"{server.get('model') or settings.model or '?'} @ {server.get('url') or settings.url or '?'}"
@@ -278,12 +283,16 @@ def render_console(data: dict[str, Any]) -> str:
         ("TPOT", "tpot_ms"),
         ("E2E", "e2e_ms"),
     ]
+    if r.get("reasoning_tokens"):  # a reasoning model: when its answer began, after the thinking
+        rows.insert(2, ("First answer (sent)", "time_to_first_answer_ms"))
     for label, key in rows:
         d = r.get(key) or {}
         lines.append(
             f"{label:<24}{_fmt(d.get('mean')):>10}{_fmt(d.get('p50')):>10}{_fmt(d.get('p90')):>10}"
             f"{_fmt(d.get('p99')):>10}{_fmt(d.get('p99_9')):>10}"
         )
+    if r.get("reasoning_tokens"):
+        lines.append(f"output tokens: {r['reasoning_tokens']} reasoning + {r.get('answer_tokens')} answer")
     src = r.get("tokens_source") or {}
     if src:
         lines.append("output tokens counted from: " + ", ".join(f"{k} ({v})" for k, v in src.items() if v))

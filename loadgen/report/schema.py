@@ -47,6 +47,7 @@ class Results(TypedDict, total=False):
 
     ttft_ms: Distribution
     ttft_from_scheduled_ms: Distribution
+    time_to_first_answer_ms: Distribution  # first chunk that was not thinking (= TTFT without thinking)
     itl_ms: Distribution
     tpot_ms: Distribution
     e2e_ms: Distribution
@@ -64,6 +65,8 @@ class Results(TypedDict, total=False):
     total_tokens_per_s: float | None
     output_tokens_total: int
     input_tokens_total: int
+    reasoning_tokens: int  # of output_tokens_total: thinking (usage's reasoning_tokens, else counted)
+    answer_tokens: int  # output_tokens_total - reasoning_tokens
     tokens_source: dict[str, int]
     goodput: Goodput  # only with an SLO
     retries_total: int

@@ -90,6 +90,7 @@ def _metrics_tables(report: dict[str, Any]) -> str:
     for label, key in (
         ("TTFT (from sent)", "ttft_ms"),
         ("TTFT (from scheduled)", "ttft_from_scheduled_ms"),
+        *([("First answer (from sent)", "time_to_first_answer_ms")] if r.get("reasoning_tokens") else []),
         ("ITL", "itl_ms"),
         ("TPOT", "tpot_ms"),
         ("E2E (from sent)", "e2e_ms"),

@@ -127,9 +127,20 @@ class SimConfig:
     #: skip ``prefill_ms_per_token`` and are reported in ``usage.prompt_tokens_details.cached_tokens``.
     prefix_cache_blocks: int = 0
     prefix_block_tokens: int = 16
+    #: Reasoning phase (chat and responses): the first ``reasoning_tokens`` generated tokens of each
+    #: request are thinking, streamed as ``delta.reasoning_content`` (vLLM's reasoning parser; responses:
+    #: ``response.reasoning_text.delta``) and counted in ``completion_tokens_details.reasoning_tokens``;
+    #: the rest is the answer (``delta.content``; ``response.output_text.delta``).
+    reasoning_tokens: int = 0
+    #: Keep the last ``keep_bodies`` generation request bodies, served at ``GET /sim/bodies`` (0: none),
+    #: so a test or a user can check what a client sent.
+    keep_bodies: int = 0
 
     def __post_init__(self) -> None:
         for name in ("ttft_ms", "itl_ms", "itl_slope", "prefill_ms_per_token"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"SimConfig.{name}={getattr(self, name)} must be >= 0")
+        for name in ("reasoning_tokens", "keep_bodies"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SimConfig.{name}={getattr(self, name)} must be >= 0")
         for name in ("max_seqs", "tokens_per_chunk", "max_model_len"):

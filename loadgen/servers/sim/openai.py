@@ -16,12 +16,14 @@ from loadgen.servers.sim.config import FaultSpec
 from loadgen.servers.sim.engine import Seq
 from loadgen.servers.sim.http import Conn, Request
 from loadgen.servers.sim.metrics import render_metrics, stats
+from loadgen.servers.sim.responses import ResponsesJsonSink, ResponsesStreamSink
 from loadgen.servers.sim.sinks import JsonSink, StreamSink, error_body
 from loadgen.servers.sim.state import SimState
 
 _err = error_body
 
 
+_APIS = {"/v1/completions": "completions", "/v1/chat/completions": "chat", "/v1/responses": "responses"}
 FAULT_STATUS = {"http_429": (429, "TooManyRequestsError"), "http_500": (500, "InternalServerError"),
                 "http_503": (503, "ServiceUnavailableError")}
 
@@ -29,7 +31,7 @@ FAULT_STATUS = {"http_429": (429, "TooManyRequestsError"), "http_500": (500, "In
 def _prompt_words(body: dict[str, Any]) -> list[str]:
     """The prompt's tokens as the prefix cache sees them: its words (chat: every message's, in order;
     token ids as strings)."""
-    msgs = body.get("messages")
+    msgs = body.get("messages", body.get("input"))
     if isinstance(msgs, list):
         out: list[str] = []
         for m in msgs:
@@ -76,11 +78,12 @@ class SimApp(SimState):
             self.count("rejected")
             conn.send_json(401, {"error": "Unauthorized"})
             return
-        if path in ("/v1/completions", "/v1/chat/completions"):
+        api = _APIS.get(path)
+        if api is not None:
             if req.method != "POST":
                 conn.send_json(405, _err(405, "Method Not Allowed", "MethodNotAllowed"))
                 return
-            self.generate(conn, req, chat=path == "/v1/chat/completions")
+            self.generate(conn, req, api)
         elif path == "/health":
             conn.send(200, b"")
         elif path == "/metrics":
@@ -94,6 +97,8 @@ class SimApp(SimState):
             conn.send_json(200, {"version": "loadgen-sim-0.1"})
         elif path == "/tokenize" and req.method == "POST":
             self.tokenize(conn, req)
+        elif path == "/sim/bodies":
+            conn.send_json(200, {"bodies": list(self.bodies)})
         elif path == "/sim/stats":
             conn.send_json(200, self.stats())
         elif path == "/sim/stats/reset" and req.method == "POST":
@@ -123,12 +128,16 @@ class SimApp(SimState):
             return None
         return body
 
-    def _prompt_tokens(self, body: dict[str, Any], chat: bool) -> int | str:
+    def _prompt_tokens(self, body: dict[str, Any], chat: bool, api: str = "") -> int | str:
         """Prompt token count, or an error message."""
+        if api == "responses" and isinstance(body.get("input"), str):
+            return len(body["input"].split())
         if chat or "messages" in body:
-            msgs = body.get("messages")
+            field = "input" if api == "responses" else "messages"
+            msgs = body.get(field)
             if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
-                return "`messages` must be a non-empty list of objects"
+                return f"`{field}` must be a non-empty list of objects" + (
+                    " or a string" if api == "responses" else "")
             return sum(_words(m.get("content")) + self.cfg.chat_template_tokens for m in msgs)
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
@@ -163,12 +172,14 @@ class SimApp(SimState):
 
     # -- generation ---------------------------------------------------------------------------------
 
-    def _validate(self, body: dict[str, Any], chat: bool) -> tuple[int, int, bool, dict[str, Any]] | str:
+    def _validate(self, body: dict[str, Any], api: str) -> tuple[int, int, bool, dict[str, Any]] | str:
         """(prompt tokens, max tokens, stream, stream_options), or vLLM's 400 message."""
-        n_prompt = self._prompt_tokens(body, chat)
+        chat = api != "completions"
+        n_prompt = self._prompt_tokens(body, chat, api)
         if isinstance(n_prompt, str):
             return n_prompt
-        max_tokens = body.get("max_completion_tokens") if chat else None
+        max_tokens = body.get("max_output_tokens" if api == "responses" else "max_completion_tokens") \
+            if chat else None
         if max_tokens is None:
             max_tokens = body.get("max_tokens")
         if max_tokens is None:  # vLLM's defaults
@@ -188,12 +199,14 @@ class SimApp(SimState):
                     " completion). Please reduce the length of the messages or completion.")
         return n_prompt, max_tokens, stream, options
 
-    def generate(self, conn: Conn, req: Request, chat: bool) -> None:
+    def generate(self, conn: Conn, req: Request, api: str) -> None:
         arrival = self.engine.clock()
         body = self._body(conn, req)
         if body is None:
             return
-        checked = self._validate(body, chat)
+        if self.bodies.maxlen:
+            self.bodies.append(body)
+        checked = self._validate(body, api)
         if isinstance(checked, str):
             self.count("rejected")
             conn.send_json(400, _err(400, checked, "BadRequestError"))
@@ -216,7 +229,7 @@ class SimApp(SimState):
             conn.send(200, b"<html><body><h1>Service temporarily unavailable</h1></body></html>",
                       "text/html; charset=utf-8")
             return
-        start = _Start(self, conn, chat=chat, stream=stream, options=options, n_prompt=n_prompt,
+        start = _Start(self, conn, api=api, stream=stream, options=options, n_prompt=n_prompt,
                        max_tokens=max_tokens, fault=fault)
         if self.prefix is not None:
             start.cached = max(min(self.prefix.lookup(_prompt_words(body)), n_prompt - 1), 0)
@@ -231,9 +244,9 @@ class SimApp(SimState):
 class _Start:
     """Admits a validated generation request (possibly after a ``slow_headers`` delay)."""
 
-    def __init__(self, app: SimApp, conn: Conn, *, chat: bool, stream: bool, options: dict[str, Any],
+    def __init__(self, app: SimApp, conn: Conn, *, api: str, stream: bool, options: dict[str, Any],
                  n_prompt: int, max_tokens: int, fault: FaultSpec | None) -> None:
-        self.app, self.conn, self.chat, self.stream = app, conn, chat, stream
+        self.app, self.conn, self.api, self.stream = app, conn, api, stream
         self.options, self.n_prompt, self.max_tokens, self.fault = options, n_prompt, max_tokens, fault
         self.cached = -1  # prefix-cached prompt tokens (-1: no prefix cache)
 
@@ -247,8 +260,10 @@ class _Start:
         if fault is not None and fault.kind == "stall":
             stall_after, stall_ns = fault.after_tokens, round(fault.seconds * 1e9)
             app.count_fault("stall", terminal=False)
-        sink = (StreamSink if self.stream else JsonSink)(app, conn, chat=self.chat, options=self.options,
-                                                        n_prompt=self.n_prompt, fault=fault)
+        kinds = ((ResponsesStreamSink, ResponsesJsonSink) if self.api == "responses"
+                 else (StreamSink, JsonSink))
+        sink = kinds[0 if self.stream else 1](app, conn, chat=self.api != "completions",
+                                              options=self.options, n_prompt=self.n_prompt, fault=fault)
         sink.cached = self.cached
         seq = Seq(sink, arrival, self.n_prompt, self.max_tokens, stall_after=stall_after, stall_ns=stall_ns,
                   cached_tokens=max(self.cached, 0))

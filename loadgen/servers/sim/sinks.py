@@ -29,7 +29,7 @@ def error_body(status: int, message: str, kind: str) -> dict[str, Any]:
 
 class _Sink:
     __slots__ = ("after", "app", "base", "cached", "chat", "conn", "continuous", "fault", "include_usage",
-                 "n_prompt", "rid")
+                 "n_prompt", "reasoning", "rid")
 
     def __init__(self, app: SimState, conn: Conn, *, chat: bool, options: dict[str, Any], n_prompt: int,
                  fault: FaultSpec | None) -> None:
@@ -41,9 +41,13 @@ class _Sink:
         self.rid = f"{'chatcmpl' if chat else 'cmpl'}-{app._ids.getrandbits(128):032x}"
         self.base = app.requests * 7919
         self.cached = -1  # prefix-cached prompt tokens; -1: the cache is off (no prompt_tokens_details)
+        self.reasoning = app.cfg.reasoning_tokens if chat else 0  # the first tokens that are thinking
 
     def usage(self, completion: int) -> bytes:
         details = b',"prompt_tokens_details":{"cached_tokens":%d}' % self.cached if self.cached >= 0 else b""
+        if self.reasoning:
+            details += b',"completion_tokens_details":{"reasoning_tokens":%d}' % min(self.reasoning,
+                                                                                     completion)
         return b'{"prompt_tokens":%d,"total_tokens":%d,"completion_tokens":%d%b}' % (
             self.n_prompt, self.n_prompt + completion, completion, details)
 
@@ -51,7 +55,7 @@ class _Sink:
 class StreamSink(_Sink):
     """Server-sent events over chunked transfer encoding, shaped like vLLM's stream generators."""
 
-    __slots__ = ("_usage_head", "fin", "mid", "pre", "role")
+    __slots__ = ("_usage_head", "fin", "mid", "pre", "role", "rpre")
 
     def __init__(self, app: SimState, conn: Conn, *, chat: bool, options: dict[str, Any], n_prompt: int,
                  fault: FaultSpec | None) -> None:
@@ -60,6 +64,7 @@ class StreamSink(_Sink):
             self.rid.encode(), b"chat.completion.chunk" if chat else b"text_completion", app.created,
             app.model_json)
         self.pre = head + (b'{"index":0,"delta":{"content":"' if chat else b'{"index":0,"text":"')
+        self.rpre = head + b'{"index":0,"delta":{"reasoning_content":"'
         close = b'"}' if chat else b'"'
         tail = b'"usage":' if self.continuous else b'"usage":null}\n\n'
         self.mid = close + b',"logprobs":null,"finish_reason":null,"stop_reason":null}],' + tail
@@ -74,9 +79,7 @@ class StreamSink(_Sink):
         if conn.closed:
             return False
         app = self.app
-        body = self.pre + app.text(self.base, lo, hi).encode() + (self.fin if final else self.mid)
-        if self.continuous:
-            body += self.usage(hi) + b"}\n\n"
+        body = self._events(lo, hi, final)
         if lo == 1 and self.role:
             body = self.role + body
         fault = self.fault
@@ -108,6 +111,27 @@ class StreamSink(_Sink):
         return True
 
 
+    def _events(self, lo: int, hi: int, final: bool) -> bytes:
+        """The events of tokens ``lo..hi``: thinking (``reasoning_content``) up to ``reasoning``, then
+        the answer (``content``); a chunk across the boundary is two events."""
+        r, text = self.reasoning, self.app.text
+        if r and lo <= r:
+            cut = min(hi, r)
+            end = self.fin if final and cut == hi else self.mid
+            body = self.rpre + text(self.base, lo, cut).encode() + end
+            if self.continuous:
+                body += self.usage(cut) + b"}\n\n"
+            if cut == hi:
+                return body
+            lo = cut + 1
+        else:
+            body = b""
+        body += self.pre + text(self.base, lo, hi).encode() + (self.fin if final else self.mid)
+        if self.continuous:
+            body += self.usage(hi) + b"}\n\n"
+        return body
+
+
 class JsonSink(_Sink):
     """One JSON response at the last token's due time."""
 
@@ -134,8 +158,13 @@ class JsonSink(_Sink):
         if self.cached >= 0:
             usage["prompt_tokens_details"] = {"cached_tokens": self.cached}
         if self.chat:
-            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text,
-                                                              "tool_calls": []},
+            message: dict[str, Any] = {"role": "assistant", "content": text, "tool_calls": []}
+            if self.reasoning:
+                cut = min(self.reasoning, hi)
+                usage["completion_tokens_details"] = {"reasoning_tokens": cut}
+                message["reasoning_content"] = app.text(self.base, 1, cut)
+                message["content"] = app.text(self.base, cut + 1, hi) if cut < hi else None
+            choice: dict[str, Any] = {"index": 0, "message": message,
                                       "logprobs": None, "finish_reason": "length", "stop_reason": None}
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length",

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
+from typing import Any
 
 import orjson
 
@@ -60,6 +62,7 @@ class SimState:
         self.outcomes: dict[str, int] = {}
         self.fault_counts: dict[str, int] = {}
         self.requests = 0
+        self.bodies: deque[dict[str, Any]] = deque(maxlen=cfg.keep_bodies)  # GET /sim/bodies
 
     def close(self) -> None:
         self.engine.close()
