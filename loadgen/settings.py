@@ -229,7 +229,7 @@ class Settings(FrozenModel):
         if self.replay is not None and self.scenario != Scenario.REPLAY:
             raise ValueError("replay: applies only to scenario: replay")
         if self.sessions is not None and self.endpoint != "chat":
-            raise ValueError("sessions: multi-turn conversations need endpoint: chat")
+            raise ValueError("sessions: multi-turn conversations need endpoint: chat (--endpoint chat)")
         if self.arrival is not None and self.scenario != Scenario.SERVER:
             raise ValueError("arrival: applies only to scenario: server (open-loop arrivals at qps)")
         if self.arrival is not None and self.arrival.ramp is not None and self.qps is not None \

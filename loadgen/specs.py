@@ -174,15 +174,32 @@ class ArrivalSpec(FrozenModel):
 
 
 class SessionSpec(FrozenModel):
-    """Multi-turn chat sessions (``sessions:``): ``users`` conversations of ``turns`` turns each, with
-    exponential think time of mean ``think_time_s`` between a reply and the next user turn."""
+    """Multi-turn sessions (``sessions:``). Chat: ``users`` conversations of ``turns`` turns each, with
+    exponential think time of mean ``think_time_s`` between a reply and the next user turn, the real
+    replies fed back. Agentic (``path`` or ``tool_result_len``; see ``loadgen.workload.agentic``):
+    recorded or generated turns with tool calls and tool results, ``users`` sessions at once."""
 
     users: int = Field(1, ge=1, le=100_000)
-    turns: int = Field(..., ge=1, le=10_000)
+    turns: int = Field(1, ge=1, le=10_000)
     think_time_s: float = Field(0.0, ge=0)
     user_len: LengthDist | None = None  # tokens of each user turn (default: input_len)
+    path: Path | None = None  # agentic: a JSONL file of sessions
+    tool_result_len: LengthDist | None = None  # agentic, generated: tokens of each tool result
+    count: int | None = Field(None, ge=1, le=1_000_000)  # agentic, generated: sessions in all (default users)
+    affinity_header: str | None = Field(None, min_length=1)  # e.g. X-Session-ID: the session's id, every turn
+    salt: bool = False  # a word unique to each session starts it: no cached prefix shared across sessions
 
-    @field_validator("user_len", mode="before")
+    @field_validator("user_len", "tool_result_len", mode="before")
     @classmethod
-    def _user_len(cls, v: Any) -> Any:
+    def _lens(cls, v: Any) -> Any:
         return coerce_length(v)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SessionSpec:
+        if self.path is not None and self.tool_result_len is not None:
+            raise ValueError("give path (recorded sessions) or tool_result_len (generated agents), not both")
+        return self
+
+    @property
+    def agentic(self) -> bool:
+        return self.path is not None or self.tool_result_len is not None

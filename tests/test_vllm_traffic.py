@@ -31,7 +31,7 @@ def _records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines() if line]
 
 
-def test_responses_api_streams_on_vllm_with_zero_failures(vllm_session_server, tmp_path):
+def test_responses_api_streams_on_vllm_with_zero_failures(vllm_session_server, tmp_path):  # noqa: F811
     res = _run(vllm_session_server, tmp_path, "--endpoint", "responses")
     assert res.code == 0, res.output
     results = load_report(tmp_path)["results"]
@@ -43,7 +43,7 @@ def test_responses_api_streams_on_vllm_with_zero_failures(vllm_session_server, t
     assert results["ttft_ms"]["p50"] > 0 and results["itl_ms"]["count"] > 0
 
 
-def test_extra_body_reaches_vllm(vllm_session_server, tmp_path):
+def test_extra_body_reaches_vllm(vllm_session_server, tmp_path):  # noqa: F811
     good = _run(vllm_session_server, tmp_path / "good", "--endpoint", "chat",
                 "--extra-body", '{"temperature": 0.7, "top_p": 0.9}')
     assert good.code == 0, good.output

@@ -132,17 +132,20 @@ class Client:
             return 0
         return await self._http.preconnect(n)
 
-    async def fill(self, rec: RequestRecord, sample: Sample, *, keep_text: bool = False) -> str | None:
+    async def fill(self, rec: RequestRecord, sample: Sample, *, keep_text: bool = False,
+                   headers: dict[str, str] | None = None) -> str | None:
         """Send ``sample`` and fill ``rec`` in place (sent/first/chunks/end/tokens/error); with
         ``keep_text`` also return the generated text (multi-turn sessions feed it back as history).
 
         Cancellation marks ``rec`` as ``cancelled`` with the data measured so far and re-raises.
         With ``retries``, a retryable failure (:func:`retryable`) is sent again after a short backoff;
         ``rec.retries`` counts the extra attempts and the latencies count from the first attempt's send.
+        ``headers`` are added to this request's (a session-affinity header, say).
         """
         opts = self._opts
         built = self._proto.body(sample, opts.model, opts.stream, opts.ignore_eos, opts.continuous_usage)
         body = orjson.dumps(merge_extra(built, opts.extra_body) if opts.extra_body else built)
+        sent_headers = {**self._headers, **headers} if headers else self._headers
         rec.requested_output_tokens = sample.output_tokens
         rec.input_tokens = sample.input_tokens
         first_sent = 0
@@ -151,9 +154,9 @@ class Client:
                                 self._proto.thinking)
             try:
                 if self._http is not None:
-                    await self._fill_fast(rec, body, state)
+                    await self._fill_fast(rec, body, state, sent_headers)
                 else:
-                    await self._fill_aiohttp(rec, body, state)
+                    await self._fill_aiohttp(rec, body, state, sent_headers)
                 first_sent = first_sent or rec.sent_ns
                 if rec.retries >= opts.retries or not retryable(rec):
                     break
@@ -176,7 +179,7 @@ class Client:
     # ---- fast transport ------------------------------------------------------------------------------
     # The sink closure and the error mapping read best together in one place.
     async def _fill_fast(  # noqa: PLR0915
-        self, rec: RequestRecord, body: bytes, state: StreamState
+        self, rec: RequestRecord, body: bytes, state: StreamState, headers: dict[str, str]
     ) -> None:
         opts = self._opts
         t0 = self.t0_ns
@@ -214,7 +217,7 @@ class Client:
             async with asyncio.timeout(opts.request_timeout_s) as deadline:
                 watchdog = _IdleWatchdog(loop, opts.idle_timeout_s, state, deadline, t0)
                 try:
-                    resp = await http.request("POST", self._proto.path, body, self._headers, sink,
+                    resp = await http.request("POST", self._proto.path, body, headers, sink,
                                               on_sent=on_sent)
                 finally:
                     idle = watchdog.fired
@@ -256,7 +259,8 @@ class Client:
             fail(rec, "malformed", "empty response body")
 
     # ---- aiohttp transport ---------------------------------------------------------------------------
-    async def _fill_aiohttp(self, rec: RequestRecord, body: bytes, state: StreamState) -> None:
+    async def _fill_aiohttp(self, rec: RequestRecord, body: bytes, state: StreamState,
+                            headers: dict[str, str]) -> None:
         opts = self._opts
         t0 = self.t0_ns
         assert self._session is not None
@@ -264,7 +268,7 @@ class Client:
         try:
             async with (
                 asyncio.timeout(opts.request_timeout_s),
-                self._session.post(self._url, data=body, headers=self._headers) as resp,
+                self._session.post(self._url, data=body, headers=headers) as resp,
             ):
                 rec.status = resp.status
                 if resp.status != 200:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from loadgen.client.client import Client
+from loadgen.engine.clock import REAL_CLOCK
 from loadgen.engine.control import RunControl
 from loadgen.engine.gcpause import gc_frozen
 from loadgen.engine.issuer import Issuer, IssueStats
@@ -76,6 +77,9 @@ async def measure(
     per-turn summary of multi-turn sessions (empty otherwise). ``requests.jsonl`` holds every record
     when this returns, also when it raises."""
     path = out_dir / "requests.jsonl"
+    if settings.sessions is not None and settings.sessions.agentic:
+        return await _agents(settings, client=client, counter=counter, path=path, observers=observers,
+                             gaps=gaps)
     if settings.sessions is not None:
         return await _sessions(settings, client=client, counter=counter, path=path, observers=observers,
                                gaps=gaps)
@@ -191,7 +195,54 @@ async def _sessions(
                 monitor.stop()
     finally:
         sink.close()
-    summary = {str(k): v for k, v in turn_summary(results).items()}
+    summary = {"sessions_by_turn": {str(k): v for k, v in turn_summary(results).items()}}
+    done = sink.records()
+    return done, stats, _health(settings, done, monitor.lags_ns, [monitor.cpu_cores]), summary
+
+
+async def _agents(
+    settings: Settings, *, client: Client, counter: TokenCounter, path: Path,
+    observers: tuple[RunObserver, ...], gaps: GapStore,
+) -> Measured:
+    """Agentic sessions (loadgen.workload.agentic): recorded or generated turns, each issued at the end
+    of its session's previous turn plus its wait (that instant is the record's scheduled time, so a late
+    issue shows as issue delay), with the session's id in the affinity header."""
+    from loadgen.workload.agentic import read_agent_file, run_agents, session_summary, synthetic_agents
+    from loadgen.workload.conversations import turn_summary
+
+    spec = settings.sessions
+    assert spec is not None
+    sessions = (read_agent_file(spec.path, counter, spec) if spec.path is not None
+                else synthetic_agents(spec, settings, counter, seeded_rngs(settings.seed)))
+    stats = IssueStats()
+    sink = RecordSink(path, observers=observers, gaps=gaps, count=stats)
+    index = 0
+
+    async def send(session: Any, turn: int, due: int) -> RequestRecord:
+        nonlocal index
+        rec = RequestRecord(index=index, sample=turn, query=index, scheduled_ns=due, sent_ns=0, end_ns=0)
+        index += 1
+        sink.started()
+        headers = {spec.affinity_header: session.id} if spec.affinity_header else None
+        await client.fill(rec, session.turns[turn].sample, headers=headers)
+        sink.record(rec)
+        return rec
+
+    monitor = LoopLagMonitor()
+    try:
+        async with gc_frozen(), asyncio.TaskGroup() as tg:
+            client.t0_ns = t0 = time.perf_counter_ns()
+            monitor.start(tg)
+            try:
+                results = await run_agents(
+                    sessions, send, parallel=spec.users, now_ns=lambda: time.perf_counter_ns() - t0,
+                    sleep_until=lambda rel: REAL_CLOCK.sleep_until(rel + t0))
+            finally:
+                monitor.stop()
+    finally:
+        sink.close()
+    summary = {"sessions_by_turn": {str(k): v for k, v in turn_summary(results).items()},  # type: ignore[arg-type]
+               "sessions": session_summary(results, sessions, spec.users)}
     done = sink.records()
     return done, stats, _health(settings, done, monitor.lags_ns, [monitor.cpu_cores]), summary
 

@@ -43,6 +43,7 @@ from loadgen.engine.sidecars import Sidecars
 from loadgen.engine.sink import RunObserver
 from loadgen.engine.target import open_target, token_counter
 from loadgen.engine.warmup import warmup_dataset
+from loadgen.errors import LoadgenError
 from loadgen.limits import ensure_descriptors
 from loadgen.loops import loop_factory
 from loadgen.metrics.gaps import GapStore
@@ -179,16 +180,19 @@ async def run_async(
                 meta["client_workers"] = workers
                 await sidecars.scrape_baseline(session)
                 stop_scraping = asyncio.Event()
-                async with asyncio.TaskGroup() as tg:
-                    sidecars.scrape_during(tg, session, stop_scraping)
-                    try:
-                        records, stats, health, extra = await measure(
-                            settings, client=client, counter=counter, dataset=dataset, trace=trace,
-                            out_dir=out_dir, control=control, observers=observers, gaps=gaps,
-                            workers=workers, max_connections=_max_connections(settings, trace),
-                        )
-                    finally:
-                        stop_scraping.set()
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        sidecars.scrape_during(tg, session, stop_scraping)
+                        try:
+                            records, stats, health, extra = await measure(
+                                settings, client=client, counter=counter, dataset=dataset, trace=trace,
+                                out_dir=out_dir, control=control, observers=observers, gaps=gaps,
+                                workers=workers, max_connections=_max_connections(settings, trace),
+                            )
+                        finally:
+                            stop_scraping.set()
+                except* LoadgenError as group:  # bad input found late (a session file): its own message
+                    raise group.exceptions[0] from None
             finally:
                 await client.close()
                 sidecars.stop_sampling()
@@ -212,8 +216,7 @@ def _workload_results(
     if settings.prefix is not None:
         groups = ttft_by_group(records, [smp.group for smp in dataset.samples])
         results["ttft_by_prefix_group"] = {str(g): v for g, v in groups.items()}
-    if settings.sessions is not None:
-        results["sessions_by_turn"] = sessions
+    results.update(sessions)  # sessions_by_turn, and agentic sessions' per-session summary
 
 
 async def _prepare(

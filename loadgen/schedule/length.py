@@ -74,15 +74,29 @@ def _origin(field: str, given: Collection[str], *, paren: bool = True) -> str:
     return " (the scenario's minimum)" if paren else ", the scenario's minimum"
 
 
+def _sessions(settings: Settings) -> Expectation:
+    ss = settings.sessions
+    assert ss is not None
+    if ss.path is not None:
+        return Expectation(None, None, "server", (
+            f"expect: the agent sessions of {ss.path}, {ss.users} at once, each turn after its "
+            "recorded wait; the length depends on the server's latency"))
+    if ss.agentic:
+        return Expectation(None, None, "server", (
+            f"expect: {ss.count or ss.users} agent sessions ({ss.users} at once) x {ss.turns} turns, "
+            f"a tool result between turns after {ss.think_time_s:g} s on average; the length depends "
+            "on the server's latency"))
+    return Expectation(None, None, "server", (
+        f"expect: {ss.users} users x {ss.turns} turns of multi-turn chat, {ss.think_time_s:g} s think "
+        "time between a reply and the next turn; the length depends on the server's latency"))
+
+
 def expected_length(settings: Settings, given: Collection[str] = ()) -> Expectation:
     """The run's expected length and the sentence saying so. ``given``: the settings fields set on
     the command line (the others came from the scenario), to say where a bound came from."""
     sc = settings.scenario
     if settings.sessions is not None:
-        ss = settings.sessions
-        return Expectation(None, None, "server", (
-            f"expect: {ss.users} users x {ss.turns} turns of multi-turn chat, {ss.think_time_s:g} s think "
-            "time between a reply and the next turn; the length depends on the server's latency"))
+        return _sessions(settings)
     if sc == Scenario.REPLAY:
         return _replay(settings)
     if sc == Scenario.OFFLINE:

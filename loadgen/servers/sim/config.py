@@ -132,8 +132,8 @@ class SimConfig:
     #: ``response.reasoning_text.delta``) and counted in ``completion_tokens_details.reasoning_tokens``;
     #: the rest is the answer (``delta.content``; ``response.output_text.delta``).
     reasoning_tokens: int = 0
-    #: Keep the last ``keep_bodies`` generation request bodies, served at ``GET /sim/bodies`` (0: none),
-    #: so a test or a user can check what a client sent.
+    #: Keep the last ``keep_bodies`` generation request bodies and their headers (Authorization left
+    #: out), served at ``GET /sim/bodies`` (0: none), so a test or a user can check what a client sent.
     keep_bodies: int = 0
 
     def __post_init__(self) -> None:

@@ -49,6 +49,17 @@ def _prompt_words(body: dict[str, Any]) -> list[str]:
     return [str(t) for t in prompt] if isinstance(prompt, list) else []
 
 
+def _message_words(m: dict[str, Any]) -> int:
+    """A message's words: its content and its tool calls' function names and arguments (a chat template
+    renders both into the prompt)."""
+    n = _words(m.get("content"))
+    for call in m.get("tool_calls") or ():
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict):
+            n += _words(str(fn.get("name") or "")) + _words(str(fn.get("arguments") or ""))
+    return n
+
+
 def _words(text: Any) -> int:
     if isinstance(text, str):
         return len(text.split())
@@ -98,7 +109,7 @@ class SimApp(SimState):
         elif path == "/tokenize" and req.method == "POST":
             self.tokenize(conn, req)
         elif path == "/sim/bodies":
-            conn.send_json(200, {"bodies": list(self.bodies)})
+            conn.send_json(200, {"bodies": list(self.bodies), "headers": list(self.headers)})
         elif path == "/sim/stats":
             conn.send_json(200, self.stats())
         elif path == "/sim/stats/reset" and req.method == "POST":
@@ -138,7 +149,7 @@ class SimApp(SimState):
             if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
                 return f"`{field}` must be a non-empty list of objects" + (
                     " or a string" if api == "responses" else "")
-            return sum(_words(m.get("content")) + self.cfg.chat_template_tokens for m in msgs)
+            return sum(_message_words(m) + self.cfg.chat_template_tokens for m in msgs)
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
             prompt = prompt[0]
@@ -206,6 +217,7 @@ class SimApp(SimState):
             return
         if self.bodies.maxlen:
             self.bodies.append(body)
+            self.headers.append({k: v for k, v in req.headers.items() if k != "authorization"})
         checked = self._validate(body, api)
         if isinstance(checked, str):
             self.count("rejected")

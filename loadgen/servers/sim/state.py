@@ -63,6 +63,7 @@ class SimState:
         self.fault_counts: dict[str, int] = {}
         self.requests = 0
         self.bodies: deque[dict[str, Any]] = deque(maxlen=cfg.keep_bodies)  # GET /sim/bodies
+        self.headers: deque[dict[str, str]] = deque(maxlen=cfg.keep_bodies)  # and their headers
 
     def close(self) -> None:
         self.engine.close()
