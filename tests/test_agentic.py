@@ -156,3 +156,54 @@ def test_a_bad_session_file_exits_2_naming_file_and_line(tmp_path, line, says):
     res = run_cli("run", str(scenario), "--out", str(tmp_path / "out"), "--quiet")
     assert res.code == 2, res.output
     assert says in res.stderr and "Traceback" not in res.output
+
+
+# ---- SLO tiers: the most concurrent sessions each tier allows --------------------------------------------
+
+
+def test_a_sweep_over_sessions_users_finds_the_most_sessions_each_slo_tier_allows(tmp_path):
+    """The simulator decodes 2 sequences at once (TTFT 20 ms, 9 more tokens at 2 ms: 38 ms a turn), so
+    up to 2 sessions nothing waits (TTFT ~20 ms), 4 sessions wait one turn (~58 ms), 8 wait three
+    (~134 ms): a 30 ms tier allows 2 sessions, an 80 ms tier 4, a 2 s tier all 8."""
+    scenario = write_scenario(
+        tmp_path / "agents.yaml", scenario="concurrency", endpoint="chat", num_requests=1, duration_s=0,
+        output_len=10, issue_delay_limit_ms=5, sim={"ttft_ms": 20, "itl_ms": 2, "max_seqs": 2},
+        sessions={"users": 1, "count": 8, "turns": 2, "tool_result_len": 10, "user_len": 10})
+    out = tmp_path / "sweep"
+    res = run_cli("sweep", str(scenario), "--param", "sessions.users=1,2,4,8", "--tier", "fast:ttft_ms=30",
+                  "--tier", "medium:ttft_ms=80,tpot_ms=10", "--tier", "loose:ttft_ms=2000", "--out", str(out),
+                  "--quiet")
+    assert res.code == 0, res.output
+    data = json.loads((out / "sweep.json").read_text())
+    assert [p["row"]["concurrency"] for p in data["points"]] == [1, 2, 4, 8]
+    got = {t["name"]: t["max"] for t in data["tiers"]}
+    assert got == {"fast": 2, "medium": 4, "loose": 8}, [p["row"]["ttft_p99_ms"] for p in data["points"]]
+    assert "tier fast (ttft p99 <= 30 ms): up to sessions.users=2 (point 1)" in res.stdout
+
+
+def test_a_tier_capacity_ends_at_the_first_point_that_misses_it():
+    from loadgen.study.tiers import Tier, tier_capacity
+
+    def point(i, users, ttft, err=0.0):
+        return {"index": i, "status": "done", "values": {"sessions.users": users},
+                "row": {"ttft_p99_ms": ttft, "error_rate": err, "client_limited": False}}
+
+    points = [point(0, 1, 10), point(1, 2, 50), point(2, 4, 20), point(3, 8, 25, err=0.01)]
+    caps = tier_capacity(points, "sessions.users", [Tier("t", ttft_ms=30), Tier("u", ttft_ms=100),
+                                                    Tier("none", ttft_ms=5)])
+    assert [(c["name"], c["max"]) for c in caps] == [("t", 1), ("u", 4), ("none", None)]
+
+
+@pytest.mark.parametrize(("tier", "says"), [("fast", "expected NAME:KEY=MS"), ("x:ttft=3", "not a bound"),
+                                            ("x:ttft_ms=abc", "not a number"), ("x:ttft_ms=0", "> 0")])
+def test_a_bad_tier_exits_2_naming_the_flag(tmp_path, tier, says):
+    res = run_cli("sweep", "concurrency", "--param", "concurrency=1,2", "--tier", tier,
+                  "--out", str(tmp_path))
+    assert res.code == 2 and "--tier" in res.stderr and says in res.stderr, res.output
+
+
+def test_sweeping_a_field_of_a_missing_block_says_so(tmp_path):
+    res = run_cli("sweep", "concurrency", "--param", "sessions.users=1,2", "--out", str(tmp_path))
+    assert res.code == 2 and "no `sessions:` block" in res.stderr, res.output
+    res = run_cli("sweep", "concurrency", "--param", "sessions.nope=1,2", "--out", str(tmp_path))
+    assert res.code == 2 and "no field 'nope'" in res.stderr, res.output

@@ -92,10 +92,14 @@ def sweep(
     ttft_ms: _TtftMs = None,
     tpot_ms: _TpotMs = None,
     preset: _Preset = None,
+    tier: Annotated[list[str] | None, typer.Option(help=(
+        "SLO tier NAME:KEY=MS,... (repeatable), e.g. interactive:ttft_ms=300,tpot_ms=30: the most load "
+        "that met it (keys ttft_ms, tpot_ms, e2e_ms, ttfa_ms; p99s)"))] = None,
     quiet: _Quiet = False,
 ) -> None:
     """Run a scenario once per point of a parameter grid; write sweep.json, sweep.csv, a folder per point."""
     from loadgen.study.sweep import load_sweep_scenario, parse_param, render_table, run_sweep
+    from loadgen.study.tiers import parse_tier
 
     out_dir = out or _default_out("sweep")
     try:
@@ -107,7 +111,9 @@ def sweep(
             "preset": preset, "progress": False if quiet else None,
         }, given)
         settings = _with_slo(settings, ttft_ms, tpot_ms)
-        result = run_sweep(settings, params, out_dir, scenario=scenario, run_point=_execute, log=_info)
+        tiers = [parse_tier(t) for t in tier or ()]
+        result = run_sweep(settings, params, out_dir, scenario=scenario, run_point=_execute, tiers=tiers,
+                           log=_info)
     except LoadgenError as exc:
         _err(str(exc))
         raise typer.Exit(exc.exit_code) from None

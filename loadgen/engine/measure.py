@@ -228,6 +228,7 @@ async def _agents(
         sink.record(rec)
         return rec
 
+    await client.preconnect(min(spec.users, len(sessions)))  # one connection per lane, before t0
     monitor = LoopLagMonitor()
     try:
         async with gc_frozen(), asyncio.TaskGroup() as tg:

@@ -127,6 +127,15 @@ def parse_param(text: str, *, server_arg: bool = False) -> SweepParam:
             raise ConfigError(f"server argument {name!r} must be a flag such as --max-num-seqs")
         return SweepParam(name, tuple(str(v) for v in parse_values(spec)))
     name = _SETTING_ALIASES.get(name, name)
+    if "." in name:  # a field of a block: sessions.users, prefix.groups ...
+        block, _, field = name.partition(".")
+        annotation = Settings.model_fields[block].annotation if block in Settings.model_fields else None
+        model: Any = next((a for a in getattr(annotation, "__args__", (annotation,))
+                           if hasattr(a, "model_fields")), None)
+        if model is None or field not in model.model_fields:
+            raise ConfigError(f"cannot sweep {name!r}: {block!r} is not a block of the scenario or has no "
+                              f"field {field!r} (e.g. sessions.users)")
+        return SweepParam(name, tuple(parse_values(spec)))
     if name not in Settings.model_fields or name in _NOT_SWEEPABLE:
         raise ConfigError(
             f"cannot sweep {name!r}: give a settings field such as concurrency, qps, input_len, "
@@ -190,7 +199,13 @@ def point_settings(base: Settings, values: dict[str, Any], index: int, out_dir: 
     """``base`` with the point's values, its own seed and its own folder (validated like a file)."""
     data = base.model_dump()
     server_flags = {k: v for k, v in values.items() if k.startswith("-")}
-    data.update({k: v for k, v in values.items() if not k.startswith("-")})
+    data.update({k: v for k, v in values.items() if not k.startswith("-") and "." not in k})
+    for key, value in values.items():
+        if "." in key and not key.startswith("-"):
+            block, _, field = key.partition(".")
+            if data.get(block) is None:
+                raise ConfigError(f"cannot sweep {key}: the scenario has no `{block}:` block to vary")
+            data[block] = {**data[block], field: value}
     if server_flags and base.server is not None:
         args = list(base.server.args)
         for flag, value in server_flags.items():

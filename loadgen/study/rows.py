@@ -36,8 +36,8 @@ KNEE_TTFT_GROWTH = 0.50  # ... while TTFT p99 grows by more than 50%
 ROW_FIELDS = (
     "offered_qps", "concurrency", "requests_per_s", "output_tokens_per_s", "goodput_requests_per_s",
     "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "tpot_p50_ms", "tpot_p99_ms",
-    "e2e_p50_ms", "e2e_p99_ms", "error_rate", "valid", "client_limited", "joules_per_output_token",
-    "server_args",
+    "e2e_p50_ms", "e2e_p99_ms", "ttfa_p99_ms", "error_rate", "valid", "client_limited",
+    "joules_per_output_token", "server_args",
 )
 
 
@@ -81,6 +81,8 @@ def row_from_report(report: dict[str, Any]) -> dict[str, Any]:
         Scenario.SINGLESTREAM.value: 1,
         Scenario.MULTISTREAM.value: s.get("samples_per_query"),
     }.get(scenario)
+    if s.get("sessions"):  # sessions in flight at once: the load of a session run
+        concurrency = s["sessions"].get("users")
     issued = r.get("requests_issued") or 0
     server = s.get("server") or {}
     client = report.get("client") or {}
@@ -98,6 +100,7 @@ def row_from_report(report: dict[str, Any]) -> dict[str, Any]:
         "tpot_p99_ms": _pct(r, "tpot_ms", "p99"),
         "e2e_p50_ms": _pct(r, "e2e_from_scheduled_ms", "p50"),
         "e2e_p99_ms": _pct(r, "e2e_from_scheduled_ms", "p99"),
+        "ttfa_p99_ms": _pct(r, "time_to_first_answer_ms", "p99"),
         "error_rate": (r.get("requests_failed", 0) / issued) if issued else None,
         "valid": bool((report.get("validity") or {}).get("valid")),
         "client_limited": bool(client.get("client_limited")),

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ from loadgen.study.rows import (
     load_parameter,
     row_from_report,
 )
+from loadgen.study.tiers import Tier, tier_capacity, tier_lines
 
 __all__ = [
     "KNEE_THROUGHPUT_GAIN",
@@ -172,6 +173,7 @@ def run_sweep(
     *,
     scenario: str = "",
     run_point: RunPoint | None = None,
+    tiers: Sequence[Tier] = (),
     log: Callable[[str], None] | None = None,
 ) -> SweepResult:
     """Run every point not already done; write ``sweep.json``/``sweep.csv`` after each.
@@ -205,6 +207,8 @@ def run_sweep(
         ],
         "knee": None,
         "knees": [],
+        "tier_bounds": [asdict(t) for t in tiers],  # read back by _finish (loadgen.study.tiers)
+        "tiers": [],
         "length_mix": {"input_len": base.input_len.model_dump(), "output_len": base.output_len.model_dump()},
     }
     _check_same_sweep(out_dir, data)
@@ -243,6 +247,8 @@ def run_sweep(
 
 def _finish(out_dir: Path, data: dict[str, Any]) -> None:
     data["knees"] = find_knees(data["points"], data["parameters"])
+    tiers = [Tier(**t) for t in data.get("tier_bounds") or ()]
+    data["tiers"] = tier_capacity(data["points"], load_parameter(data["parameters"]), tiers)
     if len(data["parameters"]) == 1:
         data["knee"] = {k: v for k, v in data["knees"][0].items() if k != "group"} if data["knees"] else None
     else:
@@ -299,4 +305,5 @@ def render_table(data: dict[str, Any]) -> str:
         lines.append(f"knee{f' ({group})' if group else ''}: point {k['index']}: {k['reason']}")
     if not knees:
         lines.append("knee: none found (throughput never flattened while TTFT p99 rose by > 50%)")
+    lines += tier_lines(data.get("tiers") or ())
     return "\n".join(lines)
