@@ -179,3 +179,47 @@ def test_merge_extra_overrides_adds_and_drops():
     body = {"model": "m", "temperature": 0.0, "max_tokens": 5}
     assert merge_extra(body, {"temperature": 0.7, "seed": 1, "max_tokens": None}) == {
         "model": "m", "temperature": 0.7, "seed": 1}
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+
+
+def test_tool_call_deltas_are_the_answer_timed_and_counted(thinking_sim, tmp_path):
+    """With tools offered the simulated model thinks R tokens and then streams a call of the tool (the
+    first delta names it, the rest add argument text): the call is the answer, so time to first answer
+    is T + R·I and its tokens count as answer tokens."""
+    extra = json.dumps({"tools": TOOLS, "tool_choice": "required"})
+    res = _run(thinking_sim.url, tmp_path, "--endpoint", "chat", "--extra-body", extra)
+    assert res.code == 0, res.output
+    results = load_report(tmp_path)["results"]
+    assert results["requests_failed"] == 0
+    assert results["time_to_first_answer_ms"]["p50"] == pytest.approx(T + R * I, abs=1.0)
+    assert (results["reasoning_tokens"], results["answer_tokens"]) == (R * N, A * N)
+    assert all(b["tools"] == TOOLS for b in _bodies(thinking_sim.url)[-N:])
+
+    # what the simulator streamed: thinking deltas, then tool-call deltas, the first one naming the call
+    req = urllib.request.Request(thinking_sim.url + "/v1/chat/completions", data=json.dumps({
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": R + 3, "stream": True,
+        "tools": TOOLS}).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        events = [json.loads(line[6:]) for line in resp.read().decode().split("\n\n")
+                  if line.startswith("data: {")]
+    deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
+    calls = [d["tool_calls"][0] for d in deltas if "tool_calls" in d]
+    assert len(calls) == 3 and calls[0]["function"]["name"] == "get_weather" and calls[0]["id"]
+    assert all("name" not in c["function"] for c in calls[1:])
+    assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert sum("reasoning_content" in d for d in deltas) == R
+
+
+def test_a_non_streaming_tool_call_comes_back_as_a_message_tool_call(thinking_sim):
+    req = urllib.request.Request(thinking_sim.url + "/v1/chat/completions", data=json.dumps({
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": R + 3, "tools": TOOLS,
+        "tool_choice": {"type": "function", "function": {"name": "lookup"}}}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        body = json.load(resp)
+    msg = body["choices"][0]["message"]
+    assert msg["content"] is None and msg["tool_calls"][0]["function"]["name"] == "lookup"
+    assert len(msg["tool_calls"][0]["function"]["arguments"].split()) == 3
+    assert body["choices"][0]["finish_reason"] == "tool_calls"

@@ -60,6 +60,19 @@ def _message_words(m: dict[str, Any]) -> int:
     return n
 
 
+def _tool_called(body: dict[str, Any]) -> str | None:
+    """The function the simulated model calls: with ``tools`` offered and ``tool_choice`` not "none",
+    the named one or the first offered (it always takes a tool when it may)."""
+    tools = body.get("tools")
+    choice = body.get("tool_choice", "auto")
+    if not isinstance(tools, list) or not tools or choice == "none":
+        return None
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        return str(choice["function"].get("name") or "tool")
+    fn = tools[0].get("function") if isinstance(tools[0], dict) else None
+    return str(fn.get("name") or "tool") if isinstance(fn, dict) else "tool"
+
+
 def _words(text: Any) -> int:
     if isinstance(text, str):
         return len(text.split())
@@ -241,7 +254,8 @@ class SimApp(SimState):
             conn.send(200, b"<html><body><h1>Service temporarily unavailable</h1></body></html>",
                       "text/html; charset=utf-8")
             return
-        start = _Start(self, conn, api=api, stream=stream, options=options, n_prompt=n_prompt,
+        tool = _tool_called(body) if api == "chat" else None
+        start = _Start(self, conn, api=api, tool=tool, stream=stream, options=options, n_prompt=n_prompt,
                        max_tokens=max_tokens, fault=fault)
         if self.prefix is not None:
             start.cached = max(min(self.prefix.lookup(_prompt_words(body)), n_prompt - 1), 0)
@@ -256,9 +270,9 @@ class SimApp(SimState):
 class _Start:
     """Admits a validated generation request (possibly after a ``slow_headers`` delay)."""
 
-    def __init__(self, app: SimApp, conn: Conn, *, api: str, stream: bool, options: dict[str, Any],
-                 n_prompt: int, max_tokens: int, fault: FaultSpec | None) -> None:
-        self.app, self.conn, self.api, self.stream = app, conn, api, stream
+    def __init__(self, app: SimApp, conn: Conn, *, api: str, tool: str | None, stream: bool,
+                 options: dict[str, Any], n_prompt: int, max_tokens: int, fault: FaultSpec | None) -> None:
+        self.app, self.conn, self.api, self.stream, self.tool = app, conn, api, stream, tool
         self.options, self.n_prompt, self.max_tokens, self.fault = options, n_prompt, max_tokens, fault
         self.cached = -1  # prefix-cached prompt tokens (-1: no prefix cache)
 
@@ -275,7 +289,8 @@ class _Start:
         kinds = ((ResponsesStreamSink, ResponsesJsonSink) if self.api == "responses"
                  else (StreamSink, JsonSink))
         sink = kinds[0 if self.stream else 1](app, conn, chat=self.api != "completions",
-                                              options=self.options, n_prompt=self.n_prompt, fault=fault)
+                                              options=self.options, n_prompt=self.n_prompt, fault=fault,
+                                              tool=self.tool)
         sink.cached = self.cached
         seq = Seq(sink, arrival, self.n_prompt, self.max_tokens, stall_after=stall_after, stall_ns=stall_ns,
                   cached_tokens=max(self.cached, 0))

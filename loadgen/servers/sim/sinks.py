@@ -29,11 +29,12 @@ def error_body(status: int, message: str, kind: str) -> dict[str, Any]:
 
 class _Sink:
     __slots__ = ("after", "app", "base", "cached", "chat", "conn", "continuous", "fault", "include_usage",
-                 "n_prompt", "reasoning", "rid")
+                 "n_prompt", "reasoning", "rid", "tool")
 
     def __init__(self, app: SimState, conn: Conn, *, chat: bool, options: dict[str, Any], n_prompt: int,
-                 fault: FaultSpec | None) -> None:
+                 fault: FaultSpec | None, tool: str | None = None) -> None:
         self.app, self.conn, self.chat, self.n_prompt = app, conn, chat, n_prompt
+        self.tool = tool  # chat with tools offered: the answer is a call of this function
         self.fault = fault.kind if fault is not None else ""
         self.after = fault.after_tokens if fault is not None else 0
         self.include_usage = bool(options.get("include_usage"))
@@ -55,20 +56,30 @@ class _Sink:
 class StreamSink(_Sink):
     """Server-sent events over chunked transfer encoding, shaped like vLLM's stream generators."""
 
-    __slots__ = ("_usage_head", "fin", "mid", "pre", "role", "rpre")
+    __slots__ = ("_usage_head", "fin", "mid", "pre", "rfin", "rmid", "role", "rpre", "tpre")
 
     def __init__(self, app: SimState, conn: Conn, *, chat: bool, options: dict[str, Any], n_prompt: int,
-                 fault: FaultSpec | None) -> None:
-        super().__init__(app, conn, chat=chat, options=options, n_prompt=n_prompt, fault=fault)
+                 fault: FaultSpec | None, tool: str | None = None) -> None:
+        super().__init__(app, conn, chat=chat, options=options, n_prompt=n_prompt, fault=fault, tool=tool)
         head = b'data: {"id":"%b","object":"%b","created":%d,"model":%b,"choices":[' % (
             self.rid.encode(), b"chat.completion.chunk" if chat else b"text_completion", app.created,
             app.model_json)
         self.pre = head + (b'{"index":0,"delta":{"content":"' if chat else b'{"index":0,"text":"')
         self.rpre = head + b'{"index":0,"delta":{"reasoning_content":"'
         close = b'"}' if chat else b'"'
+        finish = b"length"
+        self.tpre = self.pre
         tail = b'"usage":' if self.continuous else b'"usage":null}\n\n'
+        self.rmid = close + b',"logprobs":null,"finish_reason":null,"stop_reason":null}],' + tail  # thinking
+        self.rfin = close + b',"logprobs":null,"finish_reason":"length","stop_reason":null}],' + tail
+        if tool is not None:  # vLLM's tool parser: the first delta names the call, the rest add arguments
+            call = b'{"index":0,"delta":{"tool_calls":[{"index":0,'
+            named = b'"id":"call_%b","type":"function","function":{"name":%b,"arguments":"'
+            self.tpre = head + call + named % (self.rid[-24:].encode(), orjson.dumps(tool))
+            self.pre = head + call + b'"function":{"arguments":"'
+            close, finish = b'"}}]}', b"tool_calls"
         self.mid = close + b',"logprobs":null,"finish_reason":null,"stop_reason":null}],' + tail
-        self.fin = close + b',"logprobs":null,"finish_reason":"length","stop_reason":null}],' + tail
+        self.fin = close + b',"logprobs":null,"finish_reason":"%b","stop_reason":null}],' % finish + tail
         self.role = (head + b'{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,'
                      b'"finish_reason":null}],' + (b'"usage":%b}\n\n' % self.usage(0) if self.continuous
                                                    else b'"usage":null}\n\n')) if chat else b""
@@ -117,7 +128,7 @@ class StreamSink(_Sink):
         r, text = self.reasoning, self.app.text
         if r and lo <= r:
             cut = min(hi, r)
-            end = self.fin if final and cut == hi else self.mid
+            end = self.rfin if final and cut == hi else self.rmid
             body = self.rpre + text(self.base, lo, cut).encode() + end
             if self.continuous:
                 body += self.usage(cut) + b"}\n\n"
@@ -126,7 +137,8 @@ class StreamSink(_Sink):
             lo = cut + 1
         else:
             body = b""
-        body += self.pre + text(self.base, lo, hi).encode() + (self.fin if final else self.mid)
+        pre = self.tpre if lo == r + 1 else self.pre
+        body += pre + text(self.base, lo, hi).encode() + (self.fin if final else self.mid)
         if self.continuous:
             body += self.usage(hi) + b"}\n\n"
         return body
@@ -136,6 +148,28 @@ class JsonSink(_Sink):
     """One JSON response at the last token's due time."""
 
     __slots__ = ()
+
+    def _choice(self, usage: dict[str, Any], text: str, hi: int) -> dict[str, Any]:
+        """The response's one choice (chat: thinking, answer or a tool call; completions: the text)."""
+        app = self.app
+        if self.chat:
+            message: dict[str, Any] = {"role": "assistant", "content": text, "tool_calls": []}
+            if self.reasoning:
+                cut = min(self.reasoning, hi)
+                usage["completion_tokens_details"] = {"reasoning_tokens": cut}
+                message["reasoning_content"] = app.text(self.base, 1, cut)
+                message["content"] = app.text(self.base, cut + 1, hi) if cut < hi else None
+            if self.tool is not None:
+                message["tool_calls"] = [{"id": "call_" + self.rid[-24:], "type": "function", "function": {
+                    "name": self.tool, "arguments": message["content"] or ""}}]
+                message["content"] = None
+            choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None,
+                                      "finish_reason": "tool_calls" if self.tool else "length",
+                                      "stop_reason": None}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length",
+                      "stop_reason": None, "prompt_logprobs": None}
+        return choice
 
     def on_chunk(self, seq: Seq, lo: int, hi: int, final: bool) -> bool:
         conn, app, fault = self.conn, self.app, self.fault
@@ -157,18 +191,7 @@ class JsonSink(_Sink):
                                  "completion_tokens": hi}
         if self.cached >= 0:
             usage["prompt_tokens_details"] = {"cached_tokens": self.cached}
-        if self.chat:
-            message: dict[str, Any] = {"role": "assistant", "content": text, "tool_calls": []}
-            if self.reasoning:
-                cut = min(self.reasoning, hi)
-                usage["completion_tokens_details"] = {"reasoning_tokens": cut}
-                message["reasoning_content"] = app.text(self.base, 1, cut)
-                message["content"] = app.text(self.base, cut + 1, hi) if cut < hi else None
-            choice: dict[str, Any] = {"index": 0, "message": message,
-                                      "logprobs": None, "finish_reason": "length", "stop_reason": None}
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length",
-                      "stop_reason": None, "prompt_logprobs": None}
+        choice = self._choice(usage, text, hi)
         body = orjson.dumps({"id": self.rid, "object": "chat.completion" if self.chat else "text_completion",
                              "created": app.created, "model": app.cfg.model, "choices": [choice],
                              "usage": usage})
