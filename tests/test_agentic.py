@@ -92,6 +92,10 @@ def test_a_recorded_agent_file_replays_every_turn_once_in_order_after_its_wait(b
         for prev, nxt in itertools.pairwise(chain):
             gap_ms = (nxt["scheduled_ns"] - prev["end_ns"]) / 1e6
             assert gap_ms == pytest.approx(WAIT_S * 1e3, abs=1e-3), gap_ms
+    # 9 turns cannot pass early stopping; the advice names what adds queries to a session run
+    reasons = " ".join(report["validity"]["reasons"])
+    assert "459 turns or more" in reasons and "sessions.count" in reasons
+    assert "--num-requests 459" not in reasons
     summary = report["results"]["sessions"]
     assert (summary["sessions"], summary["completed"], summary["failed"], summary["turns"]) == (3, 3, 0, 9)
     assert summary["duration_s"]["p50"] > 0 and summary["parallel"] == 2
@@ -156,6 +160,19 @@ def test_a_bad_session_file_exits_2_naming_file_and_line(tmp_path, line, says):
     res = run_cli("run", str(scenario), "--out", str(tmp_path / "out"), "--quiet")
     assert res.code == 2, res.output
     assert says in res.stderr and "Traceback" not in res.output
+
+
+def test_following_the_advice_more_sessions_makes_the_run_valid(tmp_path):
+    """155 generated sessions x 3 turns = 465 turns, above early stopping's 459 at p99: VALID."""
+    scenario = write_scenario(
+        tmp_path / "many.yaml", scenario="concurrency", endpoint="chat", num_requests=1, duration_s=0,
+        output_len=6, sim={"ttft_ms": 20, "itl_ms": 2},
+        sessions={"users": 4, "count": 155, "turns": 3, "tool_result_len": 10, "user_len": 10})
+    res = run_cli("run", str(scenario), "--out", str(tmp_path / "out"), "--quiet")
+    assert res.code == 0, res.output
+    report = load_report(tmp_path / "out")
+    assert report["results"]["requests_completed"] == 465
+    assert report["validity"] == {"valid": True, "reasons": []}
 
 
 # ---- SLO tiers: the most concurrent sessions each tier allows --------------------------------------------

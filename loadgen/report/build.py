@@ -7,6 +7,7 @@ how ``loadgen report`` re-renders a run and how a crashed run gets its report af
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -129,6 +130,14 @@ def mlperf_params(settings: Settings, sut_name: str) -> mlperf.MlperfParams:
     )
 
 
+_SESSIONS_MORE = re.compile(r"--num-requests (\d+) or more")
+
+
+def _sessions_more(m: re.Match[str]) -> str:
+    return (f"{m.group(1)} turns or more: a session run sends its sessions' turns, whatever --num-requests "
+            "says; add sessions (sessions.count, or more lines in sessions.path) or turns (sessions.turns)")
+
+
 def verdict_section(ml: mlperf.MlperfResult) -> Validity:
     """``report.json``'s ``validity`` from the evaluation: ``valid`` exactly when ``reasons`` is empty."""
     return {"valid": ml.valid, "reasons": list(ml.reasons)}
@@ -157,6 +166,8 @@ def build_report(
     ml = evaluate(measured, mlperf_params(settings, sut), client_limited=limited,
                   stopped_early=stopped, interrupted=interrupted)
     results["retries_total"] = ml.retries_total
+    if settings.sessions is not None:  # sessions send their turns: --num-requests cannot add queries
+        ml.reasons[:] = [_SESSIONS_MORE.sub(_sessions_more, r) for r in ml.reasons]
     data = {
         **meta,
         "schema_version": SCHEMA_VERSION,

@@ -5,7 +5,8 @@ A session is a list of OpenAI chat messages. Every ``assistant`` message is one 
 every message before it (the recorded history — earlier assistant messages with their ``tool_calls``,
 ``tool`` results — exactly as the file says, so each turn's input is known before the run) and asks for
 that message's length. A turn is issued only when the previous turn of its session has ended and its
-wait has passed (tool execution, a user thinking): one turn in flight per session. ``parallel`` sessions
+wait has passed (tool execution, a user thinking): one turn in flight per session. A turn with no wait
+is issued at once, as a closed loop's next query (scheduled = issued). ``parallel`` sessions
 run at once (``sessions.users``); when one ends, the next session starts.
 
 File format (``sessions.path``), one session per line::
@@ -200,7 +201,8 @@ SendTurn = Callable[[AgentSession, int, int], Awaitable[Any]]  # (session, turn,
 async def run_agents(sessions: Sequence[AgentSession], send: SendTurn, *, parallel: int,
                      now_ns: Callable[[], int], sleep_until: Callable[[int], Awaitable[None]]
                      ) -> list[AgentTurnResult]:
-    """Run the sessions, ``parallel`` at once, each turn after the previous one's end plus its wait.
+    """Run the sessions, ``parallel`` at once, each turn after the previous one's end plus its wait
+    (at once, as a closed loop, when it has no wait).
     ``send`` returns the finished record (it never raises for a failed request); a failed turn ends its
     session. Returns the turns in completion order."""
     import asyncio
@@ -211,15 +213,17 @@ async def run_agents(sessions: Sequence[AgentSession], send: SendTurn, *, parall
     async def lane() -> None:
         while queue:
             u, session = queue.pop()
-            due = now_ns()
+            end = 0
             for t, turn in enumerate(session.turns):
-                due += round(turn.wait_s * 1e9)
+                # a wait counts from the end of the previous reply; a turn with none is issued at once,
+                # as a closed loop's next query (its scheduled time is its issue time)
+                due = end + round(turn.wait_s * 1e9) if t and turn.wait_s > 0 else now_ns()
                 await sleep_until(due)
                 rec = await send(session, t, due)
                 results.append(AgentTurnResult(u, t, turn.sample.input_tokens, rec))
                 if getattr(rec, "error_class", None) is not None:
                     break
-                due = getattr(rec, "end_ns", 0) or now_ns()  # the wait counts from the reply's end
+                end = getattr(rec, "end_ns", 0) or now_ns()
 
     async with asyncio.TaskGroup() as tg:
         for _ in range(min(parallel, len(sessions))):
