@@ -19,6 +19,7 @@ import orjson
 import typer
 
 from loadgen.cli.aliases import pick, rate_overrides, unsupported_vllm_flag, vllm_endpoint
+from loadgen.cli.model import register as register_model
 from loadgen.cli.study import register as register_analysis
 from loadgen.engine.runner import RunControl, run_with_signals
 from loadgen.errors import ConfigError, LoadgenError
@@ -303,6 +304,10 @@ def sim(
     seed: Annotated[int, typer.Option(help="seed of faults and generated words")] = 0,
     api_key_env: Annotated[str | None, typer.Option(help="require the key in this variable")] = None,
     fault: Annotated[list[str] | None, typer.Option(help="inject a fault, e.g. http_500:0.1")] = None,
+    serving_model: Annotated[Path | None, typer.Option(
+        "--serving-model", help="serve a fitted model.json (loadgen calibrate); its timing replaces "
+                                "--ttft-ms, --prefill-ms-per-token, --itl-ms, --itl-slope and --max-seqs",
+    )] = None,
 ) -> None:
     """Run the built-in simulated OpenAI-compatible server until Ctrl-C."""
     from loadgen.servers.sim import SimConfig, parse_fault, serve
@@ -312,18 +317,23 @@ def sim(
         key = os.environ.get(api_key_env) if api_key_env else None
         if api_key_env and not key:
             raise ConfigError(f"--api-key-env {api_key_env}: that environment variable is not set.")
+        timing: dict[str, Any] = {"ttft_ms": ttft_ms, "itl_ms": itl_ms, "itl_slope": itl_slope,
+                                  "prefill_ms_per_token": prefill_ms_per_token, "max_seqs": max_seqs}
+        if serving_model is not None:
+            from loadgen.report.files import load_json
+            from loadgen.study.servemodel import ServingModel
+
+            timing = ServingModel.from_dict(load_json(serving_model), str(serving_model)).sim_options()
         cfg = SimConfig(
-            model=model, ttft_ms=ttft_ms, itl_ms=itl_ms, itl_slope=itl_slope,
-            prefill_ms_per_token=prefill_ms_per_token, max_seqs=max_seqs,
-            tokens_per_chunk=tokens_per_chunk, seed=seed, api_key=key, faults=faults,
+            model=model, **timing, tokens_per_chunk=tokens_per_chunk, seed=seed, api_key=key, faults=faults,
             reasoning_tokens=reasoning_tokens, keep_bodies=keep_bodies,
         )
     except (ValueError, TypeError) as exc:
         _err(str(exc))
         raise typer.Exit(2) from None
-    except ConfigError as exc:
+    except LoadgenError as exc:
         _err(str(exc))
-        raise typer.Exit(2) from None
+        raise typer.Exit(exc.exit_code) from None
     try:
         serve(cfg, host, port, ready=lambda u: typer.echo(f"loadgen sim listening on {u} (Ctrl-C stops)"))
     except OSError as exc:
@@ -351,6 +361,7 @@ def report(
 
 
 register_analysis(app)  # sweep, find-peak, plan, compare
+register_model(app)  # calibrate, predict
 
 
 def main() -> None:

@@ -1,0 +1,182 @@
+"""Predictions from a fitted serving model, and their confirmation by a run.
+
+::
+
+    model = ServingModel.from_dict(load_json(Path("model.json")))
+    pred = predict(model, settings)             # latency percentiles, throughput, capacity, bands
+    rows = confirm(pred, report)                # predicted vs measured, and the verdict
+
+A prediction replays the scenario's load (``settings``: a closed loop of ``concurrency`` users, or
+Poisson arrivals at ``qps``; lengths drawn from its ``input_len``/``output_len`` with its seed; as many
+requests as the run would send) through the model in virtual time
+(:func:`loadgen.study.servemodel.replay`). Each figure has a **band**: the widest of (a) the same replay
+with every parameter one standard error slower and faster, (b) the model's own worst fit error on the
+runs it was fitted to, (c) 5% for medians and throughput and 10% for p99s: run-to-run noise, and the
+client host's own jitter, which the model does not hold, lands in the tails. A closed loop is replayed
+for as many requests as the run would send before both its count and its duration are met. The capacity
+(the knee: every slot busy) is ``max_seqs / service time at a full batch`` for the mean lengths.
+
+``confirm`` compares a run's report with the prediction figure by figure; the prediction is
+**confirmed** when every measured figure lies within its band of the predicted one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from loadgen.settings import Scenario, Settings
+from loadgen.study.servemodel import Replayed, ServingModel, percentile, replay
+from loadgen.study.tiers import Tier, meets
+from loadgen.workload.samples import draw_lengths
+
+MIN_BAND = 0.05
+MIN_BAND_TAIL = 0.10  # p99s: a few requests decide them, and the client host's own jitter adds ms
+#: Figure -> (results key in report.json, percentile key).
+FIGURES = {"ttft_p50_ms": ("ttft_ms", "p50"), "ttft_p99_ms": ("ttft_ms", "p99"),
+           "tpot_p50_ms": ("tpot_ms", "p50"), "tpot_p99_ms": ("tpot_ms", "p99"),
+           "e2e_p99_ms": ("e2e_ms", "p99"), "requests_per_s": ("requests_per_s", None)}
+
+
+def _requests(settings: Settings, rate: float | None) -> int:
+    if settings.scenario in (Scenario.SERVER, Scenario.CONSTANT) and rate:
+        return max(settings.num_requests, math.ceil(rate * settings.duration_s))
+    return settings.num_requests
+
+
+def _load(settings: Settings, model: ServingModel, *, concurrency: int | None = None, qps: float | None = None
+          ) -> Replayed:
+    rng = np.random.default_rng(settings.seed)
+    closed = settings.scenario not in (Scenario.SERVER, Scenario.CONSTANT, Scenario.OFFLINE)
+    users = concurrency if concurrency is not None else (settings.concurrency if closed else None)
+    rate = qps if qps is not None else (None if closed else settings.qps)
+    n = _requests(settings, rate)
+    ins = draw_lengths(settings.input_len, n, rng)
+    outs = draw_lengths(settings.output_len, n, rng)
+    if settings.scenario == Scenario.OFFLINE:
+        return replay(model, ins, outs, arrivals_s=np.zeros(n))
+    if users is not None:
+        got = replay(model, ins, outs, concurrency=users)
+        span = float(got.end.max()) / 1e9
+        if span < settings.duration_s:  # a closed loop runs until both bounds are met: as many as that
+            more = math.ceil(n * settings.duration_s / max(span, 1e-9) * 1.02) - n
+            ins = np.concatenate([ins, draw_lengths(settings.input_len, more, rng)])
+            outs = np.concatenate([outs, draw_lengths(settings.output_len, more, rng)])
+            got = replay(model, ins, outs, concurrency=users)
+        return got
+    assert rate is not None
+    gaps = rng.exponential(1.0 / rate, n) if settings.scenario == Scenario.SERVER else np.full(n, 1.0 / rate)
+    return replay(model, ins, outs, arrivals_s=np.cumsum(gaps) - gaps[0])
+
+
+def figures(r: Replayed) -> dict[str, float | None]:
+    ttft, tpot, e2e = r.ttft_ms(), r.tpot_ms(), r.e2e_ms()
+    return {"ttft_p50_ms": percentile(ttft, 50), "ttft_p99_ms": percentile(ttft, 99),
+            "tpot_p50_ms": percentile(tpot, 50), "tpot_p99_ms": percentile(tpot, 99),
+            "e2e_p99_ms": percentile(e2e, 99), "requests_per_s": r.throughput_rps()}
+
+
+def predict(model: ServingModel, settings: Settings, *, fit_error: float | None = None,
+            tiers: Sequence[Tier] = ()) -> dict[str, Any]:
+    """The prediction for ``settings``' load (module docstring): ``figures`` with value, band and
+    assumption; ``capacity_rps``; per tier the most load that meets it."""
+    base = _load(settings, model)
+    central = figures(base)
+    slow = figures(_load(settings, model.shifted(+1)))
+    fast = figures(_load(settings, model.shifted(-1)))
+    out = []
+    for name, value in central.items():
+        band = max(MIN_BAND_TAIL if "p99" in name else MIN_BAND, fit_error or 0.0)
+        if value:
+            spread = max(abs((slow[name] or value) - value), abs((fast[name] or value) - value)) / value
+            band = max(band, spread)
+        out.append({"name": name, "value": value, "band": band,
+                    "assumption": "the fitted model's continuous batching at this load; band = max(±1σ "
+                                  f"of the parameters, the fit's worst error, {MIN_BAND:.0%} "
+                                  f"({MIN_BAND_TAIL:.0%} for a p99))"})
+    mean_in, mean_out = float(base.input_tokens.mean()), float(base.output_tokens.mean())
+    cap = model.capacity_rps(mean_in, mean_out)
+    held = model.service_s(mean_in, mean_out, model.max_seqs or 1)
+    return {"kind": "prediction", "scenario": settings.scenario.value, "load": _load_label(settings),
+            "figures": out, "capacity_rps": cap, "capacity_concurrency": model.max_seqs,
+            "capacity_assumption": (f"max_seqs {model.max_seqs} slots each busy {held:.3f} s for "
+                                    f"{mean_in:.0f} in / {mean_out:.0f} out" if cap else
+                                    "max_seqs was not identified by the calibration: no capacity"),
+            "tiers": [max_load(model, settings, t) for t in tiers]}
+
+
+def _load_label(settings: Settings) -> str:
+    if settings.scenario in (Scenario.SERVER, Scenario.CONSTANT):
+        return f"qps={settings.qps:g}"
+    if settings.scenario == Scenario.OFFLINE:
+        return f"offline, {settings.num_requests} requests at once"
+    return f"concurrency={settings.concurrency}"
+
+
+def max_load(model: ServingModel, settings: Settings, tier: Tier) -> dict[str, Any]:
+    """The most load (users for closed loops, else req/s) whose replay meets ``tier``."""
+    open_loop = settings.scenario in (Scenario.SERVER, Scenario.CONSTANT)
+
+    def ok(x: float) -> bool:
+        r = _load(settings, model, qps=x) if open_loop else _load(settings, model, concurrency=int(x))
+        row = {**figures(r), "error_rate": 0.0, "client_limited": False}
+        return meets(row, tier)
+
+    lo = 0.0
+    hi = 1.0 if open_loop else 1
+    while ok(hi) and hi < 1e6:
+        lo, hi = hi, hi * 2
+    if not open_loop:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    else:
+        while hi - lo > 0.01 * hi:
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return {"name": tier.name, "bounds": tier.bounds(), "parameter": "qps" if open_loop else "concurrency",
+            "max": (int(lo) if not open_loop else round(lo, 3)) or None}
+
+
+def confirm(prediction: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    """Predicted vs measured, figure by figure; ``confirmed`` when each lies within its band."""
+    results = report.get("results") or {}
+    rows = []
+    for fig in prediction["figures"]:
+        key, pct = FIGURES[fig["name"]]
+        measured = results.get(key) if pct is None else (results.get(key) or {}).get(pct)
+        err = None if not measured or fig["value"] is None else (fig["value"] - measured) / measured
+        rows.append({**fig, "measured": measured, "error": err,
+                     "within": err is not None and abs(err) <= fig["band"]})
+    return {"rows": rows, "confirmed": all(r["within"] for r in rows if r["measured"] is not None),
+            "valid_run": bool((report.get("validity") or {}).get("valid"))}
+
+
+def render(prediction: dict[str, Any], confirmation: dict[str, Any] | None = None) -> str:
+    lines = [f"prediction for {prediction['scenario']} at {prediction['load']}:"]
+    measured = {r["name"]: r for r in (confirmation or {}).get("rows", ())}
+    for fig in prediction["figures"]:
+        v = fig["value"]
+        text = f"  {fig['name']:<16}{'-' if v is None else f'{v:,.2f}':>12}  ± {fig['band']:.1%}"
+        if fig["name"] in measured:
+            m = measured[fig["name"]]
+            mv = "-" if m["measured"] is None else f"{m['measured']:,.2f}"
+            where = "within" if m["within"] else "OUTSIDE"
+            err = "" if m["error"] is None else f" ({m['error']:+.1%}, {where})"
+            text += f"   measured {mv}{err}"
+        lines.append(text)
+    cap = prediction["capacity_rps"]
+    lines.append(f"capacity (every slot busy): {'not identified' if cap is None else f'{cap:,.2f} req/s'}"
+                 f" — {prediction['capacity_assumption']}")
+    for t in prediction["tiers"]:
+        bounds = ", ".join(f"{k.removesuffix('_ms')} p99 <= {v:g} ms" for k, v in t["bounds"].items())
+        lines.append(f"tier {t['name']} ({bounds}): up to {t['parameter']}={t['max']}")
+    if confirmation is not None:
+        verdict = "CONFIRMED" if confirmation["confirmed"] else "NOT CONFIRMED"
+        lines.append(f"confirmation: {verdict} (every measured figure within its band: "
+                     f"{'yes' if confirmation['confirmed'] else 'no'}; the run was "
+                     f"{'VALID' if confirmation['valid_run'] else 'INVALID'})")
+    return "\n".join(lines)
