@@ -124,6 +124,28 @@ def test_replay_matches_the_simulators_own_formulas():
     assert np.median(full.tpot_ms()) == pytest.approx(m.step_ms(4))
 
 
+def test_replicas_carry_the_most_qps_the_slo_allows_never_above_capacity():
+    from loadgen.settings import load_settings
+    from loadgen.study.predict import max_load, replicas
+    from loadgen.study.tiers import Tier
+
+    m = ServingModel(30.0, 0.1, 6.0, 0.05, 8)
+    s = load_settings("concurrency", {"input_len": 256, "output_len": 32, "num_requests": 200,
+                                      "duration_s": 0, "slo": {"ttft_ms": 5000}})
+    cap = m.capacity_rps(256, 32)
+    plan = replicas(m, s, 100.0, headroom=0.2, gpu_hour_usd=2.0)
+    assert plan["sustainable_qps_per_replica"] <= cap
+    assert plan["replicas"] == int(np.ceil(120 / plan["sustainable_qps_per_replica"]))
+    assert plan["usd_per_million_output_tokens"] == pytest.approx(
+        2.0 * plan["replicas"] / (100 * 32 * 3600) * 1e6)
+    tight = load_settings("concurrency", {"input_len": 256, "output_len": 32, "slo": {"ttft_ms": 50}})
+    with pytest.raises(Exception, match="at no rate"):  # the unqueued TTFT alone is 55.6 ms
+        replicas(m, tight, 10.0)
+    assert max_load(m, s, Tier("t", ttft_ms=50))["max"] is None
+    # users: up to max_seqs nobody queues (TTFT 55.6 ms); one more and a TTFT waits a whole request
+    assert max_load(m, s, Tier("t", ttft_ms=60))["max"] == 8
+
+
 def test_bad_model_files_exit_2_naming_the_file(tmp_path):
     bad = tmp_path / "model.json"
     bad.write_text('{"parameters": {"ttft_ms": 1}}')

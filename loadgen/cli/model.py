@@ -57,6 +57,13 @@ def predict(
     seed: Annotated[int | None, typer.Option(help="seed of the lengths and arrivals")] = None,
     tier: Annotated[list[str] | None, typer.Option(help="SLO tier NAME:KEY=MS,... (repeatable): the most "
                                                         "load the model says meets it")] = None,
+    ttft_ms: Annotated[float | None, typer.Option(help="p99 TTFT bound (the SLO replicas are planned for)")]
+    = None,
+    tpot_ms: Annotated[float | None, typer.Option(help="p99 TPOT bound")] = None,
+    peak_qps: Annotated[float | None, typer.Option(help="traffic to plan replicas for, requests/s")] = None,
+    headroom: Annotated[float, typer.Option(help="spare capacity on top of the peak (0.2 = 20%)")] = 0.2,
+    gpu_hour_usd: Annotated[float | None, typer.Option(help="price of one GPU-hour (USD)")] = None,
+    gpus_per_replica: Annotated[int, typer.Option(help="GPUs per serving replica")] = 1,
     confirm: Annotated[bool, typer.Option("--confirm", help="run the scenario and compare")] = False,
     url: Annotated[str | None, typer.Option(help="the endpoint to confirm against (default: the "
                                                  "built-in simulator serving the model)")] = None,
@@ -66,7 +73,7 @@ def predict(
     from loadgen.report.files import load_json
     from loadgen.study.predict import confirm as compare
     from loadgen.study.predict import predict as forecast
-    from loadgen.study.predict import render
+    from loadgen.study.predict import render, replicas
     from loadgen.study.servemodel import ServingModel
     from loadgen.study.tiers import parse_tier
 
@@ -77,11 +84,14 @@ def predict(
                                      "output_len": output_len, "num_requests": num_requests,
                                      "duration_s": duration, "seed": seed, "url": url,
                                      "out": out / "run" if out else None}
-        settings = _settings(scenario, overrides, None, None)
+        settings = _settings(scenario, overrides, ttft_ms, tpot_ms)
         if confirm and url is None and settings.url is None:
             settings = settings.model_copy(update={"sim": {**settings.sim, **fitted.sim_options()}})
         result = forecast(fitted, settings, fit_error=data.get("fit_error_max"),
                           tiers=[parse_tier(t) for t in tier or ()])
+        if peak_qps is not None:
+            result["replicas"] = replicas(fitted, settings, peak_qps, headroom=headroom,
+                                          gpu_hour_usd=gpu_hour_usd, gpus_per_replica=gpus_per_replica)
         checked = None
         if confirm:
             _info(f"confirming against {settings.url or 'the built-in simulator serving the model'}")

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from loadgen.errors import ConfigError
 from loadgen.settings import Scenario, Settings
 from loadgen.study.servemodel import Replayed, ServingModel, percentile, replay
 from loadgen.study.tiers import Tier, meets
@@ -125,20 +126,54 @@ def max_load(model: ServingModel, settings: Settings, tier: Tier) -> dict[str, A
         row = {**figures(r), "error_rate": 0.0, "client_limited": False}
         return meets(row, tier)
 
-    lo = 0.0
-    hi = 1.0 if open_loop else 1
-    while ok(hi) and hi < 1e6:
-        lo, hi = hi, hi * 2
-    if not open_loop:
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if ok(mid) else (lo, mid)
-    else:
+    floor = 0.001 if open_loop else 1  # req/s or users: below this, the tier is not met at all
+    if not ok(floor):
+        lo = 0.0
+    elif open_loop:
+        lo, hi = floor, 1.0
+        while ok(hi) and hi < 1e6:
+            lo, hi = hi, hi * 2
         while hi - lo > 0.01 * hi:
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    else:
+        lo, hi = 1, 2
+        while ok(hi) and hi < 1_000_000:
+            lo, hi = hi, hi * 2
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if ok(mid) else (lo, mid)
     return {"name": tier.name, "bounds": tier.bounds(), "parameter": "qps" if open_loop else "concurrency",
             "max": (int(lo) if not open_loop else round(lo, 3)) or None}
+
+
+def replicas(model: ServingModel, settings: Settings, peak_qps: float, *, headroom: float = 0.2,
+             gpu_hour_usd: float | None = None, gpus_per_replica: int = 1) -> dict[str, Any]:
+    """Replicas for ``peak_qps`` with ``headroom``: each replica carries the most Poisson QPS whose
+    replay meets the scenario's SLO (p99 TTFT/TPOT bounds); cost per million output tokens when
+    ``gpu_hour_usd`` is given. ConfigError without an SLO to plan against."""
+    slo = settings.effective_slo
+    if slo.ttft_ms is None and slo.tpot_ms is None:
+        raise ConfigError("a replica count needs an SLO: give --ttft-ms/--tpot-ms or a scenario with slo:")
+    if peak_qps <= 0 or headroom < 0 or gpus_per_replica < 1:
+        raise ConfigError("--peak-qps must be > 0, --headroom >= 0 and --gpus-per-replica >= 1")
+    open_loop = settings.model_copy(update={"scenario": Scenario.SERVER, "qps": 1.0})
+    per = max_load(model, open_loop, Tier("slo", ttft_ms=slo.ttft_ms, tpot_ms=slo.tpot_ms))["max"]
+    if not per:
+        raise ConfigError("the model meets the SLO at no rate: even one request at a time is too slow")
+    mean_in = float(draw_lengths(settings.input_len, 4096, np.random.default_rng(settings.seed)).mean())
+    mean_out = float(draw_lengths(settings.output_len, 4096, np.random.default_rng(settings.seed)).mean())
+    cap = model.capacity_rps(mean_in, mean_out)
+    if cap is not None and per > cap:  # a finite replay can outlast a slowly growing queue; a day cannot
+        per = cap
+    need = max(1, math.ceil(peak_qps * (1 + headroom) / per - 1e-9))
+    cost = (gpu_hour_usd * gpus_per_replica * need / (peak_qps * mean_out * 3600) * 1e6
+            if gpu_hour_usd is not None else None)
+    return {"peak_qps": peak_qps, "headroom": headroom, "sustainable_qps_per_replica": per,
+            "replicas": need, "load_per_replica_qps": peak_qps / need, "usd_per_million_output_tokens": cost,
+            "assumption": f"Poisson arrivals; a replica carries the most QPS whose replay meets TTFT p99 <= "
+                          f"{slo.ttft_ms} ms and TPOT p99 <= {slo.tpot_ms} ms, at most its capacity; load "
+                          "balances evenly"}
 
 
 def confirm(prediction: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
@@ -173,7 +208,14 @@ def render(prediction: dict[str, Any], confirmation: dict[str, Any] | None = Non
                  f" — {prediction['capacity_assumption']}")
     for t in prediction["tiers"]:
         bounds = ", ".join(f"{k.removesuffix('_ms')} p99 <= {v:g} ms" for k, v in t["bounds"].items())
-        lines.append(f"tier {t['name']} ({bounds}): up to {t['parameter']}={t['max']}")
+        got = f"up to {t['parameter']}={t['max']}" if t["max"] else "not met at any load"
+        lines.append(f"tier {t['name']} ({bounds}): {got}")
+    plan = prediction.get("replicas")
+    if plan:
+        cost = plan["usd_per_million_output_tokens"]
+        lines.append(f"replicas for {plan['peak_qps']:g} QPS (+{plan['headroom']:.0%}): {plan['replicas']} "
+                     f"(each carries up to {plan['sustainable_qps_per_replica']:g} QPS within the SLO)"
+                     + ("" if cost is None else f"; ${cost:,.2f} per million output tokens"))
     if confirmation is not None:
         verdict = "CONFIRMED" if confirmation["confirmed"] else "NOT CONFIRMED"
         lines.append(f"confirmation: {verdict} (every measured figure within its band: "
