@@ -11,15 +11,17 @@ The fit, in order:
 
 1. **Prefill.** The unqueued first-token time is ``ttft_ms + prefill_ms_per_token · I``. For each input
    length (or length bin) the 10th percentile of TTFT in each run, and the smallest over the runs, is an
-   unqueued point; a weighted least-squares line through them gives both (weights: requests).
+   unqueued point; a weighted least-squares line through them gives both (weights: requests). Runs of
+   one user are used alone when they cover two lengths or more: nothing else runs beside them.
 2. **Slots in use.** A request's queue wait is its TTFT above that line; it held a slot from
    ``sent + wait`` to its end. Sweeping those intervals gives, per run, the time-averaged number of
    slots in use ``b̄`` and the number most often in use.
 3. **Decode.** A request's TPOT averages ``step(b)`` over its decode, so a run's mean TPOT against its
    ``b̄`` is a line with intercept ``itl_ms`` and slope ``itl_ms · itl_slope`` (weighted least squares).
 4. **Slots.** A run whose requests queued (mean wait over max(2 ms, 10% of the unqueued TTFT)) had every
-   slot busy: ``max_seqs`` is the number most often in use there. With no such run, ``max_seqs`` is not
-   identified (null) and model.json says so; replays then never queue.
+   slot busy: ``max_seqs`` is the number most often in use there (the most over such runs: a server
+   may also make requests wait for other reasons, with fewer slots busy). With no such run,
+   ``max_seqs`` is not identified (null) and model.json says so; replays then never queue.
 
 Standard errors come from the least-squares covariance (0 where a line has no spare point). The fit
 error replays every run through the fitted model (same load, same lengths) and compares TTFT p50/p99
@@ -156,7 +158,11 @@ def _slots(r: RunObs, ttft0: np.ndarray) -> tuple[float, int, float]:
 
 def fit(runs: list[RunObs]) -> tuple[ServingModel, list[dict[str, Any]]]:
     """The model and, per run, what the fit saw in it (slots in use, queue wait, mean TPOT)."""
-    a, b, sa, sb = _prefill(runs)
+    alone = [r for r in runs if r.concurrency == 1]
+    lengths = {round(float(r.input_tokens.mean())) for r in alone}
+    # a first token is measured cleanest with nothing else running: a real server's concurrent
+    # prefills and decodes slow it in ways the model does not hold
+    a, b, sa, sb = _prefill(alone if len(lengths) >= 2 else runs)
     seen: list[dict[str, Any]] = []
     for r in runs:
         mean_b, mode_b, wait = _slots(r, a + b * r.input_tokens)
@@ -171,8 +177,10 @@ def fit(runs: list[RunObs]) -> tuple[ServingModel, list[dict[str, Any]]]:
     x = np.array([d["mean_slots_in_use"] - 1 for d in dec])
     itl, slope_ms, s_itl, s_slope = _wls(x, np.array([d["mean_tpot_ms"] for d in dec]),
                                          np.array([d["requests"] for d in dec], dtype=float))
+    # the most slots a queued run kept busy: a run can also "queue" for other reasons (prefills batched
+    # together), and then it holds fewer
     queued = [int(d["slots_most_in_use"]) for d in seen if d["queued"]]
-    seqs = int(np.median(queued)) if queued else None
+    seqs = max(queued) if queued else None
     rel = slope_ms / itl if itl > 0 else 0.0
     s_rel = abs(rel) * float(np.hypot(s_slope / slope_ms if slope_ms else 0.0, s_itl / itl if itl else 0.0))
     model = ServingModel(max(a, 0.0), max(b, 0.0), max(itl, 0.0), max(rel, 0.0), seqs,
@@ -223,6 +231,10 @@ def calibrate(paths: Sequence[Path]) -> dict[str, Any]:
     if model.max_seqs is None:
         notes.append("max_seqs not identified: no run queued (every request found a free slot); add a run "
                      "at a concurrency above the server's batch size")
+    if worst is not None and worst > 0.2:
+        notes.append(f"the fit's worst error is {worst:.0%}: this deployment departs from the model (on a "
+                     "real server, e.g., concurrent prefills slowing decodes); predictions carry that error "
+                     "in their bands, so confirm before trusting one")
     if len({round(float(r.input_tokens.mean())) for r in runs}) < 2:
         notes.append("prefill_ms_per_token not identified: every run had the same input length; add a run "
                      "with another --input-len")

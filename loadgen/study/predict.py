@@ -216,6 +216,10 @@ def render(prediction: dict[str, Any], confirmation: dict[str, Any] | None = Non
         lines.append(f"replicas for {plan['peak_qps']:g} QPS (+{plan['headroom']:.0%}): {plan['replicas']} "
                      f"(each carries up to {plan['sustainable_qps_per_replica']:g} QPS within the SLO)"
                      + ("" if cost is None else f"; ${cost:,.2f} per million output tokens"))
+    widest = max((f["band"] for f in prediction["figures"]), default=0.0)
+    if widest > 0.25:
+        lines.append(f"warning: bands up to ±{widest:.0%}: the model fits this deployment poorly (see the "
+                     "notes of loadgen calibrate); a confirmation within such bands says little")
     if confirmation is not None:
         verdict = "CONFIRMED" if confirmation["confirmed"] else "NOT CONFIRMED"
         lines.append(f"confirmation: {verdict} (every measured figure within its band: "
