@@ -93,7 +93,7 @@ class Settings(FrozenModel):
     url: str | None = None  # None: start the built-in simulated server for the run
     model: str | None = None  # None: the first model the endpoint lists
     api_key_env: str | None = None  # name of the environment variable holding the API key
-    endpoint: Literal["completions", "chat", "responses"] = "completions"
+    endpoint: Literal["completions", "chat", "responses", "embeddings"] = "completions"
     # fields laid over every request body (sampling, response_format, chat_template_kwargs, tools ...);
     # null drops a default field (see loadgen.client.protocol.merge_extra)
     extra_body: dict[str, Any] = Field(default_factory=dict)

@@ -85,11 +85,12 @@ def vllm_endpoint(value: str | None) -> str | None:
     if value is None or not value.startswith("/"):
         return value
     path = value.rstrip("/").removeprefix("/v1")
-    known = {"/completions": "completions", "/chat/completions": "chat", "/responses": "responses"}
+    known = {"/completions": "completions", "/chat/completions": "chat", "/responses": "responses",
+             "/embeddings": "embeddings"}
     if path not in known:
         raise ConfigError(
-            f"--endpoint {value}: loadgen sends to /v1/completions, /v1/chat/completions or "
-            "/v1/responses; give --endpoint completions, chat or responses."
+            f"--endpoint {value}: loadgen sends to /v1/completions, /v1/chat/completions, /v1/responses "
+            "or /v1/embeddings; give --endpoint completions, chat, responses or embeddings."
         )
     return known[path]
 

@@ -154,7 +154,7 @@ def run(
     input_len: Annotated[int | None, typer.Option(help="input tokens per prompt (fixed)")] = None,
     output_len: Annotated[int | None, typer.Option(help="output tokens per request (fixed)")] = None,
     seed: Annotated[int | None, typer.Option(help="seed of the schedule and the prompts")] = None,
-    endpoint: Annotated[str | None, typer.Option(help="completions, chat or responses")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="completions, chat, responses or embeddings")] = None,
     extra_body: Annotated[str | None, typer.Option(
         help="JSON object laid over every request body, e.g. '{\"temperature\":0.7}' (null drops a field)",
     )] = None,

@@ -146,7 +146,8 @@ class Client:
         built = self._proto.body(sample, opts.model, opts.stream, opts.ignore_eos, opts.continuous_usage)
         body = orjson.dumps(merge_extra(built, opts.extra_body) if opts.extra_body else built)
         sent_headers = {**self._headers, **headers} if headers else self._headers
-        rec.requested_output_tokens = sample.output_tokens
+        generates = getattr(self._proto, "generates", True)
+        rec.requested_output_tokens = sample.output_tokens if generates else None
         rec.input_tokens = sample.input_tokens
         first_sent = 0
         while True:
@@ -312,8 +313,9 @@ class Client:
             return
         state.pieces.append(parsed[0])
         state.usage = parsed[1]
-        # Without streaming the first token is only seen with the last: TTFT equals E2E.
-        rec.first_token_ns = rec.first_answer_ns = rec.end_ns
+        if getattr(self._proto, "generates", True):
+            # Without streaming the first token is only seen with the last: TTFT equals E2E.
+            rec.first_token_ns = rec.first_answer_ns = rec.end_ns
 
     def _count_output(self, rec: RequestRecord, usage: dict[str, Any] | None, pieces: list[str],
                       thought: int = 0) -> None:

@@ -1,5 +1,5 @@
-"""The OpenAI request shapes loadgen speaks: ``/v1/completions``, ``/v1/chat/completions`` and
-``/v1/responses``.
+"""The OpenAI request shapes loadgen speaks: ``/v1/completions``, ``/v1/chat/completions``,
+``/v1/responses`` and ``/v1/embeddings``.
 
 Each protocol builds the request body for a sample, names the stream reader of its events
 (:mod:`loadgen.client.stream`) and pulls the generated text and usage out of a non-streaming body;
@@ -179,6 +179,37 @@ def _stream_options(continuous_usage: bool) -> dict[str, bool]:
     return {"include_usage": True}
 
 
-PROTOCOLS: dict[str, type[Completions] | type[Chat] | type[Responses]] = {
-    "completions": Completions, "chat": Chat, "responses": Responses,
+class Embeddings:
+    """``/v1/embeddings``: one input per request, one JSON answer, no generated tokens (so no TTFT)."""
+
+    path = "/v1/embeddings"
+    state = StreamState  # never streams; the JSON answer is read by parse
+    generates = False
+
+    @staticmethod
+    def body(
+        sample: Sample, model: str, stream: bool, ignore_eos: bool, continuous_usage: bool = False
+    ) -> dict[str, Any]:
+        return {"model": model, "input": sample.as_prompt(), "encoding_format": "float"}
+
+    @staticmethod
+    def text(choice: dict[str, Any]) -> str | None:
+        return None
+
+    @staticmethod
+    def thinking(choice: dict[str, Any]) -> bool:
+        return False
+
+    @staticmethod
+    def parse(obj: dict[str, Any]) -> tuple[str, Any] | None:
+        """("", usage) of an embeddings answer; None when it holds no embedding."""
+        data = obj.get("data")
+        first = data[0] if isinstance(data, list) and data else None
+        if not isinstance(first, dict) or "embedding" not in first:
+            return None
+        return "", obj.get("usage")
+
+
+PROTOCOLS: dict[str, type[Completions] | type[Chat] | type[Responses] | type[Embeddings]] = {
+    "completions": Completions, "chat": Chat, "responses": Responses, "embeddings": Embeddings,
 }

@@ -181,6 +181,8 @@ def count_output(rec: RequestRecord, usage: dict[str, Any] | None, pieces: list[
     details = usage.get("completion_tokens_details") if usage else None
     said = details.get("reasoning_tokens") if isinstance(details, dict) else None
     rec.reasoning_tokens = said if type(said) is int else (thought or None)
+    if usage and "completion_tokens" not in usage and isinstance(usage.get("prompt_tokens"), int):
+        rec.prompt_tokens = usage["prompt_tokens"]  # an embeddings answer: input only
     if usage and isinstance(usage.get("completion_tokens"), int):
         rec.output_tokens = usage["completion_tokens"]
         rec.tokens_source = "usage"

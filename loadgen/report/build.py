@@ -265,6 +265,28 @@ def _slot_wait(client: dict[str, Any]) -> str:
             f"{_fmt(wait.get('p50'), 3)}/{_fmt(wait.get('p99'), 3)} ms)")
 
 
+def _latency_lines(r: dict[str, Any], embeddings: bool) -> list[str]:
+    """The console's latency table (ms) and what the token counts say."""
+    lines = [f"{'(ms)':<24}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}{'p99.9':>10}"]
+    rows = [("TTFT (from sent)", "ttft_ms"), ("TTFT (from scheduled)", "ttft_from_scheduled_ms"),
+            ("ITL", "itl_ms"), ("TPOT", "tpot_ms"), ("E2E", "e2e_ms")]
+    if r.get("reasoning_tokens"):  # a reasoning model: when its answer began, after the thinking
+        rows.insert(2, ("First answer (sent)", "time_to_first_answer_ms"))
+    if embeddings:  # nothing is generated: latency is request to answer
+        rows = [("Latency (from sent)", "e2e_ms"), ("Latency (scheduled)", "e2e_from_scheduled_ms")]
+    for label, key in rows:
+        d = r.get(key) or {}
+        lines.append(f"{label:<24}{_fmt(d.get('mean')):>10}{_fmt(d.get('p50')):>10}{_fmt(d.get('p90')):>10}"
+                     f"{_fmt(d.get('p99')):>10}{_fmt(d.get('p99_9')):>10}")
+    if r.get("reasoning_tokens"):
+        lines.append(f"output tokens: {r['reasoning_tokens']} reasoning + {r.get('answer_tokens')} answer")
+    if embeddings:
+        lines.append(f"embeddings: no TTFT, ITL or TPOT (nothing is generated); "
+                     f"{_fmt(r.get('requests_per_s'))} inputs/s, {_fmt(r.get('input_tokens_per_s'), 0)} "
+                     "input tok/s; latency is send to answer")
+    return lines
+
+
 def render_console(data: dict[str, Any]) -> str:
     """The human summary printed at the end of a run and by ``loadgen report``."""
     s = data.get("settings", {})
@@ -286,24 +308,7 @@ def render_console(data: dict[str, Any]) -> str:
     )
     lines += _console_errors(r)
     lines.append("")
-    lines.append(f"{'(ms)':<24}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}{'p99.9':>10}")
-    rows = [
-        ("TTFT (from sent)", "ttft_ms"),
-        ("TTFT (from scheduled)", "ttft_from_scheduled_ms"),
-        ("ITL", "itl_ms"),
-        ("TPOT", "tpot_ms"),
-        ("E2E", "e2e_ms"),
-    ]
-    if r.get("reasoning_tokens"):  # a reasoning model: when its answer began, after the thinking
-        rows.insert(2, ("First answer (sent)", "time_to_first_answer_ms"))
-    for label, key in rows:
-        d = r.get(key) or {}
-        lines.append(
-            f"{label:<24}{_fmt(d.get('mean')):>10}{_fmt(d.get('p50')):>10}{_fmt(d.get('p90')):>10}"
-            f"{_fmt(d.get('p99')):>10}{_fmt(d.get('p99_9')):>10}"
-        )
-    if r.get("reasoning_tokens"):
-        lines.append(f"output tokens: {r['reasoning_tokens']} reasoning + {r.get('answer_tokens')} answer")
+    lines += _latency_lines(r, s.get("endpoint") == "embeddings")
     src = r.get("tokens_source") or {}
     if src:
         lines.append("output tokens counted from: " + ", ".join(f"{k} ({v})" for k, v in src.items() if v))
@@ -330,7 +335,7 @@ def render_console(data: dict[str, Any]) -> str:
             + (" -- CLIENT-LIMITED" if client.get("client_limited") else "")
         )
     cross = (data.get("server_metrics") or {}).get("cross_check") or {}
-    if cross.get("server_ttft_p50_ms") is not None:
+    if cross.get("server_ttft_p50_ms") is not None and cross.get("client_ttft_p50_ms") is not None:
         lines.append(
             f"server cross-check: client TTFT p50 {_fmt(cross['client_ttft_p50_ms'])} ms vs the server's own "
             f"histogram {_fmt(cross['server_ttft_p50_ms'])} ms (difference {_fmt(cross['difference_ms'])} "

@@ -65,7 +65,8 @@ def _sim_latency_s(settings: Settings, batch: int) -> tuple[float, int] | None:
     except (TypeError, ValueError):
         return None
     slots = min(batch, cfg.max_seqs)
-    return service_time_s(cfg, settings.input_len.mean, settings.output_len.mean, slots), cfg.max_seqs
+    out = 1 if settings.endpoint == "embeddings" else settings.output_len.mean  # pooling: prefill only
+    return service_time_s(cfg, settings.input_len.mean, out, slots), cfg.max_seqs
 
 
 def _origin(field: str, given: Collection[str], *, paren: bool = True) -> str:

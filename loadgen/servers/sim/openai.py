@@ -16,14 +16,15 @@ from loadgen.servers.sim.config import FaultSpec
 from loadgen.servers.sim.engine import Seq
 from loadgen.servers.sim.http import Conn, Request
 from loadgen.servers.sim.metrics import render_metrics, stats
-from loadgen.servers.sim.responses import ResponsesJsonSink, ResponsesStreamSink
+from loadgen.servers.sim.responses import EmbeddingSink, ResponsesJsonSink, ResponsesStreamSink
 from loadgen.servers.sim.sinks import JsonSink, StreamSink, error_body
 from loadgen.servers.sim.state import SimState
 
 _err = error_body
 
 
-_APIS = {"/v1/completions": "completions", "/v1/chat/completions": "chat", "/v1/responses": "responses"}
+_APIS = {"/v1/completions": "completions", "/v1/chat/completions": "chat", "/v1/responses": "responses",
+         "/v1/embeddings": "embeddings"}
 FAULT_STATUS = {"http_429": (429, "TooManyRequestsError"), "http_500": (500, "InternalServerError"),
                 "http_503": (503, "ServiceUnavailableError")}
 
@@ -107,7 +108,7 @@ class SimApp(SimState):
             if req.method != "POST":
                 conn.send_json(405, _err(405, "Method Not Allowed", "MethodNotAllowed"))
                 return
-            self.generate(conn, req, api)
+            (self.embed if api == "embeddings" else self.generate)(conn, req, api)
         elif path == "/health":
             conn.send(200, b"")
         elif path == "/metrics":
@@ -223,6 +224,36 @@ class SimApp(SimState):
                     " completion). Please reduce the length of the messages or completion.")
         return n_prompt, max_tokens, stream, options
 
+    def embed(self, conn: Conn, req: Request, api: str) -> None:
+        """A pooling request: one slot for its prefill (ttft_ms + prefill per input token), then the
+        vectors; queues like generation when every slot is taken. Status faults apply."""
+        arrival = self.engine.clock()
+        body = self._body(conn, req)
+        if body is None:
+            return
+        if self.bodies.maxlen:
+            self.bodies.append(body)
+            self.headers.append({k: v for k, v in req.headers.items() if k != "authorization"})
+        sizes = _embed_inputs(body.get("input"))
+        if isinstance(sizes, str) or max(sizes) > self.cfg.max_model_len:
+            self.count("rejected")
+            why = sizes if isinstance(sizes, str) else (
+                f"This model's maximum context length is {self.cfg.max_model_len} tokens")
+            conn.send_json(400, _err(400, why, "BadRequestError"))
+            return
+        self.requests += 1
+        fault = self.faults.pick()
+        if fault is not None and fault.kind in FAULT_STATUS:
+            status, name = FAULT_STATUS[fault.kind]
+            self.count_fault(fault.kind)
+            conn.send_json(status, _err(status, f"Injected fault {fault.kind}", name))
+            return
+        sink = EmbeddingSink(self, conn, chat=False, options={}, n_prompt=sum(sizes), fault=None)
+        sink.inputs = len(sizes)
+        seq = Seq(sink, arrival, sum(sizes), 1)
+        conn.active = seq
+        self.engine.submit(seq)
+
     def generate(self, conn: Conn, req: Request, api: str) -> None:
         arrival = self.engine.clock()
         body = self._body(conn, req)
@@ -265,6 +296,25 @@ class SimApp(SimState):
             self.loop.call_later(fault.seconds, start.run, None)
         else:
             start.run(arrival)
+
+
+def _embed_inputs(given: Any) -> list[int] | str:
+    """Tokens of each input of an embeddings request (words, or ids), or vLLM's 400 message."""
+    if isinstance(given, str):
+        given = [given]
+    if isinstance(given, list) and given and all(isinstance(t, int) for t in given):
+        given = [given]
+    if not isinstance(given, list) or not given:
+        return "`input` must be a string, a list of strings or a list of token id lists"
+    out = []
+    for item in given:
+        if isinstance(item, str):
+            out.append(len(item.split()))
+        elif isinstance(item, list) and all(isinstance(t, int) for t in item):
+            out.append(len(item))
+        else:
+            return "`input` must be a string, a list of strings or a list of token id lists"
+    return out
 
 
 class _Start:

@@ -1,5 +1,5 @@
-"""The simulator's ``/v1/responses`` (OpenAI Responses API, as vLLM serves it): typed SSE events or
-one JSON response.
+"""The simulator's ``/v1/responses`` (OpenAI Responses API, as vLLM serves it: typed SSE events or one
+JSON response) and ``/v1/embeddings`` (a pooling request: one slot for its prefill, then the vectors).
 
 A stream is ``response.created``, then one ``response.reasoning_text.delta`` per chunk of the thinking
 phase (``SimConfig.reasoning_tokens``) and one ``response.output_text.delta`` per chunk of the answer,
@@ -118,5 +118,33 @@ class ResponsesJsonSink(JsonSink):
         if not final:
             return True
         conn.send(200, orjson.dumps(_response(self, hi)))
+        app.count("completed")
+        return True
+
+
+EMBED_DIM = 8
+
+
+class EmbeddingSink(JsonSink):
+    """An embeddings answer when the request's one "token" is due: its latency is the slot wait plus
+    ``ttft_ms + prefill_ms_per_token · input tokens``, the prefill a pooling model runs."""
+
+    __slots__ = ("inputs",)
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.inputs = 1
+
+    def on_chunk(self, seq: Seq, lo: int, hi: int, final: bool) -> bool:
+        conn, app = self.conn, self.app
+        if conn.closed:
+            return False
+        data = [{"object": "embedding", "index": i,
+                 "embedding": [((self.base + i * 31 + d * 7) % 97) / 97.0 for d in range(EMBED_DIM)]}
+                for i in range(self.inputs)]
+        conn.send(200, orjson.dumps({"id": "embd-" + self.rid[-24:], "object": "list", "created": app.created,
+                                     "model": app.cfg.model, "data": data,
+                                     "usage": {"prompt_tokens": self.n_prompt, "total_tokens": self.n_prompt,
+                                               "completion_tokens": 0, "prompt_tokens_details": None}}))
         app.count("completed")
         return True
