@@ -31,7 +31,12 @@ def calibrate(
     except LoadgenError as exc:
         _err(str(exc))
         raise typer.Exit(exc.exit_code) from None
-    out.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    except OSError as exc:
+        _err(f"--out {out}: cannot write it ({exc.strerror}); give a writable path")
+        raise typer.Exit(2) from None
     p = data["parameters"]
     sig = p["sigma"]
     for name in ("ttft_ms", "prefill_ms_per_token", "itl_ms", "itl_slope"):

@@ -80,6 +80,9 @@ def read_run(path: Path) -> RunObs:
     """A run folder's completed requests and load. ConfigError for a run that cannot be fitted."""
     report = load_json(path / "report.json")
     s = report.get("settings") or {}
+    if s.get("stream") is False or s.get("sessions"):
+        raise ConfigError(f"{path}: a {'--no-stream' if s.get('stream') is False else 'session'} run; "
+                          "calibrate needs streamed runs of a plain load (drop --no-stream and sessions:)")
     recs = [r for r in iter_records(path / "requests.jsonl")
             if not r.warmup and r.ok and r.first_token_ns is not None]
     if len(recs) < 2:

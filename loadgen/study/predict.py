@@ -119,6 +119,9 @@ def _load_label(settings: Settings) -> str:
 
 def max_load(model: ServingModel, settings: Settings, tier: Tier) -> dict[str, Any]:
     """The most load (users for closed loops, else req/s) whose replay meets ``tier``."""
+    if model.max_seqs is None:
+        raise ConfigError("max_seqs was not identified, so the model never queues and any load would meet "
+                          "the tier; calibrate again with a run at a concurrency that queues")
     open_loop = settings.scenario in (Scenario.SERVER, Scenario.CONSTANT)
 
     def ok(x: float) -> bool:
