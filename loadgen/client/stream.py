@@ -48,27 +48,19 @@ class StreamState:
         self.finished = False
         self.last_ns = 0
 
-    def _event(self, payload: bytes, name: bytes, now: int) -> dict[str, Any] | None:
-        """The event's JSON object; None (and the record failed) for a malformed or error event."""
+    def _bad(self, payload: bytes, obj: Any, now: int) -> None:
+        """Fail the record for an event that is not a JSON object, or is an error event."""
         rec = self._rec
-        try:
-            obj = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            rec.end_ns = now
+        rec.end_ns = now
+        if obj is None:
             fail(rec, "malformed", f"event is not JSON: {payload[:80]!r}")
-            return None
-        if type(obj) is not dict:
-            rec.end_ns = now
+        elif type(obj) is not dict:
             fail(rec, "malformed", f"event is not a JSON object: {payload[:80]!r}")
-            return None
-        if (name == b"error" or "error" in obj or obj.get("object") == "error"
-                or obj.get("type") in ("error", "response.failed")):
-            rec.end_ns = now
+        else:
             fail(rec, "server_error", f"error event: {error_message(payload)}")
-            return None
-        return obj
 
     def _chunk(self, piece: str, k: int, thinking: bool, now: int) -> None:
+        """Record a chunk of generated output (the Responses reader's path; feed inlines it)."""
         rec = self._rec
         if rec.first_token_ns is None:
             rec.first_token_ns = now
@@ -82,14 +74,22 @@ class StreamState:
         if self._keep_text:
             self.pieces.append(piece)
 
-    def feed(self, data: bytes, now: int) -> bool:
+    def feed(self, data: bytes, now: int) -> bool:  # noqa: PLR0912 - inline on purpose, see below
+        # The per-read hot path: everything for a content chunk is inline (no helper calls); whether a
+        # chunk is thinking is asked only until the answer has begun.
         self.last_ns = now
+        rec = self._rec
         for name, payload in self._parser.feed(data):
             if payload == b"[DONE]":
                 self.done = True
                 continue
-            obj = self._event(payload, name, now)
-            if obj is None:
+            try:
+                obj = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                self._bad(payload, None, now)
+                return False
+            if type(obj) is not dict or name == b"error" or "error" in obj or obj.get("object") == "error":
+                self._bad(payload, obj, now)
                 return False
             u = obj.get("usage")
             if u:
@@ -105,7 +105,17 @@ class StreamState:
                 if type(done) is int:  # continuous usage stats: tokens since the last chunk
                     k = max(1, done - self._prev)
                     self._prev = done
-                self._chunk(piece, k, self._thinking is not None and self._thinking(choice), now)
+                if rec.first_answer_ns is None:
+                    if rec.first_token_ns is None:
+                        rec.first_token_ns = now
+                    if self._thinking is not None and self._thinking(choice):
+                        self.thought += k
+                    else:
+                        rec.first_answer_ns = now
+                rec.chunk_ns.append(now)
+                rec.chunk_tokens.append(k)
+                if self._keep_text:
+                    self.pieces.append(piece)
             if choice.get("finish_reason"):
                 self.finished = True
         return True
@@ -140,10 +150,19 @@ class ResponsesState(StreamState):
     def feed(self, data: bytes, now: int) -> bool:
         self.last_ns = now
         for name, payload in self._parser.feed(data):
-            obj = self._event(payload, name, now)
-            if obj is None:
+            if payload == b"[DONE]":  # not the Responses API's, but a proxy may add it
+                self.done = True
+                continue
+            try:
+                obj = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                self._bad(payload, None, now)
                 return False
-            kind = obj.get("type")
+            kind = obj.get("type") if type(obj) is dict else None
+            if (type(obj) is not dict or name == b"error" or kind in ("error", "response.failed")
+                    or ("error" in obj and obj["error"] is not None)):
+                self._bad(payload, obj, now)
+                return False
             thinking = RESPONSES_DELTAS.get(kind) if type(kind) is str else None
             if thinking is not None:
                 piece = obj.get("delta")
