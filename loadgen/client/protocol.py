@@ -51,18 +51,8 @@ class Completions(_Choices):
     def body(
         sample: Sample, model: str, stream: bool, ignore_eos: bool, continuous_usage: bool = False
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": model,
-            "prompt": sample.as_prompt(),
-            "max_tokens": sample.output_tokens,
-            "temperature": 0.0,
-            "stream": stream,
-        }
-        if stream:
-            body["stream_options"] = _stream_options(continuous_usage)
-        if ignore_eos:
-            body["ignore_eos"] = True
-        return body
+        return _generation(model, stream, ignore_eos, continuous_usage, prompt=sample.as_prompt(),
+                           max_tokens=sample.output_tokens)
 
     @staticmethod
     def text(choice: dict[str, Any]) -> str | None:
@@ -81,19 +71,8 @@ class Chat(_Choices):
     def body(
         sample: Sample, model: str, stream: bool, ignore_eos: bool, continuous_usage: bool = False
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": sample.as_messages(),
-            "max_tokens": sample.output_tokens,
-            "max_completion_tokens": sample.output_tokens,
-            "temperature": 0.0,
-            "stream": stream,
-        }
-        if stream:
-            body["stream_options"] = _stream_options(continuous_usage)
-        if ignore_eos:
-            body["ignore_eos"] = True
-        return body
+        return _generation(model, stream, ignore_eos, continuous_usage, messages=sample.as_messages(),
+                           max_tokens=sample.output_tokens, max_completion_tokens=sample.output_tokens)
 
     @staticmethod
     def text(choice: dict[str, Any]) -> str | None:
@@ -122,16 +101,9 @@ class Responses:
     def body(
         sample: Sample, model: str, stream: bool, ignore_eos: bool, continuous_usage: bool = False
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": model,
-            "input": sample.as_messages(),
-            "max_output_tokens": sample.output_tokens,
-            "temperature": 0.0,
-            "stream": stream,
-        }
-        if ignore_eos:
-            body["ignore_eos"] = True  # vLLM's extension, as for the other two
-        return body
+        # no stream_options in the Responses API; ignore_eos is vLLM's extension, as for the other two
+        return _generation(model, stream, ignore_eos, None, input=sample.as_messages(),
+                           max_output_tokens=sample.output_tokens)
 
     @staticmethod
     def text(choice: dict[str, Any]) -> str | None:  # the stream reader reads events itself
@@ -169,6 +141,18 @@ def _tool_text(calls: Any) -> str | None:
         if isinstance(fn, dict):
             parts.append(str(fn.get("name") or "") + str(fn.get("arguments") or ""))
     return "".join(parts) or None
+
+
+def _generation(model: str, stream: bool, ignore_eos: bool, continuous_usage: bool | None,
+                **fields: Any) -> dict[str, Any]:
+    """A generation body: the model, the endpoint's own ``fields`` (prompt and length), greedy
+    sampling, streaming with usage (``continuous_usage`` None: no stream_options), ignore_eos."""
+    body: dict[str, Any] = {"model": model, **fields, "temperature": 0.0, "stream": stream}
+    if stream and continuous_usage is not None:
+        body["stream_options"] = _stream_options(continuous_usage)
+    if ignore_eos:
+        body["ignore_eos"] = True
+    return body
 
 
 def _stream_options(continuous_usage: bool) -> dict[str, bool]:

@@ -153,6 +153,12 @@ class SimApp(SimState):
             return None
         return body
 
+    def _keep(self, body: dict[str, Any], req: Request) -> None:
+        """Keep a generation or embeddings body and its headers (not Authorization) for /sim/bodies."""
+        if self.bodies.maxlen:
+            self.bodies.append(body)
+            self.headers.append({k: v for k, v in req.headers.items() if k != "authorization"})
+
     def _prompt_tokens(self, body: dict[str, Any], chat: bool, api: str = "") -> int | str:
         """Prompt token count, or an error message."""
         if api == "responses" and isinstance(body.get("input"), str):
@@ -231,9 +237,7 @@ class SimApp(SimState):
         body = self._body(conn, req)
         if body is None:
             return
-        if self.bodies.maxlen:
-            self.bodies.append(body)
-            self.headers.append({k: v for k, v in req.headers.items() if k != "authorization"})
+        self._keep(body, req)
         sizes = _embed_inputs(body.get("input"))
         if isinstance(sizes, str) or max(sizes) > self.cfg.max_model_len:
             self.count("rejected")
@@ -259,9 +263,7 @@ class SimApp(SimState):
         body = self._body(conn, req)
         if body is None:
             return
-        if self.bodies.maxlen:
-            self.bodies.append(body)
-            self.headers.append({k: v for k, v in req.headers.items() if k != "authorization"})
+        self._keep(body, req)
         checked = self._validate(body, api)
         if isinstance(checked, str):
             self.count("rejected")
