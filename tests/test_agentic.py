@@ -4,6 +4,7 @@ turn) and generated agent loops (tool results of a known size, salted first mess
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import urllib.request
@@ -224,3 +225,45 @@ def test_sweeping_a_field_of_a_missing_block_says_so(tmp_path):
     assert res.code == 2 and "no `sessions:` block" in res.stderr, res.output
     res = run_cli("sweep", "concurrency", "--param", "sessions.nope=1,2", "--out", str(tmp_path))
     assert res.code == 2 and "no field 'nope'" in res.stderr, res.output
+
+
+# ---- Ctrl-C from a terminal: the whole process group ---------------------------------------------------
+
+
+@pytest.mark.parametrize("sessions", [
+    {"users": 4, "count": 200, "turns": 4, "think_time_s": 0.2, "user_len": 32, "tool_result_len": 50},
+    {"users": 4, "turns": 50, "think_time_s": 0.2, "user_len": 32},  # chat sessions, real replies
+], ids=["agentic", "chat"])
+def test_ctrl_c_to_the_process_group_ends_a_session_run_with_a_partial_report(tmp_path, sessions):
+    """Before: a session run had no issuer to drain, so Ctrl-C cancelled it as if nothing had been
+    measured (no report). Now the first Ctrl-C ends every session before its next turn and the
+    report keeps every turn measured; exit 130 and nothing of the group left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.test_interrupts import finish, group_left, lines_of, wait_measuring
+
+    scenario = write_scenario(tmp_path / "s.yaml", scenario="concurrency", endpoint="chat", num_requests=1,
+                              duration_s=0, output_len=32, sessions=sessions)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "loadgen", "run", str(scenario), "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        wait_measuring(proc, out, seconds=2.0)
+        os.killpg(proc.pid, signal.SIGINT)
+        rc, output = finish(proc)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert rc == 130, output
+    assert "SIGINT: stopped issuing; waiting for the requests in flight to finish" in output
+    report = load_report(out)
+    assert report["interrupted"] is True
+    r = report["results"]
+    assert r["requests_failed"] == 0 and r["requests_completed"] == len(lines_of(out)) >= 5
+    assert group_left(proc.pid) == {}

@@ -19,7 +19,7 @@ import numpy as np
 
 from loadgen.client.client import Client
 from loadgen.engine.clock import REAL_CLOCK
-from loadgen.engine.control import RunControl
+from loadgen.engine.control import RunControl, SessionLanes
 from loadgen.engine.gcpause import gc_frozen
 from loadgen.engine.issuer import Issuer, IssueStats
 from loadgen.engine.loopmon import LoopLagMonitor
@@ -79,10 +79,10 @@ async def measure(
     path = out_dir / "requests.jsonl"
     if settings.sessions is not None and settings.sessions.agentic:
         return await _agents(settings, client=client, counter=counter, path=path, observers=observers,
-                             gaps=gaps)
+                             gaps=gaps, control=control)
     if settings.sessions is not None:
         return await _sessions(settings, client=client, counter=counter, path=path, observers=observers,
-                               gaps=gaps)
+                               gaps=gaps, control=control)
     sink = RecordSink(path if workers <= 1 else None, observers=observers, gaps=gaps,
                       max_error_rate=settings.max_error_rate, stop=control.stop)
     if workers > 1:
@@ -166,9 +166,24 @@ async def _workers(
     return done, pool.stats, health
 
 
+class _ThroughLanes:
+    """The client, its requests sent through the session lanes (so an interrupt can cancel them)."""
+
+    def __init__(self, client: Client, lanes: SessionLanes) -> None:
+        self._client, self._lanes = client, lanes
+
+    @property
+    def t0_ns(self) -> int:
+        return self._client.t0_ns
+
+    async def fill(self, rec: RequestRecord, sample: Any, *, keep_text: bool = False) -> str | None:
+        text: str | None = await self._lanes.send(self._client.fill(rec, sample, keep_text=keep_text))
+        return text
+
+
 async def _sessions(
     settings: Settings, *, client: Client, counter: TokenCounter, path: Path,
-    observers: tuple[RunObserver, ...], gaps: GapStore,
+    observers: tuple[RunObserver, ...], gaps: GapStore, control: RunControl,
 ) -> Measured:
     """Multi-turn chat sessions (loadgen.workload.conversations): each user's history grows with the real
     replies."""
@@ -178,7 +193,8 @@ async def _sessions(
     plan = plan_sessions(settings.sessions, settings, counter, seeded_rngs(settings.seed))
     stats = IssueStats()
     sink = RecordSink(path, observers=observers, gaps=gaps, count=stats)
-    inner = client_sender(client, counter, sink.record)
+    lanes = SessionLanes(stats)
+    inner = client_sender(_ThroughLanes(client, lanes), counter, sink.record)
 
     async def send(messages: Any, output_len: int) -> tuple[RequestRecord, str]:
         sink.started()
@@ -189,9 +205,11 @@ async def _sessions(
         async with gc_frozen(), asyncio.TaskGroup() as tg:
             client.t0_ns = time.perf_counter_ns()
             monitor.start(tg)
+            control.measuring(lanes)  # from here an interrupt ends the sessions instead of the run
             try:
-                results = await run_sessions(plan, send, counter)
+                results = await run_sessions(plan, send, counter, stopping=lanes.stopping)
             finally:
+                control.measuring(None)
                 monitor.stop()
     finally:
         sink.close()
@@ -202,7 +220,7 @@ async def _sessions(
 
 async def _agents(
     settings: Settings, *, client: Client, counter: TokenCounter, path: Path,
-    observers: tuple[RunObserver, ...], gaps: GapStore,
+    observers: tuple[RunObserver, ...], gaps: GapStore, control: RunControl,
 ) -> Measured:
     """Agentic sessions (loadgen.workload.agentic): recorded or generated turns, each issued at the end
     of its session's previous turn plus its wait (that instant is the record's scheduled time, so a late
@@ -216,6 +234,7 @@ async def _agents(
                 else synthetic_agents(spec, settings, counter, seeded_rngs(settings.seed)))
     stats = IssueStats()
     sink = RecordSink(path, observers=observers, gaps=gaps, count=stats)
+    lanes = SessionLanes(stats)
     index = 0
 
     async def send(session: Any, turn: int, due: int) -> RequestRecord:
@@ -224,8 +243,10 @@ async def _agents(
         index += 1
         sink.started()
         headers = {spec.affinity_header: session.id} if spec.affinity_header else None
-        await client.fill(rec, session.turns[turn].sample, headers=headers)
-        sink.record(rec)
+        try:
+            await lanes.send(client.fill(rec, session.turns[turn].sample, headers=headers))
+        finally:
+            sink.record(rec)  # also a turn an interrupt cancelled: what it measured is kept
         return rec
 
     await client.preconnect(min(spec.users, len(sessions)))  # one connection per lane, before t0
@@ -234,11 +255,13 @@ async def _agents(
         async with gc_frozen(), asyncio.TaskGroup() as tg:
             client.t0_ns = t0 = time.perf_counter_ns()
             monitor.start(tg)
+            control.measuring(lanes)  # from here an interrupt ends the sessions instead of the run
             try:
                 results = await run_agents(
                     sessions, send, parallel=spec.users, now_ns=lambda: time.perf_counter_ns() - t0,
-                    sleep_until=lambda rel: REAL_CLOCK.sleep_until(rel + t0))
+                    sleep_until=lambda rel: REAL_CLOCK.sleep_until(rel + t0), stopping=lanes.stopping)
             finally:
+                control.measuring(None)
                 monitor.stop()
     finally:
         sink.close()

@@ -199,19 +199,20 @@ SendTurn = Callable[[AgentSession, int, int], Awaitable[Any]]  # (session, turn,
 
 
 async def run_agents(sessions: Sequence[AgentSession], send: SendTurn, *, parallel: int,
-                     now_ns: Callable[[], int], sleep_until: Callable[[int], Awaitable[None]]
-                     ) -> list[AgentTurnResult]:
+                     now_ns: Callable[[], int], sleep_until: Callable[[int], Awaitable[None]],
+                     stopping: Callable[[], bool] = lambda: False) -> list[AgentTurnResult]:
     """Run the sessions, ``parallel`` at once, each turn after the previous one's end plus its wait
     (at once, as a closed loop, when it has no wait).
     ``send`` returns the finished record (it never raises for a failed request); a failed turn ends its
-    session. Returns the turns in completion order."""
+    session; ``stopping()`` true ends every session before its next turn (an interrupt). Returns the
+    turns in completion order."""
     import asyncio
 
     results: list[AgentTurnResult] = []
     queue = list(enumerate(sessions))[::-1]
 
     async def lane() -> None:
-        while queue:
+        while queue and not stopping():
             u, session = queue.pop()
             end = 0
             for t, turn in enumerate(session.turns):
@@ -219,6 +220,8 @@ async def run_agents(sessions: Sequence[AgentSession], send: SendTurn, *, parall
                 # as a closed loop's next query (its scheduled time is its issue time)
                 due = end + round(turn.wait_s * 1e9) if t and turn.wait_s > 0 else now_ns()
                 await sleep_until(due)
+                if stopping():
+                    break
                 rec = await send(session, t, due)
                 results.append(AgentTurnResult(u, t, turn.sample.input_tokens, rec))
                 if getattr(rec, "error_class", None) is not None:

@@ -91,12 +91,14 @@ async def run_sessions(
     *,
     sleep: SleepFn = asyncio.sleep,
     on_turn: Callable[[TurnResult], None] | None = None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> list[TurnResult]:
     """Run every user's conversation concurrently; return the turns in completion order.
 
     ``sleep`` is the think-time wait (inject a virtual clock in tests). ``send`` must not raise for a
     failed request — it returns a record with ``error_class`` set (cancellation propagates and ends
-    the whole run, as everywhere in loadgen).
+    the whole run, as everywhere in loadgen). ``stopping()`` true ends every conversation before its
+    next turn.
     """
     results: list[TurnResult] = []
 
@@ -105,6 +107,8 @@ async def run_sessions(
         for k, text in enumerate(plan.user_messages[u]):
             if plan.think_s[u, k] > 0:
                 await sleep(float(plan.think_s[u, k]))
+            if stopping():  # an interrupt: no further turn
+                return
             messages = [*history, {"role": "user", "content": text}]
             n_in = counter.count(["\n".join(m["content"] for m in messages)])[0]
             out_len = int(plan.output_lens[u, k])
@@ -150,7 +154,8 @@ def turn_summary(results: Sequence[TurnResult]) -> dict[int, dict[str, Any]]:
 class TextClient(Protocol):
     """The client hook sessions need: ``fill`` that also returns the generated text."""
 
-    t0_ns: int
+    @property
+    def t0_ns(self) -> int: ...
 
     async def fill(self, rec: RequestRecord, sample: Sample, *, keep_text: bool = False) -> str | None: ...
 
