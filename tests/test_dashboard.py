@@ -153,7 +153,8 @@ class Pane:
         self.sock = f"loadgen-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         env = f"env -u COLUMNS -u LINES PYTHONPATH={ROOT} PYTHONUNBUFFERED=1"  # the pane sets the size
         modes = "stty -a | tr -s ' ;' '\\n\\n' | grep -E '^-?(icanon|echo)$' | tr '\\n' ' '"
-        shell = f"cd {ROOT} && {env} {command}; echo EXIT=$?; {modes}; echo; sleep 300"
+        # MODES-READ comes after the modes: EXIT= alone can be captured before stty has printed them
+        shell = f"cd {ROOT} && {env} {command}; echo EXIT=$?; {modes}; echo; echo MODES-READ; sleep 300"
         subprocess.run(["tmux", "-L", self.sock, "new-session", "-d", "-s", "t", "-x", str(width), "-y",
                         str(height), shell], check=True)
         subprocess.run(["tmux", "-L", self.sock, "set-option", "-g", "history-limit", "5000"], check=True)
@@ -233,6 +234,7 @@ def test_dashboard_in_a_terminal_shows_the_reports_numbers(pane_factory, tmp_pat
     _assert_frame_matches_report(frame, report)
     assert "SLO: TTFT p99" in frame and "server: running" in frame and "GPU power:" in frame
     assert re.search(r"client: issue delay p99 \S+ ms · loop lag p99", frame)
+    text = pane.wait_for(r"MODES-READ", 30)
     assert "icanon echo" in text  # the terminal's modes are back
 
 
@@ -274,4 +276,5 @@ def test_keys_stop_the_run_with_a_partial_report(pane_factory, tmp_path, key, ca
     assert f"key {key}" in report["stopped_early"]
     assert ("cancelled" in report["stopped_early"]) is cancelled
     assert report["results"]["requests_issued"] < 600
+    text = pane.wait_for(r"MODES-READ", 30)
     assert "icanon echo" in text
