@@ -125,7 +125,7 @@ def test_replay_matches_the_simulators_own_formulas():
 
 
 def test_replicas_carry_the_most_qps_the_slo_allows_never_above_capacity():
-    from loadgen.settings import load_settings
+    from loadgen.settings import Scenario, load_settings
     from loadgen.study.predict import max_load, replicas
     from loadgen.study.tiers import Tier
 
@@ -144,6 +144,13 @@ def test_replicas_carry_the_most_qps_the_slo_allows_never_above_capacity():
     assert max_load(m, s, Tier("t", ttft_ms=50))["max"] is None
     # users: up to max_seqs nobody queues (TTFT 55.6 ms); one more and a TTFT waits a whole request
     assert max_load(m, s, Tier("t", ttft_ms=60))["max"] == 8
+    # a lax tier: a closed loop never has more users than requests, an open loop never beats capacity
+    lax = max_load(m, s, Tier("t", ttft_ms=1e7))
+    assert lax["max"] == 200 and "200 requests are all in flight" in lax["limit"]
+    server = s.model_copy(update={"scenario": Scenario.SERVER, "qps": 1.0})
+    lax = max_load(m, server, Tier("t", ttft_ms=1e7))
+    assert lax["max"] == pytest.approx(cap, rel=1e-3) and lax["limit"].startswith("capacity")
+    assert max_load(m, s, Tier("t", ttft_ms=60))["limit"] is None
 
 
 def test_bad_model_files_exit_2_naming_the_file(tmp_path):

@@ -129,25 +129,47 @@ def max_load(model: ServingModel, settings: Settings, tier: Tier) -> dict[str, A
         row = {**figures(r), "error_rate": 0.0, "client_limited": False}
         return meets(row, tier)
 
+    # A finite replay can hide what a day of traffic would not: above capacity an open loop's queue grows
+    # without end, and a closed loop never has more users in flight than it has requests.
+    if open_loop:
+        ceiling = model.capacity_rps(*_mean_lengths(settings))
+    else:
+        ceiling = float(settings.num_requests) if settings.num_requests else None
     floor = 0.001 if open_loop else 1  # req/s or users: below this, the tier is not met at all
+    capped = False
     if not ok(floor):
         lo = 0.0
+    elif ceiling is not None and ok(ceiling):
+        lo, capped = ceiling, True
     elif open_loop:
         lo, hi = floor, 1.0
-        while ok(hi) and hi < 1e6:
+        while ok(hi) and hi < (ceiling or 1e6):
             lo, hi = hi, hi * 2
+        hi = min(hi, ceiling or hi)
         while hi - lo > 0.01 * hi:
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if ok(mid) else (lo, mid)
     else:
         lo, hi = 1, 2
-        while ok(hi) and hi < 1_000_000:
+        while ok(hi) and hi < (ceiling or 1_000_000):
             lo, hi = hi, hi * 2
+        hi = min(hi, int(ceiling or hi))
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    limit = None
+    if capped:
+        limit = ("capacity: above it the queue grows without end, which a finite replay hides" if open_loop
+                 else f"the replay's {settings.num_requests} requests are all in flight at once; give more "
+                      "--num-requests to look further")
     return {"name": tier.name, "bounds": tier.bounds(), "parameter": "qps" if open_loop else "concurrency",
-            "max": (int(lo) if not open_loop else round(lo, 3)) or None}
+            "max": (int(lo) if not open_loop else round(lo, 3)) or None, "limit": limit}
+
+
+def _mean_lengths(settings: Settings) -> tuple[float, float]:
+    rng = np.random.default_rng(settings.seed)
+    return (float(draw_lengths(settings.input_len, 4096, rng).mean()),
+            float(draw_lengths(settings.output_len, 4096, rng).mean()))
 
 
 def replicas(model: ServingModel, settings: Settings, peak_qps: float, *, headroom: float = 0.2,
@@ -164,11 +186,7 @@ def replicas(model: ServingModel, settings: Settings, peak_qps: float, *, headro
     per = max_load(model, open_loop, Tier("slo", ttft_ms=slo.ttft_ms, tpot_ms=slo.tpot_ms))["max"]
     if not per:
         raise ConfigError("the model meets the SLO at no rate: even one request at a time is too slow")
-    mean_in = float(draw_lengths(settings.input_len, 4096, np.random.default_rng(settings.seed)).mean())
-    mean_out = float(draw_lengths(settings.output_len, 4096, np.random.default_rng(settings.seed)).mean())
-    cap = model.capacity_rps(mean_in, mean_out)
-    if cap is not None and per > cap:  # a finite replay can outlast a slowly growing queue; a day cannot
-        per = cap
+    mean_out = _mean_lengths(settings)[1]
     need = max(1, math.ceil(peak_qps * (1 + headroom) / per - 1e-9))
     cost = (gpu_hour_usd * gpus_per_replica * need / (peak_qps * mean_out * 3600) * 1e6
             if gpu_hour_usd is not None else None)
@@ -212,6 +230,8 @@ def render(prediction: dict[str, Any], confirmation: dict[str, Any] | None = Non
     for t in prediction["tiers"]:
         bounds = ", ".join(f"{k.removesuffix('_ms')} p99 <= {v:g} ms" for k, v in t["bounds"].items())
         got = f"up to {t['parameter']}={t['max']}" if t["max"] else "not met at any load"
+        if t.get("limit"):
+            got += f" (the {t['limit']})" if t["parameter"] == "qps" else f" ({t['limit']})"
         lines.append(f"tier {t['name']} ({bounds}): {got}")
     plan = prediction.get("replicas")
     if plan:
