@@ -275,3 +275,13 @@ def test_find_peak_with_an_mlperf_preset_whose_tpot_bound_binds(tmp_path: Path) 
         assert any(x.startswith("TPOT constraint not met") for x in r["reasons"]), r["reasons"]
         assert not any(x.startswith("TTFT") for x in r["reasons"]), r["reasons"]
         assert 44.5 <= r["tpot_p99_ms"] < 60, r["tpot_p99_ms"]
+
+
+def test_the_table_gives_a_reason_in_ms_never_cut_mid_number():
+    from loadgen.study.peak import _short
+
+    # cut at 60 characters, 'bound 1000000000 ns' once read 'bound 1000' beside a TTFT in ns
+    reason = ("TTFT constraint not met: p99 TTFT 6735863022 ns > bound 1000000000 ns. Reduce target QPS "
+              "(--qps) to improve latency.")
+    assert _short(reason) == "p99 TTFT 6,735.9 ms > bound 1,000.0 ms"
+    assert _short("x" * 80).endswith("…") and len(_short("x" * 80)) == 60

@@ -27,6 +27,7 @@ it says nothing about the server) is retried once. The number of runs is bounded
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +123,7 @@ class _Search:
         if getattr(result, "interrupted", False):
             self.interrupted = True
             entry["valid"] = False
-        self.say(f"  -> {'VALID' if entry['valid'] else 'INVALID'}; TTFT p99 {entry['ttft_p99_ms']} ms")
+        self.say(f"  -> {'VALID' if entry['valid'] else 'INVALID'}; TTFT p99 {_ms(entry['ttft_p99_ms'])} ms")
         return bool(entry["valid"])
 
     def write(self, data: dict[str, Any]) -> None:
@@ -290,6 +291,18 @@ def _repeat(search: _Search, lo: float, hi: float, repeats: int) -> dict[str, An
     return {"pass": p, "fail": f, "noisy": noisy, "verdict": verdict}
 
 
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.1f}"
+
+
+def _short(reason: str) -> str:
+    """A verdict's reason for a table cell: its first sentence, nanoseconds as ms, at most 60 characters
+    (cut mid-number, 'bound 1000' read as a bound of 1000 ms when it was 1,000,000,000 ns)."""
+    first = re.sub(r"^\w+ constraint not met: ", "", reason.split(". ", maxsplit=1)[0])
+    first = re.sub(r"(\d+) ns\b", lambda m: f"{int(m.group(1)) / 1e6:,.1f} ms", first)
+    return first if len(first) <= 60 else first[:59] + "…"
+
+
 def render_table(data: dict[str, Any]) -> str:
     """Runs, bracket and boundary noise for the console."""
     lines = [f"{'#':>3}  {'phase':<7}{'QPS':>10}  {'result':<8}{'TTFT p99':>10}{'TPOT p99':>10}{'req/s':>9}"
@@ -297,7 +310,7 @@ def render_table(data: dict[str, Any]) -> str:
     for i, r in enumerate(data["runs"]):
         def f(v: Any, d: int = 1) -> str:
             return "-" if v is None else f"{v:,.{d}f}"
-        reason = r["reasons"][0] if r["reasons"] else ""
+        reason = _short(r["reasons"][0]) if r["reasons"] else ""
         lines.append(f"{i:>3}  {r['phase']:<7}{r['qps']:>10.4g}  {'VALID' if r['valid'] else 'INVALID':<8}"
                      f"{f(r['ttft_p99_ms']):>10}{f(r['tpot_p99_ms'], 2):>10}{f(r['requests_per_s']):>9}"
                      f"  {reason[:60]}")
