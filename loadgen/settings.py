@@ -22,6 +22,7 @@ from loadgen.specs import (
     ArrivalSpec,
     DatasetSpec,
     FrozenModel,
+    ImageSpec,
     LengthDist,
     PrefixSpec,
     ReplaySpec,
@@ -128,6 +129,7 @@ class Settings(FrozenModel):
     replay: ReplaySpec | None = None  # scenario replay: arrival times and lengths from a trace
     arrival: ArrivalSpec | None = None  # server: gamma (bursty) gaps and rate ramps
     sessions: SessionSpec | None = None  # multi-turn chat sessions
+    images: ImageSpec | None = None  # images in every chat prompt (loadgen.workload.images)
     # --- objectives and MLPerf --------------------------------------------------------------------
     preset: str | None = None  # an MLPerf key from MLPERF_PRESETS; fills slo
     slo: Slo = Field(default_factory=Slo)
@@ -207,6 +209,18 @@ class Settings(FrozenModel):
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"{v!r} is not an http:// or https:// URL")
         return v.rstrip("/").removesuffix("/v1")
+
+    @model_validator(mode="after")
+    def _images_need_chat(self) -> Settings:
+        if self.images is not None and self.endpoint != "chat":
+            raise ValueError(f"images: go in chat messages; endpoint {self.endpoint} has none (use "
+                             "--endpoint chat)")
+        if self.images is not None and self.sessions is not None:
+            raise ValueError("images: apply to plain prompts, not to sessions:")
+        if self.images is not None and self.images.folder is not None and not self.images.folder.is_dir():
+            raise ValueError(f"images.folder {self.images.folder}: not a folder (--image-folder); give a "
+                             "folder of png, jpg, webp or gif files")
+        return self
 
     @model_validator(mode="after")
     def _scenario_needs(self) -> Settings:

@@ -152,6 +152,16 @@ class PrefixSpec(FrozenModel):
         return coerce_length(v)
 
 
+class ImageSpec(FrozenModel):
+    """Images in every chat prompt (``images:``): ``count`` synthetic PNGs of ``width`` × ``height``
+    pixels, or the files of ``folder`` in name order (see :mod:`loadgen.workload.images`)."""
+
+    count: int = Field(1, ge=1, le=64)
+    width: int = Field(512, ge=1, le=8192)
+    height: int = Field(512, ge=1, le=8192)
+    folder: Path | None = None
+
+
 class RampSpec(FrozenModel):
     """The rate rises from ``start_qps`` to the run's ``qps`` over ``duration_s`` — linearly, or in
     ``steps`` equal steps — and stays at ``qps`` afterwards."""

@@ -158,6 +158,11 @@ def run(
     extra_body: Annotated[str | None, typer.Option(
         help="JSON object laid over every request body, e.g. '{\"temperature\":0.7}' (null drops a field)",
     )] = None,
+    images: Annotated[int | None, typer.Option(help="images in every chat prompt (synthetic PNGs, or "
+                                                    "--image-folder's files)")] = None,
+    image_size: Annotated[str | None, typer.Option(help="synthetic image pixels WxH (512x512)")] = None,
+    image_folder: Annotated[Path | None, typer.Option(help="send these pictures (png, jpg, webp, gif) in "
+                                                           "name order")] = None,
     no_stream: Annotated[bool, typer.Option("--no-stream", help="non-streaming requests")] = False,
     warmup: Annotated[int | None, typer.Option(help="requests sent before the clock starts")] = None,
     samples_per_query: Annotated[int | None, typer.Option(help="samples per query (multistream)")] = None,
@@ -248,6 +253,7 @@ def run(
             "gpus": _parse_gpus(gpus), "gpu_telemetry": False if no_gpu_telemetry else None,
         }
         overrides["server_metrics_url"] = server_metrics_url
+        overrides["images"] = _images_block(images, image_size, image_folder)
         overrides.update(metrics_urls=metrics_url or None, server_kind=server_kind,
                          prometheus_url=prometheus_url, dcgm_urls=dcgm_url or None)
         overrides.update(rate)
@@ -287,6 +293,18 @@ def run(
         raise typer.Exit(1)
 
 
+def _images_block(count: int | None, size: str | None, folder: Path | None) -> dict[str, Any] | None:
+    if count is None and size is None and folder is None:
+        return None
+    block: dict[str, Any] = {"count": 1 if count is None else count, "folder": folder}
+    if size is not None:
+        w, x, h = size.lower().partition("x")
+        if not (x and w.strip().isdigit() and h.strip().isdigit()):
+            raise ConfigError(f"--image-size {size!r}: expected WIDTHxHEIGHT in pixels, e.g. 512x512")
+        block |= {"width": int(w), "height": int(h)}
+    return block
+
+
 @app.command()
 def sim(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
@@ -301,6 +319,8 @@ def sim(
     reasoning_tokens: Annotated[int, typer.Option(
         help="chat, responses: the first N generated tokens are thinking (delta.reasoning_content)")] = 0,
     keep_bodies: Annotated[int, typer.Option(help="keep the last N request bodies at GET /sim/bodies")] = 0,
+    image_prefill_ms: Annotated[float, typer.Option(help="extra TTFT per image in a chat prompt (ms)")] = 0.0,
+    image_tokens: Annotated[int, typer.Option(help="prompt tokens each image counts")] = 0,
     seed: Annotated[int, typer.Option(help="seed of faults and generated words")] = 0,
     api_key_env: Annotated[str | None, typer.Option(help="require the key in this variable")] = None,
     fault: Annotated[list[str] | None, typer.Option(help="inject a fault, e.g. http_500:0.1")] = None,
@@ -326,7 +346,8 @@ def sim(
             timing = ServingModel.from_dict(load_json(serving_model), str(serving_model)).sim_options()
         cfg = SimConfig(
             model=model, **timing, tokens_per_chunk=tokens_per_chunk, seed=seed, api_key=key, faults=faults,
-            reasoning_tokens=reasoning_tokens, keep_bodies=keep_bodies,
+            reasoning_tokens=reasoning_tokens, keep_bodies=keep_bodies, image_prefill_ms=image_prefill_ms,
+            image_tokens=image_tokens,
         )
     except (ValueError, TypeError) as exc:
         _err(str(exc))

@@ -317,6 +317,13 @@ def render_console(data: dict[str, Any]) -> str:
             f"input tokens: APPROXIMATE (counted as {data['dataset'].get('token_counter')}: no --tokenizer "
             "was given and the server has no /tokenize); pass --tokenizer DIR for exact counts"
         )
+    images = (data.get("dataset") or {}).get("images")
+    if images:
+        shape = (f"{images['width']}x{images['height']} synthetic PNG" if images["source"] == "synthetic"
+                 else f"from {images['source']}")
+        lines.append(f"images: {images['per_request']} per request ({shape}), "
+                     f"{_fmt(images['bytes_per_request_mean'] / 1024, 1)} KiB per request; their tokens "
+                     "are in the server's prompt_tokens (requests.jsonl), not in input tok/s")
     goodput = r.get("goodput")
     if goodput:
         lines.append(

@@ -32,13 +32,13 @@ class Sample:
     """
 
     prompt: str | None
-    messages: tuple[dict[str, str], ...] | None
+    messages: tuple[dict[str, Any], ...] | None
     input_tokens: int
     output_tokens: int
     group: int | None = None
     arrival_ns: int | None = None
 
-    def as_messages(self) -> list[dict[str, str]]:
+    def as_messages(self) -> list[dict[str, Any]]:
         if self.messages is not None:
             return [dict(m) for m in self.messages]
         return [{"role": "user", "content": self.prompt or ""}]
@@ -54,6 +54,7 @@ class Dataset:
     samples: list[Sample]
     counter: str  # which counter gave input_tokens
     exact: bool  # whether input_tokens are exact counts
+    images: dict[str, Any] | None = None  # what loadgen.workload.images attached (count, bytes, source)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -67,6 +68,7 @@ class Dataset:
             "input_tokens_exact": self.exact,
             "input_tokens_mean": float(ins.mean()),
             "output_tokens_mean": float(outs.mean()),
+            **({"images": self.images} if self.images else {}),
         }
 
 

@@ -30,6 +30,16 @@ def expected_queries(settings: Settings) -> int:
 
 
 def load_dataset(settings: Settings, counter: TokenCounter, rngs: dict[str, np.random.Generator]) -> Dataset:
+    """The run's prompts (see :func:`_prompts`), with ``images:`` attached when the settings ask."""
+    dataset = _prompts(settings, counter, rngs)
+    if settings.images is None:
+        return dataset
+    from loadgen.workload.images import with_images
+
+    return with_images(dataset, settings.images, settings.seed)
+
+
+def _prompts(settings: Settings, counter: TokenCounter, rngs: dict[str, np.random.Generator]) -> Dataset:
     """The run's prompts from whichever source the settings name (one at most; synthetic otherwise).
 
     ``replay`` → :func:`loadgen.workload.traces.replay_dataset`; ``dataset`` → the file; ``prefix`` →

@@ -6,6 +6,7 @@ Timing model (all times from the server's monotonic clock; ``b`` = sequences hol
                    chat:        Σ over messages (words of ``content`` + chat_template_tokens)
     step(b)      = itl_ms · (1 + itl_slope · (b − 1))                       decode step with b running
     first token  = a + ttft_ms + prefill_ms_per_token · (prompt_tokens − cached)  a = admission time
+                     + image_prefill_ms · images               (chat content parts of type image)
     token k+1    = token k + step(b at token k's due time)
     slot held    = from admission a to the due time of the last (max_tokens-th) token
 
@@ -135,12 +136,16 @@ class SimConfig:
     #: Keep the last ``keep_bodies`` generation request bodies and their headers (Authorization left
     #: out), served at ``GET /sim/bodies`` (0: none), so a test or a user can check what a client sent.
     keep_bodies: int = 0
+    #: Images in chat messages (``image_url`` / ``input_image`` content parts): each adds
+    #: ``image_prefill_ms`` to the first token's time and ``image_tokens`` to the prompt's tokens.
+    image_prefill_ms: float = 0.0
+    image_tokens: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("ttft_ms", "itl_ms", "itl_slope", "prefill_ms_per_token"):
+        for name in ("ttft_ms", "itl_ms", "itl_slope", "prefill_ms_per_token", "image_prefill_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SimConfig.{name}={getattr(self, name)} must be >= 0")
-        for name in ("reasoning_tokens", "keep_bodies"):
+        for name in ("reasoning_tokens", "keep_bodies", "image_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SimConfig.{name}={getattr(self, name)} must be >= 0")
         for name in ("max_seqs", "tokens_per_chunk", "max_model_len"):

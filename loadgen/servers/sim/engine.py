@@ -138,6 +138,7 @@ class Seq:
         "cached_tokens",
         "chunks",
         "done",
+        "extra_ns",
         "last_emit_ns",
         "max_tokens",
         "prompt_tokens",
@@ -148,8 +149,10 @@ class Seq:
     )
 
     def __init__(self, sink: Sink, arrival_ns: int, prompt_tokens: int, max_tokens: int, *,
-                 stall_after: int = -1, stall_ns: int = 0, cached_tokens: int = 0) -> None:
+                 stall_after: int = -1, stall_ns: int = 0, cached_tokens: int = 0, extra_ns: int = 0
+                 ) -> None:
         self.sink = sink
+        self.extra_ns = extra_ns  # prefill time beyond the per-token cost (images)
         self.cached_tokens = cached_tokens  # prompt tokens found in the prefix cache: no prefill
         self.arrival_ns = arrival_ns
         self.prompt_tokens = prompt_tokens
@@ -218,7 +221,8 @@ class Engine:
         if self.cfg.prefix_cache_blocks:
             self.prefix_queries_total += seq.prompt_tokens
             self.prefix_hits_total += seq.cached_tokens
-        due = at_ns + self._ttft_ns + round(self._prefill_ns * (seq.prompt_tokens - seq.cached_tokens))
+        due = (at_ns + self._ttft_ns + round(self._prefill_ns * (seq.prompt_tokens - seq.cached_tokens))
+               + seq.extra_ns)
         self._push(due + (seq.stall_ns if seq.stall_after == 0 else 0), seq)
 
     def _release(self, at_ns: int) -> None:

@@ -74,6 +74,15 @@ def _tool_called(body: dict[str, Any]) -> str | None:
     return str(fn.get("name") or "tool") if isinstance(fn, dict) else "tool"
 
 
+def images_in(body: dict[str, Any]) -> int:
+    """Image content parts in a chat or responses body (``image_url``, ``input_image``)."""
+    msgs = body.get("messages", body.get("input"))
+    if not isinstance(msgs, list):
+        return 0
+    return sum(1 for m in msgs if isinstance(m, dict) and isinstance(m.get("content"), list)
+               for p in m["content"] if isinstance(p, dict) and p.get("type") in ("image_url", "input_image"))
+
+
 def _words(text: Any) -> int:
     if isinstance(text, str):
         return len(text.split())
@@ -169,7 +178,8 @@ class SimApp(SimState):
             if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
                 return f"`{field}` must be a non-empty list of objects" + (
                     " or a string" if api == "responses" else "")
-            return sum(_message_words(m) + self.cfg.chat_template_tokens for m in msgs)
+            return (sum(_message_words(m) + self.cfg.chat_template_tokens for m in msgs)
+                    + self.cfg.image_tokens * images_in(body))
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
             prompt = prompt[0]
@@ -292,6 +302,8 @@ class SimApp(SimState):
                        max_tokens=max_tokens, fault=fault)
         if self.prefix is not None:
             start.cached = max(min(self.prefix.lookup(_prompt_words(body)), n_prompt - 1), 0)
+        if api != "completions" and self.cfg.image_prefill_ms:
+            start.extra_ns = round(self.cfg.image_prefill_ms * 1e6 * images_in(body))
         if kind == "slow_headers":
             assert fault is not None
             self.count_fault(kind, terminal=False)
@@ -327,6 +339,7 @@ class _Start:
         self.app, self.conn, self.api, self.stream, self.tool = app, conn, api, stream, tool
         self.options, self.n_prompt, self.max_tokens, self.fault = options, n_prompt, max_tokens, fault
         self.cached = -1  # prefix-cached prompt tokens (-1: no prefix cache)
+        self.extra_ns = 0  # image prefill
 
     def run(self, arrival: int | None) -> None:
         app, conn, fault = self.app, self.conn, self.fault
@@ -345,7 +358,7 @@ class _Start:
                                               tool=self.tool)
         sink.cached = self.cached
         seq = Seq(sink, arrival, self.n_prompt, self.max_tokens, stall_after=stall_after, stall_ns=stall_ns,
-                  cached_tokens=max(self.cached, 0))
+                  cached_tokens=max(self.cached, 0), extra_ns=self.extra_ns)
         conn.active = seq
         if self.stream:
             conn.start_stream()
