@@ -61,6 +61,7 @@ class RequestRecord:
     # the thinking tokens (usage.completion_tokens_details.reasoning_tokens, else counted from chunks).
     first_answer_ns: int | None = None
     reasoning_tokens: int | None = None
+    cls: str | None = None  # the traffic class of its prompt (loadgen.workload.mix); None: no mix
 
     @property
     def ok(self) -> bool:

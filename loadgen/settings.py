@@ -20,6 +20,7 @@ from loadgen.errors import ConfigError
 from loadgen.schedule.arrivals import MAX_QUERIES, MAX_SCHEDULE_S, RateProfile, schedule_problem
 from loadgen.specs import (
     ArrivalSpec,
+    ClassSpec,
     DatasetSpec,
     FrozenModel,
     ImageSpec,
@@ -130,6 +131,7 @@ class Settings(FrozenModel):
     arrival: ArrivalSpec | None = None  # server: gamma (bursty) gaps and rate ramps
     sessions: SessionSpec | None = None  # multi-turn chat sessions
     images: ImageSpec | None = None  # images in every chat prompt (loadgen.workload.images)
+    classes: list[ClassSpec] | None = None  # a traffic mix with per-class SLOs (loadgen.workload.mix)
     # --- objectives and MLPerf --------------------------------------------------------------------
     preset: str | None = None  # an MLPerf key from MLPERF_PRESETS; fills slo
     slo: Slo = Field(default_factory=Slo)
@@ -209,6 +211,19 @@ class Settings(FrozenModel):
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"{v!r} is not an http:// or https:// URL")
         return v.rstrip("/").removesuffix("/v1")
+
+    @model_validator(mode="after")
+    def _classes_make_their_prompts(self) -> Settings:
+        if self.classes is None:
+            return self
+        names = [c.name for c in self.classes]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"classes: give one or more classes with distinct names (got {names})")
+        other = [n for n in ("prompts_file", "dataset", "prefix", "replay", "sessions")
+                 if getattr(self, n) is not None]
+        if other:
+            raise ValueError(f"classes: make their own synthetic prompts; drop {' and '.join(other)}")
+        return self
 
     @model_validator(mode="after")
     def _images_need_chat(self) -> Settings:

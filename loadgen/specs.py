@@ -152,6 +152,24 @@ class PrefixSpec(FrozenModel):
         return coerce_length(v)
 
 
+class ClassSpec(FrozenModel):
+    """One class of a traffic mix (``classes:``): its ``share`` of the queries (shares are normalised),
+    its lengths (default: the scenario's), the model or LoRA adapter it names (default: the run's), and
+    its own SLO: p99 bounds on TTFT, TPOT and E2E that the run's verdict checks for this class alone."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,40}$")
+    share: float = Field(..., gt=0, allow_inf_nan=False)
+    input_len: LengthDist | None = None
+    output_len: LengthDist | None = None
+    model: str | None = None
+    slo: Slo = Field(default_factory=Slo)
+
+    @field_validator("input_len", "output_len", mode="before")
+    @classmethod
+    def _lengths(cls, v: Any) -> Any:
+        return coerce_length(v)
+
+
 class ImageSpec(FrozenModel):
     """Images in every chat prompt (``images:``): ``count`` synthetic PNGs of ``width`` × ``height``
     pixels, or the files of ``folder`` in name order (see :mod:`loadgen.workload.images`)."""

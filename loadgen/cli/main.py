@@ -321,6 +321,8 @@ def sim(
     keep_bodies: Annotated[int, typer.Option(help="keep the last N request bodies at GET /sim/bodies")] = 0,
     image_prefill_ms: Annotated[float, typer.Option(help="extra TTFT per image in a chat prompt (ms)")] = 0.0,
     image_tokens: Annotated[int, typer.Option(help="prompt tokens each image counts")] = 0,
+    lora: Annotated[list[str] | None, typer.Option(help="a LoRA adapter name served beside --model "
+                                                        "(repeatable)")] = None,
     seed: Annotated[int, typer.Option(help="seed of faults and generated words")] = 0,
     api_key_env: Annotated[str | None, typer.Option(help="require the key in this variable")] = None,
     fault: Annotated[list[str] | None, typer.Option(help="inject a fault, e.g. http_500:0.1")] = None,
@@ -347,7 +349,7 @@ def sim(
         cfg = SimConfig(
             model=model, **timing, tokens_per_chunk=tokens_per_chunk, seed=seed, api_key=key, faults=faults,
             reasoning_tokens=reasoning_tokens, keep_bodies=keep_bodies, image_prefill_ms=image_prefill_ms,
-            image_tokens=image_tokens,
+            image_tokens=image_tokens, lora_adapters=tuple(lora or ()),
         )
     except (ValueError, TypeError) as exc:
         _err(str(exc))

@@ -143,12 +143,14 @@ class Client:
         ``headers`` are added to this request's (a session-affinity header, say).
         """
         opts = self._opts
-        built = self._proto.body(sample, opts.model, opts.stream, opts.ignore_eos, opts.continuous_usage)
+        built = self._proto.body(sample, sample.model or opts.model, opts.stream, opts.ignore_eos,
+                                 opts.continuous_usage)
         body = orjson.dumps(merge_extra(built, opts.extra_body) if opts.extra_body else built)
         sent_headers = {**self._headers, **headers} if headers else self._headers
         generates = getattr(self._proto, "generates", True)
         rec.requested_output_tokens = sample.output_tokens if generates else None
         rec.input_tokens = sample.input_tokens
+        rec.cls = sample.cls
         first_sent = 0
         while True:
             state = self._proto.state(rec, self._proto.text, keep_text or self._tokenizer is not None,

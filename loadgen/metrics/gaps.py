@@ -133,7 +133,7 @@ _INT_FIELDS = ("index", "sample", "query", "scheduled_ns", "sent_ns", "end_ns", 
 # cached_tokens (prefix-cache hits, None when the server did not say): int32, -1 for None, to keep a row
 # at 4 bytes more rather than 8.
 _ROW = np.dtype([*((f, np.int64) for f in _INT_FIELDS), ("warmup", np.bool_), ("source", np.int8),
-                 ("error_class", np.int16), ("cached_tokens", np.int32)])
+                 ("error_class", np.int16), ("cached_tokens", np.int32), ("cls", np.int16)])
 
 
 class RecordTable:
@@ -176,7 +176,7 @@ class RecordTable:
                 rec.reasoning_tokens)
         self._blocks[-1][i] = (*(_NONE if v is None else v for v in ints), rec.warmup,
                                self._code(rec.tokens_source), self._code(rec.error_class),
-                               -1 if rec.cached_tokens is None else rec.cached_tokens)
+                               -1 if rec.cached_tokens is None else rec.cached_tokens, self._code(rec.cls))
         if rec.error is not None:
             self._errors[self._n] = rec.error[:200]
         self._n += 1
@@ -188,12 +188,12 @@ class RecordTable:
             for k, row in enumerate(rows):
                 values: dict[str, Any] = {f: (None if v == _NONE else v)
                                           for f, v in zip(_INT_FIELDS, row, strict=False)}
-                warmup, source, error_class, cached = row[len(_INT_FIELDS):]
+                warmup, source, error_class, cached, cls = row[len(_INT_FIELDS):]
                 yield RequestRecord(
                     **values, chunk_ns=_DROPPED, chunk_tokens=_DROPPED, warmup=bool(warmup),
                     cached_tokens=None if cached < 0 else cached,
                     tokens_source=names[source] or "chunks", error_class=names[error_class],
-                    error=self._errors.get(b * self.BLOCK + k),
+                    error=self._errors.get(b * self.BLOCK + k), cls=names[cls],
                 )
 
     def to_list(self) -> list[RequestRecord]:

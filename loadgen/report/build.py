@@ -166,6 +166,13 @@ def build_report(
     ml = evaluate(measured, mlperf_params(settings, sut), client_limited=limited,
                   stopped_early=stopped, interrupted=interrupted)
     results["retries_total"] = ml.retries_total
+    if settings.classes:
+        from loadgen.metrics.classes import class_results
+
+        results["classes"], missed = class_results(measured, settings.classes, results.get("duration_s"))
+        ml.reasons += missed
+        ml.valid = ml.valid and not missed
+        ml.checks["class_slos"] = not missed
     if settings.sessions is not None:  # sessions send their turns: --num-requests cannot add queries
         ml.reasons[:] = [_SESSIONS_MORE.sub(_sessions_more, r) for r in ml.reasons]
     data = {
@@ -287,6 +294,22 @@ def _latency_lines(r: dict[str, Any], embeddings: bool) -> list[str]:
     return lines
 
 
+def _class_lines(classes: dict[str, Any]) -> list[str]:
+    """One line per traffic class: share, tails, and its SLO."""
+    out = []
+    for name, c in classes.items():
+        tails = {k: _fmt((c.get(d) or {}).get(q), 1) for k, d, q in (
+            ("t50", "ttft_ms", "p50"), ("t99", "ttft_from_scheduled_ms", "p99"), ("o99", "tpot_ms", "p99"),
+            ("e99", "e2e_from_scheduled_ms", "p99"))}
+        slo = ", ".join(f"{k.removesuffix('_ms').upper()} p99 <= {v:g} ms" for k, v in c["slo"].items())
+        verdict = "" if c["slo_met"] is None else f"; SLO {'met' if c['slo_met'] else 'MISSED'} ({slo})"
+        share = "-" if c["share"] is None else f"{c['share']:.1%}"
+        out.append(f"class {name}: {share} of queries (asked {c['share_asked']:.0%}), "
+                   f"{c['requests_completed']} done, TTFT p50/p99 {tails['t50']}/{tails['t99']} ms, "
+                   f"TPOT p99 {tails['o99']} ms, E2E p99 {tails['e99']} ms{verdict}")
+    return out
+
+
 def render_console(data: dict[str, Any]) -> str:
     """The human summary printed at the end of a run and by ``loadgen report``."""
     s = data.get("settings", {})
@@ -324,6 +347,7 @@ def render_console(data: dict[str, Any]) -> str:
         lines.append(f"images: {images['per_request']} per request ({shape}), "
                      f"{_fmt(images['bytes_per_request_mean'] / 1024, 1)} KiB per request; their tokens "
                      "are in the server's prompt_tokens (requests.jsonl), not in input tok/s")
+    lines += _class_lines(r.get("classes") or {})
     goodput = r.get("goodput")
     if goodput:
         lines.append(

@@ -144,6 +144,8 @@ def render_summary(r: MlperfResult, extra_stats: Sequence[str] = ()) -> str:
         f"  All requests completed : {yes[r.checks.get('requests_ok', False)]}",
         f"  Client not the bottleneck : {yes[r.checks.get('client_not_limited', False)]}",
     ]
+    if "class_slos" in r.checks:  # a traffic mix: each class against its own SLO
+        lines.append(f"  Every class met its SLO : {yes[r.checks['class_slos']]}")
     if "sustained" in r.checks:
         lines.append(f"  Offered load sustained : {yes[r.checks['sustained']]}")
     for key, label in (("no_retries", "No request retried"), ("ran_to_completion", "Ran to completion")):

@@ -37,6 +37,8 @@ class Sample:
     output_tokens: int
     group: int | None = None
     arrival_ns: int | None = None
+    cls: str | None = None  # the traffic class (loadgen.workload.mix); None: no mix
+    model: str | None = None  # the model or LoRA adapter this prompt names; None: the run's
 
     def as_messages(self) -> list[dict[str, Any]]:
         if self.messages is not None:
@@ -55,6 +57,7 @@ class Dataset:
     counter: str  # which counter gave input_tokens
     exact: bool  # whether input_tokens are exact counts
     images: dict[str, Any] | None = None  # what loadgen.workload.images attached (count, bytes, source)
+    classes: dict[str, int] | None = None  # prompts per traffic class (loadgen.workload.mix)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -69,6 +72,7 @@ class Dataset:
             "input_tokens_mean": float(ins.mean()),
             "output_tokens_mean": float(outs.mean()),
             **({"images": self.images} if self.images else {}),
+            **({"classes": self.classes} if self.classes else {}),
         }
 
 

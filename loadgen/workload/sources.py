@@ -54,4 +54,8 @@ def _prompts(settings: Settings, counter: TokenCounter, rngs: dict[str, np.rando
         return shared_prefix(settings, settings.prefix, size, counter, rngs)
     if settings.prompts_file is not None:
         return from_jsonl(settings.prompts_file, settings, counter, rngs["lengths"])
+    if settings.classes is not None:
+        from loadgen.workload.mix import mixed
+
+        return mixed(settings, size, counter, rngs)
     return synthetic(settings, size, counter, rngs)

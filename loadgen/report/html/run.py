@@ -124,6 +124,7 @@ def _metrics_tables(report: dict[str, Any]) -> str:
         rate = cell(goodput.get("requests_per_s"))
         thr.append(("goodput (requests/s meeting every SLO)", f"{rate} ({pct} %)"))
     out += ["<h2>Throughput</h2>", table_html(["quantity", "value"], [[esc(k), v] for k, v in thr])]
+    out += _classes_table(r.get("classes") or {})
     errors = r.get("errors_by_class") or {}
     statuses = r.get("errors_by_status") or {}
     out.append("<h2>Errors</h2>")
@@ -143,6 +144,27 @@ def _metrics_tables(report: dict[str, Any]) -> str:
         ]))
         out.append(f"<p class='meta'>client CPU: {cell(client.get('cpu_cores'))} cores</p>")
     return "".join(out)
+
+
+def _classes_table(classes: dict[str, Any]) -> list[str]:
+    """A traffic mix: one row per class, with its share, tails and its own SLO's verdict."""
+    if not classes:
+        return []
+    rows = []
+    for name, c in classes.items():
+        def tail(key: str, q: str, c: dict[str, Any] = c) -> str:
+            return cell((c.get(key) or {}).get(q))
+        slo = ", ".join(f"{k.removesuffix('_ms').upper()} p99 ≤ {v:g} ms" for k, v in c["slo"].items())
+        met = {None: "–", True: "met", False: "MISSED"}[c["slo_met"]]
+        share = None if c["share"] is None else 100 * c["share"]
+        rows.append([esc(name), f"{cell(share, 1)} % (asked {cell(100 * c['share_asked'], 0)} %)",
+                     cell(c["requests_completed"]), tail("ttft_ms", "p50"),
+                     tail("ttft_from_scheduled_ms", "p99"), tail("tpot_ms", "p99"),
+                     tail("e2e_from_scheduled_ms", "p99"),
+                     esc(f"{met} ({slo})" if slo else met)])
+    return ["<h2>Traffic classes</h2>", table_html(
+        ["class", "share", "completed", "TTFT p50", "TTFT p99 (sched.)", "TPOT p99", "E2E p99 (sched.)",
+         "SLO"], rows)]
 
 
 # ---- server metrics and GPU ------------------------------------------------------------------------

@@ -140,6 +140,8 @@ class SimConfig:
     #: ``image_prefill_ms`` to the first token's time and ``image_tokens`` to the prompt's tokens.
     image_prefill_ms: float = 0.0
     image_tokens: int = 0
+    #: LoRA adapter names served beside ``model`` (timed as the base model), as ``vllm serve --lora-modules``
+    lora_adapters: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("ttft_ms", "itl_ms", "itl_slope", "prefill_ms_per_token", "image_prefill_ms"):
@@ -159,6 +161,7 @@ class SimConfig:
         if self.prefix_cache_blocks < 0 or self.prefix_block_tokens < 1:
             raise ValueError("SimConfig.prefix_cache_blocks must be >= 0 and prefix_block_tokens >= 1")
         object.__setattr__(self, "faults", tuple(self.faults))
+        object.__setattr__(self, "lora_adapters", tuple(self.lora_adapters))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (faults as dicts)."""

@@ -123,10 +123,12 @@ class SimApp(SimState):
         elif path == "/metrics":
             conn.send(200, render_metrics(self), "text/plain; version=0.0.4; charset=utf-8")
         elif path == "/v1/models":
+            # LoRA adapters are listed after the base model, their parent, as vLLM lists them
             conn.send_json(200, {"object": "list", "data": [{
-                "id": self.cfg.model, "object": "model", "created": self.created, "owned_by": "loadgen-sim",
-                "root": self.cfg.model, "parent": None, "max_model_len": self.cfg.max_model_len,
-                "permission": []}]})
+                "id": name, "object": "model", "created": self.created, "owned_by": "loadgen-sim",
+                "root": name, "parent": None if name == self.cfg.model else self.cfg.model,
+                "max_model_len": self.cfg.max_model_len, "permission": []}
+                for name in (self.cfg.model, *self.cfg.lora_adapters)]})
         elif path == "/version":
             conn.send_json(200, {"version": "loadgen-sim-0.1"})
         elif path == "/tokenize" and req.method == "POST":
@@ -156,7 +158,7 @@ class SimApp(SimState):
             conn.send_json(400, _err(400, "The request body must be a JSON object", "BadRequestError"))
             return None
         model = body.get("model") or self.cfg.model
-        if model != self.cfg.model:
+        if model != self.cfg.model and model not in self.cfg.lora_adapters:
             self.count("rejected")
             conn.send_json(404, _err(404, f"The model `{model}` does not exist.", "NotFoundError"))
             return None

@@ -1,0 +1,100 @@
+"""Traffic mixes against the simulator over real sockets. The simulator's TTFT is T + P·input tokens
+with no queueing (256 slots, 4 users), so each class's TTFT is known beforehand: interactive (32 in)
+T + 32·P = 21.6 ms, batch (1000 in) T + 1000·P = 70 ms. Shares are binomial around what was asked."""
+
+from __future__ import annotations
+
+import json
+import math
+import urllib.request
+
+import pytest
+import yaml
+
+from loadgen.servers.sim import SimConfig, SimProcess
+from tests.conftest import load_report, run_cli
+
+T, P, N = 20.0, 0.05, 400
+SHARE_BATCH = 0.2
+
+
+@pytest.fixture(scope="module")
+def mix_sim():
+    with SimProcess(SimConfig(ttft_ms=T, prefill_ms_per_token=P, itl_ms=2.0, keep_bodies=N,
+                              lora_adapters=("adapter-a", "adapter-b"))) as proc:
+        yield proc
+
+
+def _scenario(path, interactive_slo, batch_slo):
+    path.write_text(yaml.safe_dump({
+        "scenario": "concurrency", "concurrency": 4, "num_requests": N, "duration_s": 0, "seed": 5,
+        "endpoint": "chat",
+        "classes": [
+            {"name": "interactive", "share": 1 - SHARE_BATCH, "input_len": 32, "output_len": 8,
+             "model": "adapter-a", "slo": interactive_slo},
+            {"name": "batch", "share": SHARE_BATCH, "input_len": 1000, "output_len": 8, "model": "adapter-b",
+             "slo": batch_slo},
+        ]}))
+    return path
+
+
+def _run(sim, tmp_path, interactive_slo, batch_slo):
+    scen = _scenario(tmp_path / "mix.yaml", interactive_slo, batch_slo)
+    res = run_cli("run", str(scen), "--url", sim.url, "--out", str(tmp_path / "run"), "--quiet")
+    assert res.code == 0, res.output
+    return res, load_report(tmp_path / "run")
+
+
+def test_each_class_gets_its_share_its_model_and_its_own_latency(mix_sim, tmp_path):
+    res, report = _run(mix_sim, tmp_path, {"ttft_ms": 30}, {"ttft_ms": 100})
+    classes = report["results"]["classes"]
+    n_batch = classes["batch"]["requests_completed"]
+    assert n_batch + classes["interactive"]["requests_completed"] == N
+    sigma = math.sqrt(N * SHARE_BATCH * (1 - SHARE_BATCH))
+    assert abs(n_batch - N * SHARE_BATCH) <= 3 * sigma, n_batch
+    assert classes["batch"]["share"] == pytest.approx(n_batch / N)
+    assert classes["interactive"]["ttft_ms"]["p50"] == pytest.approx(T + 32 * P, abs=1.0)
+    assert classes["batch"]["ttft_ms"]["p50"] == pytest.approx(T + 1000 * P, abs=1.0)
+    assert classes["batch"]["ttft_ms"]["p99"] == pytest.approx(T + 1000 * P, abs=2.0)
+    assert classes["interactive"]["slo_met"] is True and classes["batch"]["slo_met"] is True
+    # every request names its class in requests.jsonl, and its class's model reached the server
+    rows = [json.loads(x) for x in (tmp_path / "run" / "requests.jsonl").read_text().splitlines()]
+    assert sorted({r["cls"] for r in rows}) == ["batch", "interactive"]
+    assert sum(r["cls"] == "batch" for r in rows) == n_batch
+    with urllib.request.urlopen(mix_sim.url + "/sim/bodies", timeout=10) as resp:
+        bodies = json.load(resp)["bodies"][-N:]
+    assert sum(b["model"] == "adapter-b" for b in bodies) == n_batch
+    assert sum(b["model"] == "adapter-a" for b in bodies) == N - n_batch
+    assert "class batch:" in res.stdout and "SLO met (TTFT p99 <= 100 ms)" in res.stdout
+    assert not any(x.startswith("class ") for x in report["validity"]["reasons"])
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "Traffic classes" in html and "<td class='l'>batch</td>" in html
+
+
+@pytest.mark.parametrize(("interactive_slo", "batch_slo", "binds"), [
+    ({"ttft_ms": 30}, {"ttft_ms": 50}, "batch"),  # batch's 70 ms TTFT misses 50 ms
+    ({"ttft_ms": 10}, {"ttft_ms": 100}, "interactive"),  # interactive's 21.6 ms misses 10 ms
+])
+def test_the_class_whose_slo_binds_makes_the_run_invalid_and_is_named(mix_sim, tmp_path, interactive_slo,
+                                                                       batch_slo, binds):
+    _, report = _run(mix_sim, tmp_path, interactive_slo, batch_slo)
+    other = {"batch": "interactive", "interactive": "batch"}[binds]
+    reasons = report["validity"]["reasons"]
+    assert any(r.startswith(f"class {binds}: TTFT p99") for r in reasons), reasons
+    assert not any(r.startswith(f"class {other}:") for r in reasons), reasons
+    assert report["validity"]["valid"] is False
+    c = report["results"]["classes"]
+    assert c[binds]["slo_met"] is False and c[other]["slo_met"] is True
+    summary = (tmp_path / "run" / "summary.txt").read_text()
+    assert "Every class met its SLO : NO" in summary
+
+
+def test_bad_mixes_exit_2_naming_the_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"scenario": "concurrency", "classes": [
+        {"name": "a", "share": 1}, {"name": "a", "share": 2}]}))
+    res = run_cli("run", str(bad), "--out", str(tmp_path / "r"), "--quiet")
+    assert res.code == 2 and "distinct names" in res.stderr, res.output
+    bad.write_text(yaml.safe_dump({"scenario": "concurrency", "classes": [{"name": "a", "share": 0}]}))
+    res = run_cli("run", str(bad), "--out", str(tmp_path / "r"), "--quiet")
+    assert res.code == 2 and "classes.0.share" in res.stderr, res.output
