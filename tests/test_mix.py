@@ -98,3 +98,41 @@ def test_bad_mixes_exit_2_naming_the_field(tmp_path):
     bad.write_text(yaml.safe_dump({"scenario": "concurrency", "classes": [{"name": "a", "share": 0}]}))
     res = run_cli("run", str(bad), "--out", str(tmp_path / "r"), "--quiet")
     assert res.code == 2 and "classes.0.share" in res.stderr, res.output
+
+
+@pytest.fixture(scope="module")
+def queueing_sim():
+    """8 slots: a mean request holds one ~45 ms, so waits grow with load well below ~176 req/s."""
+    with SimProcess(SimConfig(ttft_ms=T, prefill_ms_per_token=P, itl_ms=2.0, max_seqs=8)) as proc:
+        yield proc
+
+
+@pytest.mark.parametrize(("binds", "interactive_ttft", "batch_ttft"), [
+    ("interactive", 25.0, 1000.0),  # 3.4 ms of slack over its unqueued 21.6 ms; batch has ~930 ms
+    ("batch", 1000.0, 75.0),  # 5 ms of slack over its unqueued 70 ms
+])
+def test_find_peak_over_a_mix_stops_where_the_binding_class_misses(queueing_sim, tmp_path, binds,
+                                                                   interactive_ttft, batch_ttft):
+    scen = tmp_path / "mix.yaml"
+    scen.write_text(yaml.safe_dump({
+        "scenario": "server", "qps": 60, "duration_s": 0, "seed": 9,
+        "classes": [
+            {"name": "interactive", "share": 0.8, "input_len": 32, "output_len": 8,
+             "slo": {"ttft_ms": interactive_ttft}},
+            {"name": "batch", "share": 0.2, "input_len": 1000, "output_len": 8,
+             "slo": {"ttft_ms": batch_ttft}},
+        ]}))
+    res = run_cli("find-peak", str(scen), "--url", queueing_sim.url, "--start-qps", "60", "--precision",
+                  "20", "--repeats", "0", "--max-runs", "5", "--out", str(tmp_path / "peak"), "--quiet",
+                  timeout=400)
+    assert res.code == 0, res.output
+    peak = json.loads((tmp_path / "peak" / "peak.json").read_text())
+    failed = [r for r in peak["runs"] if not r["valid"]]
+    assert peak["peak_qps"] is not None and failed, peak["runs"]
+    other = {"batch": "interactive", "interactive": "batch"}[binds]
+    for run in failed:  # every run above the peak failed on the binding class's SLO, never the other's
+        named = [x for x in run["reasons"] if x.startswith("class ")]
+        assert any(x.startswith(f"class {binds}: TTFT p99") for x in named), run
+        assert not any(x.startswith(f"class {other}:") for x in named), run
+    assert all(r["valid"] for r in peak["runs"] if r["qps"] <= peak["peak_qps"])
+    assert f"class {binds}: TTFT p99 <= " in res.stdout

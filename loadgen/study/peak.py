@@ -134,10 +134,11 @@ class _Search:
 def peak_settings(base: Settings, min_queries: int = PEAK_MIN_QUERIES) -> Settings:
     """``base`` as a Server run with enough queries to be VALID at p99; ConfigError without a bound."""
     slo = base.effective_slo
-    if slo.ttft_ms is None and slo.tpot_ms is None:
+    class_bound = any(c.slo.ttft_ms or c.slo.tpot_ms or c.slo.e2e_ms for c in base.classes or ())
+    if slo.ttft_ms is None and slo.tpot_ms is None and not class_bound:
         raise ConfigError(
             "find-peak needs a latency bound to search against: give --ttft-ms and/or --tpot-ms, or "
-            "--preset (e.g. llama3_1-8b)"
+            "--preset (e.g. llama3_1-8b), or classes: with their own slo:"
         )
     if min_queries < MLPERF_MIN_QUERIES:
         raise ConfigError(
@@ -186,7 +187,9 @@ def find_peak(
     data: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "kind": "peak", "peak_qps": None, "bracket": [None, None],
         "runs": search.runs, "boundary_repeats": None, "preset": base.preset,
-        "slo": {"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms},
+        "slo": {"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms,
+                **({"classes": {c.name: {k: v for k, v in c.slo.model_dump().items() if v is not None}
+                                for c in settings.classes}} if settings.classes else {})},
         "method": {
             "start_qps": q0, "step": step, "precision": precision, "repeats": repeats,
             "max_runs": max_runs, "queries_per_run": settings.num_requests,
@@ -316,8 +319,13 @@ def render_table(data: dict[str, Any]) -> str:
                      f"  {reason[:60]}")
     slo = data["slo"]
     lo, hi = data["bracket"]
-    lines.append(f"bounds: TTFT p99 <= {slo['ttft_ms']} ms, TPOT p99 <= {slo['tpot_ms']} ms"
-                 + (f" (preset {data['preset']})" if data.get("preset") else ""))
+    bounds = [f"{k.removesuffix('_ms').upper()} p99 <= {slo[k]:g} ms" for k in ("ttft_ms", "tpot_ms")
+              if slo.get(k) is not None]
+    bounds += [f"class {name}: " + ", ".join(f"{k.removesuffix('_ms').upper()} p99 <= {v:g} ms"
+                                             for k, v in b.items())
+               for name, b in (slo.get("classes") or {}).items()]
+    preset = f" (preset {data['preset']})" if data.get("preset") else ""
+    lines.append("bounds: " + "; ".join(bounds) + preset)
     if lo is None:
         lines.append("peak: none (no VALID run)")
     else:
