@@ -60,6 +60,13 @@ class Slo(FrozenModel):
     ttfa_ms: float | None = Field(None, gt=0)
 
 
+def bounds_text(bounds: dict[str, Any], le: str = "<=") -> str:
+    """``{"ttft_ms": 30, "e2e_ms": 3000}`` → ``TTFT p99 <= 30 ms, E2E p99 <= 3000 ms`` (p99 bounds, as
+    the verdict, the tiers and the classes judge them); numbers only."""
+    return ", ".join(f"{k.removesuffix('_ms').upper()} p99 {le} {v:g} ms" for k, v in bounds.items()
+                     if isinstance(v, int | float) and not isinstance(v, bool))
+
+
 class ServerLaunch(FrozenModel):
     """A server loadgen starts for the run (``server:`` in a scenario file, ``--launch`` on the CLI).
 

@@ -4,7 +4,6 @@ turn) and generated agent loops (tool results of a known size, salted first mess
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import urllib.request
@@ -196,7 +195,7 @@ def test_a_sweep_over_sessions_users_finds_the_most_sessions_each_slo_tier_allow
     assert [p["row"]["concurrency"] for p in data["points"]] == [1, 2, 4, 8]
     got = {t["name"]: t["max"] for t in data["tiers"]}
     assert got == {"fast": 2, "medium": 4, "loose": 8}, [p["row"]["ttft_p99_ms"] for p in data["points"]]
-    assert "tier fast (ttft p99 <= 30 ms): up to sessions.users=2 (point 1)" in res.stdout
+    assert "tier fast (TTFT p99 <= 30 ms): up to sessions.users=2 (point 1)" in res.stdout
 
 
 def test_a_tier_capacity_ends_at_the_first_point_that_misses_it():
@@ -239,12 +238,11 @@ def test_ctrl_c_to_the_process_group_ends_a_session_run_with_a_partial_report(tm
     measured (no report). Now the first Ctrl-C ends every session before its next turn and the
     report keeps every turn measured; exit 130 and nothing of the group left."""
     import os
-    import signal
     import subprocess
     import sys
 
     from tests.conftest import ROOT
-    from tests.test_interrupts import finish, group_left, lines_of, wait_measuring
+    from tests.test_interrupts import ctrl_c_group, group_left, lines_of
 
     scenario = write_scenario(tmp_path / "s.yaml", scenario="concurrency", endpoint="chat", num_requests=1,
                               duration_s=0, output_len=32, sessions=sessions)
@@ -253,13 +251,7 @@ def test_ctrl_c_to_the_process_group_ends_a_session_run_with_a_partial_report(tm
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
-    try:
-        wait_measuring(proc, out, seconds=2.0)
-        os.killpg(proc.pid, signal.SIGINT)
-        rc, output = finish(proc)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+    rc, output = ctrl_c_group(proc, out, seconds=2.0)
     assert rc == 130, output
     assert "SIGINT: stopped issuing; waiting for the requests in flight to finish" in output
     report = load_report(out)

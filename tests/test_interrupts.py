@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -153,6 +153,21 @@ def start_group(out: Path, *args: str) -> subprocess.Popen[str]:
                             start_new_session=True)
 
 
+def ctrl_c_group(proc: subprocess.Popen[str], out: Path, seconds: float = 3.0,
+                 before: Callable[[], None] | None = None) -> tuple[int, str]:
+    """A terminal's Ctrl-C: once ``proc`` measures, SIGINT to its whole process group, then its exit code
+    and output; whatever is left of the group is killed on the way out."""
+    try:
+        wait_measuring(proc, out, seconds=seconds)
+        if before is not None:
+            before()
+        os.killpg(proc.pid, signal.SIGINT)
+        return finish(proc)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def proc_stat(pid: int) -> tuple[str, int, int, int] | None:
     """(state, ppid, pgid, session) of ``pid``, or None when there is no such process."""
     try:
@@ -224,15 +239,15 @@ def check_drained(out: Path, report: dict, output_len: int) -> None:
 def test_ctrl_c_to_the_process_group_drains_against_the_built_in_simulator(tmp_path, workers):
     out = tmp_path / "run"
     proc = start_group(out, "--output-len", "40", "--workers", workers)
-    try:
-        wait_measuring(proc, out)
+    seen: list[int] = []
+
+    def before() -> None:
         sim = simulator_of(proc.pid)
         assert proc_stat(sim)[3] == sim  # the simulator leads its own session: out of the terminal's reach
-        os.killpg(proc.pid, signal.SIGINT)
-        rc, output = finish(proc)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        seen.append(sim)
+
+    rc, output = ctrl_c_group(proc, out, before=before)
+    sim = seen[0]
     assert rc == 130, output
     assert "SIGINT: stopped issuing; waiting for the requests in flight to finish (at most 30 s)" in output
     check_drained(out, load_report(out), 40)

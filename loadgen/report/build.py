@@ -24,6 +24,7 @@ from loadgen.report.fleet import fleet_console_lines, fleet_summary_lines
 from loadgen.report.schema import SCHEMA_VERSION, Validity
 from loadgen.report.summary import render_summary
 from loadgen.settings import Scenario, Settings
+from loadgen.specs import bounds_text
 
 if TYPE_CHECKING:
     from loadgen.metrics.health import ClientHealth
@@ -301,7 +302,7 @@ def _class_lines(classes: dict[str, Any]) -> list[str]:
         tails = {k: _fmt((c.get(d) or {}).get(q), 1) for k, d, q in (
             ("t50", "ttft_ms", "p50"), ("t99", "ttft_from_scheduled_ms", "p99"), ("o99", "tpot_ms", "p99"),
             ("e99", "e2e_from_scheduled_ms", "p99"))}
-        slo = ", ".join(f"{k.removesuffix('_ms').upper()} p99 <= {v:g} ms" for k, v in c["slo"].items())
+        slo = bounds_text(c["slo"])
         verdict = "" if c["slo_met"] is None else f"; SLO {'met' if c['slo_met'] else 'MISSED'} ({slo})"
         share = "-" if c["share"] is None else f"{c['share']:.1%}"
         out.append(f"class {name}: {share} of queries (asked {c['share_asked']:.0%}), "

@@ -36,6 +36,7 @@ from typing import Any
 from loadgen.errors import ConfigError
 from loadgen.report.files import write_json
 from loadgen.settings import Scenario, Settings, build_settings
+from loadgen.specs import bounds_text
 from loadgen.study.params import point_seed
 from loadgen.study.rows import joules_per_output_token
 from loadgen.study.sweep import RunPoint
@@ -319,13 +320,10 @@ def render_table(data: dict[str, Any]) -> str:
                      f"  {reason[:60]}")
     slo = data["slo"]
     lo, hi = data["bracket"]
-    bounds = [f"{k.removesuffix('_ms').upper()} p99 <= {slo[k]:g} ms" for k in ("ttft_ms", "tpot_ms")
-              if slo.get(k) is not None]
-    bounds += [f"class {name}: " + ", ".join(f"{k.removesuffix('_ms').upper()} p99 <= {v:g} ms"
-                                             for k, v in b.items())
-               for name, b in (slo.get("classes") or {}).items()]
+    bounds = [bounds_text({k: slo[k] for k in ("ttft_ms", "tpot_ms") if slo.get(k) is not None})]
+    bounds += [f"class {name}: {bounds_text(b)}" for name, b in (slo.get("classes") or {}).items()]
     preset = f" (preset {data['preset']})" if data.get("preset") else ""
-    lines.append("bounds: " + "; ".join(bounds) + preset)
+    lines.append("bounds: " + "; ".join(b for b in bounds if b) + preset)
     if lo is None:
         lines.append("peak: none (no VALID run)")
     else:

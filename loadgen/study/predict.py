@@ -30,6 +30,7 @@ import numpy as np
 
 from loadgen.errors import ConfigError
 from loadgen.settings import Scenario, Settings
+from loadgen.specs import bounds_text
 from loadgen.study.servemodel import Replayed, ServingModel, percentile, replay
 from loadgen.study.tiers import Tier, meets
 from loadgen.workload.samples import draw_lengths
@@ -228,7 +229,7 @@ def render(prediction: dict[str, Any], confirmation: dict[str, Any] | None = Non
     lines.append(f"capacity (every slot busy): {'not identified' if cap is None else f'{cap:,.2f} req/s'}"
                  f" — {prediction['capacity_assumption']}")
     for t in prediction["tiers"]:
-        bounds = ", ".join(f"{k.removesuffix('_ms')} p99 <= {v:g} ms" for k, v in t["bounds"].items())
+        bounds = bounds_text(t["bounds"])
         got = f"up to {t['parameter']}={t['max']}" if t["max"] else "not met at any load"
         if t.get("limit"):
             got += f" (the {t['limit']})" if t["parameter"] == "qps" else f" ({t['limit']})"

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from loadgen.errors import ConfigError
+from loadgen.specs import bounds_text
 
 #: Tier bound key -> the sweep row field holding that p99.
 TIER_FIELDS = {"ttft_ms": "ttft_p99_ms", "tpot_ms": "tpot_p99_ms", "e2e_ms": "e2e_p99_ms",
@@ -88,7 +89,7 @@ def tier_lines(tiers: Sequence[dict[str, Any]]) -> list[str]:
     """One console line per tier."""
     lines = []
     for t in tiers:
-        bounds = ", ".join(f"{k.removesuffix('_ms')} p99 <= {v:g} ms" for k, v in t["bounds"].items())
+        bounds = bounds_text(t["bounds"])
         got = (f"up to {t['parameter']}={t['max']:g} (point {t['point']})" if t["max"] is not None
                else "not met even at the lightest point")
         lines.append(f"tier {t['name']} ({bounds}): {got}")

@@ -16,6 +16,7 @@ from loadgen.report.fleet import fleet_html
 from loadgen.report.html.figures import RunData, run_figures
 from loadgen.report.html.page import cell, esc, figure_html, page_html, table_html
 from loadgen.report.html.svgplot import Axis, Chart, Series
+from loadgen.specs import bounds_text
 
 __all__ = ["MAX_PLOTTED_REQUESTS", "RUN_OPTIONAL_FIGURES", "render_run_html", "write_run_html"]
 
@@ -154,7 +155,7 @@ def _classes_table(classes: dict[str, Any]) -> list[str]:
     for name, c in classes.items():
         def tail(key: str, q: str, c: dict[str, Any] = c) -> str:
             return cell((c.get(key) or {}).get(q))
-        slo = ", ".join(f"{k.removesuffix('_ms').upper()} p99 ≤ {v:g} ms" for k, v in c["slo"].items())
+        slo = bounds_text(c["slo"], "≤")
         met = {None: "–", True: "met", False: "MISSED"}[c["slo_met"]]
         share = None if c["share"] is None else 100 * c["share"]
         rows.append([esc(name), f"{cell(share, 1)} % (asked {cell(100 * c['share_asked'], 0)} %)",

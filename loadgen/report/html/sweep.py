@@ -11,6 +11,7 @@ from typing import Any, Literal
 from loadgen.report.files import load_json, write_text
 from loadgen.report.html.page import cell, esc, figure_html, is_num, log_if_wide, page_html, table_html
 from loadgen.report.html.svgplot import PALETTE, Axis, Chart, RefLine, Series
+from loadgen.specs import bounds_text
 
 __all__ = ["SWEEP_FIGURES", "pareto_frontier", "render_sweep_html", "write_sweep_html"]
 
@@ -286,9 +287,7 @@ def render_sweep_html(sweep: dict[str, Any], reports: dict[int, dict[str, Any]])
     model = server.get("model") or settings.get("model") or "?"
     url = server.get("url") or settings.get("url") or "?"
     params = ", ".join(d.params) or "–"
-    slo_text = ", ".join(
-        f"{k.removesuffix('_ms').upper()} p99 ≤ {v:g} ms" for k, v in slo.items() if is_num(v)
-    )
+    slo_text = bounds_text(slo, "≤")
     head = [
         f"<header><h1>loadgen sweep: {esc(sweep.get('scenario', '?'))} scenario, swept over "
         f"{esc(params)}</h1>",

@@ -180,8 +180,8 @@ class SimApp(SimState):
             if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
                 return f"`{field}` must be a non-empty list of objects" + (
                     " or a string" if api == "responses" else "")
-            return (sum(_message_words(m) + self.cfg.chat_template_tokens for m in msgs)
-                    + self.cfg.image_tokens * images_in(body))
+            words = sum(_message_words(m) + self.cfg.chat_template_tokens for m in msgs)
+            return words + self.cfg.image_tokens * images_in(body) if self.cfg.image_tokens else words
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
             prompt = prompt[0]
