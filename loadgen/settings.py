@@ -25,6 +25,7 @@ from loadgen.specs import (
     FrozenModel,
     ImageSpec,
     LengthDist,
+    PoolingSpec,
     PrefixSpec,
     ReplaySpec,
     ServerLaunch,
@@ -86,6 +87,9 @@ RESERVED_FIELDS = frozenset({"model", "prompt", "messages", "input", "stream"})
 LENGTH_FIELDS = frozenset({"max_tokens", "max_completion_tokens", "max_output_tokens"})
 
 
+POOLING_ENDPOINTS = ("embeddings", "rerank", "score")
+
+
 class Settings(FrozenModel):
     """Everything one run needs. Times in seconds unless the name says otherwise."""
 
@@ -95,7 +99,7 @@ class Settings(FrozenModel):
     url: str | None = None  # None: start the built-in simulated server for the run
     model: str | None = None  # None: the first model the endpoint lists
     api_key_env: str | None = None  # name of the environment variable holding the API key
-    endpoint: Literal["completions", "chat", "responses", "embeddings"] = "completions"
+    endpoint: Literal["completions", "chat", "responses", "embeddings", "rerank", "score"] = "completions"
     # fields laid over every request body (sampling, response_format, chat_template_kwargs, tools ...);
     # null drops a default field (see loadgen.client.protocol.merge_extra)
     extra_body: dict[str, Any] = Field(default_factory=dict)
@@ -131,6 +135,7 @@ class Settings(FrozenModel):
     arrival: ArrivalSpec | None = None  # server: gamma (bursty) gaps and rate ramps
     sessions: SessionSpec | None = None  # multi-turn chat sessions
     images: ImageSpec | None = None  # images in every chat prompt (loadgen.workload.images)
+    pooling: PoolingSpec | None = None  # texts per embeddings/rerank/score request (workload.pooling)
     classes: list[ClassSpec] | None = None  # a traffic mix with per-class SLOs (loadgen.workload.mix)
     # --- objectives and MLPerf --------------------------------------------------------------------
     preset: str | None = None  # an MLPerf key from MLPERF_PRESETS; fills slo
@@ -223,6 +228,22 @@ class Settings(FrozenModel):
                  if getattr(self, n) is not None]
         if other:
             raise ValueError(f"classes: make their own synthetic prompts; drop {' and '.join(other)}")
+        return self
+
+    @property
+    def pools(self) -> bool:
+        """A pooling endpoint (embeddings, rerank, score): nothing is generated, so no TTFT."""
+        return self.endpoint in POOLING_ENDPOINTS
+
+    @model_validator(mode="after")
+    def _pooling_needs_a_pooling_endpoint(self) -> Settings:
+        if self.pooling is not None and not self.pools:
+            raise ValueError(f"pooling: sets the texts of embeddings, rerank or score requests; endpoint "
+                             f"{self.endpoint} generates (use --endpoint embeddings, rerank or score)")
+        if self.pools and self.pooling is not None and self.pooling.document_len is not None \
+                and self.endpoint == "embeddings":
+            raise ValueError("pooling.document_len: only rerank and score have documents; drop it for "
+                             "embeddings, whose inputs are input_len long (--input-len)")
         return self
 
     @model_validator(mode="after")

@@ -187,6 +187,23 @@ class ImageSpec(FrozenModel):
     folder: Path | None = None
 
 
+class PoolingSpec(FrozenModel):
+    """What one pooling request carries (``pooling:``; see :mod:`loadgen.workload.pooling`).
+
+    ``inputs``: texts per request: an embeddings request's inputs (the prompt and ``inputs - 1`` more of
+    ``input_len``), or the documents a rerank or score request pairs with its query (the prompt).
+    ``document_len``: tokens per rerank/score document (default: ``input_len``).
+    """
+
+    inputs: int = Field(1, ge=1, le=4096)
+    document_len: LengthDist | None = None
+
+    @field_validator("document_len", mode="before")
+    @classmethod
+    def _length(cls, v: Any) -> Any:
+        return None if v is None else coerce_length(v)
+
+
 class RampSpec(FrozenModel):
     """The rate rises from ``start_qps`` to the run's ``qps`` over ``duration_s`` — linearly, or in
     ``steps`` equal steps — and stays at ``qps`` afterwards."""

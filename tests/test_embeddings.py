@@ -65,7 +65,8 @@ def test_the_simulator_rejects_a_bad_embeddings_input_and_loadgen_records_it(tmp
 @pytest.mark.vllm
 def test_embeddings_on_vllm_cpu_with_a_pooling_tiny_model(tmp_path):
     """The tiny model with dummy weights served as an embedding model (--runner pooling --convert
-    embed): every request answered, vLLM's usage counting the prompt exactly."""
+    embed): every request answered, vLLM's usage counting the prompt exactly, also four inputs per
+    request (``--inputs-per-request``)."""
     require_vllm()
     spec = tiny_vllm_spec(write_tiny_model(tmp_path / "model"),
                           args=(*VLLM_ARGS, "--runner", "pooling", "--convert", "embed"))
@@ -73,7 +74,15 @@ def test_embeddings_on_vllm_cpu_with_a_pooling_tiny_model(tmp_path):
         res = run_cli("run", "concurrency", "--url", vllm.base_url, "--endpoint", "embeddings",
                       "--concurrency", "4", "--num-requests", "40", "--duration", "0", "--input-len", "64",
                       "--out", str(tmp_path / "run"), timeout=300)
+        batched = run_cli("run", "concurrency", "--url", vllm.base_url, "--endpoint", "embeddings",
+                          "--concurrency", "4", "--num-requests", "20", "--duration", "0", "--input-len",
+                          "32", "--inputs-per-request", "4", "--out", str(tmp_path / "batched"), timeout=300)
     assert res.code == 0, res.output
+    assert batched.code == 0, batched.output
+    b = load_report(tmp_path / "batched")["results"]
+    assert b["requests_completed"] == 20 and b["requests_failed"] == 0 and b["inputs_per_request"] == 4
+    lines = (tmp_path / "batched" / "requests.jsonl").read_text().splitlines()
+    assert all(json.loads(x)["prompt_tokens"] == 4 * 32 for x in lines)  # vLLM counted all four inputs
     r = load_report(tmp_path / "run")["results"]
     assert r["requests_completed"] == 40 and r["requests_failed"] == 0
     recs = [json.loads(x) for x in (tmp_path / "run" / "requests.jsonl").read_text().splitlines()]

@@ -86,11 +86,12 @@ def vllm_endpoint(value: str | None) -> str | None:
         return value
     path = value.rstrip("/").removeprefix("/v1")
     known = {"/completions": "completions", "/chat/completions": "chat", "/responses": "responses",
-             "/embeddings": "embeddings"}
+             "/embeddings": "embeddings", "/rerank": "rerank", "/score": "score"}
     if path not in known:
         raise ConfigError(
-            f"--endpoint {value}: loadgen sends to /v1/completions, /v1/chat/completions, /v1/responses "
-            "or /v1/embeddings; give --endpoint completions, chat, responses or embeddings."
+            f"--endpoint {value}: loadgen sends to /v1/completions, /v1/chat/completions, /v1/responses, "
+            "/v1/embeddings, /v1/rerank or /v1/score; give --endpoint completions, chat, responses, "
+            "embeddings, rerank or score."
         )
     return known[path]
 

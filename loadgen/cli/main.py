@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import getpass
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import orjson
 import typer
 
+from loadgen.cli import options
 from loadgen.cli.aliases import pick, rate_overrides, unsupported_vllm_flag, vllm_endpoint
 from loadgen.cli.model import register as register_model
 from loadgen.cli.study import register as register_analysis
@@ -44,54 +43,6 @@ def _err(message: str) -> None:
 
 def _info(message: str) -> None:
     typer.echo(f"loadgen: {message}", err=True)
-
-
-def _parse_json_object(flag: str, text: str | None) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"{flag} {text!r} is not valid JSON ({exc}); give an object, e.g. "
-                          f"{flag} '{{\"temperature\": 0.7}}'.") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"{flag} {text!r} is not a JSON object; give one, e.g. "
-                          f"{flag} '{{\"temperature\": 0.7}}'.")
-    return value
-
-
-def _parse_headers(values: list[str] | None) -> dict[str, str] | None:
-    if not values:
-        return None
-    headers = {}
-    for item in values:
-        name, sep, value = item.partition(":")
-        if not sep or not name.strip():
-            raise ConfigError(f"--header {item!r}: expected NAME:VALUE, e.g. --header 'X-Team: perf'.")
-        headers[name.strip()] = value.strip()
-    return headers
-
-
-def _parse_gpus(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"--gpus {text!r}: expected NVML indices such as 0,1.") from None
-
-
-def _launch_block(
-    launch: str, model: str | None, args: list[str] | None, command: str | None
-) -> dict[str, Any]:
-    if launch != "vllm":
-        raise ConfigError(f"--launch {launch}: only `vllm` can be launched (or give --url).")
-    if not model:
-        raise ConfigError("--launch vllm needs --model (a model name or directory to serve).")
-    block: dict[str, Any] = {"launch": "vllm", "model": model, "args": list(args or ())}
-    if command:
-        block["command"] = shlex.split(command)
-    return block
 
 
 def prompt_api_key(api_key_env: str | None) -> str:
@@ -154,7 +105,12 @@ def run(
     input_len: Annotated[int | None, typer.Option(help="input tokens per prompt (fixed)")] = None,
     output_len: Annotated[int | None, typer.Option(help="output tokens per request (fixed)")] = None,
     seed: Annotated[int | None, typer.Option(help="seed of the schedule and the prompts")] = None,
-    endpoint: Annotated[str | None, typer.Option(help="completions, chat, responses or embeddings")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="completions, chat, responses, embeddings, rerank or "
+                                                      "score")] = None,
+    inputs_per_request: Annotated[int | None, typer.Option(help="embeddings: texts per request; rerank, "
+                                                               "score: documents per query")] = None,
+    document_len: Annotated[int | None, typer.Option(help="rerank, score: tokens per document (default "
+                                                         "--input-len)")] = None,
     extra_body: Annotated[str | None, typer.Option(
         help="JSON object laid over every request body, e.g. '{\"temperature\":0.7}' (null drops a field)",
     )] = None,
@@ -241,26 +197,27 @@ def run(
             "max_duration_s": max_duration, "max_concurrency": max_concurrency,
             "input_len": pick("--input-len", input_len, "--random-input-len", random_input_len),
             "output_len": pick("--output-len", output_len, "--random-output-len", random_output_len),
-            "seed": seed, "endpoint": vllm_endpoint(endpoint), "extra_body": _parse_json_object(
+            "seed": seed, "endpoint": vllm_endpoint(endpoint), "extra_body": options.json_object(
                 "--extra-body", extra_body),
             "warmup": warmup, "samples_per_query": samples_per_query, "tokenizer": tokenizer,
-            "prompts_file": prompts_file, "preset": preset, "headers": _parse_headers(header),
+            "prompts_file": prompts_file, "preset": preset, "headers": options.headers(header),
             "stream": False if no_stream else None, "insecure": True if insecure else None,
             "fail_on_invalid": True if fail_on_invalid else None, "progress": False if quiet else None,
             "workers": workers, "http_client": http_client, "metrics_port": metrics_port,
             "metrics_host": metrics_host, "pushgateway": pushgateway, "metrics_textfile": metrics_textfile,
             "metrics_linger_s": metrics_linger_s,
-            "gpus": _parse_gpus(gpus), "gpu_telemetry": False if no_gpu_telemetry else None,
+            "gpus": options.gpus(gpus), "gpu_telemetry": False if no_gpu_telemetry else None,
         }
         overrides["server_metrics_url"] = server_metrics_url
-        overrides["images"] = _images_block(images, image_size, image_folder)
+        overrides["images"] = options.images_block(images, image_size, image_folder)
+        overrides["pooling"] = options.pooling_block(inputs_per_request, document_len)
         overrides.update(metrics_urls=metrics_url or None, server_kind=server_kind,
                          prometheus_url=prometheus_url, dcgm_urls=dcgm_url or None)
         overrides.update(rate)
         overrides.update(request_timeout_s=request_timeout, idle_timeout_s=idle_timeout, retries=retries,
                          max_error_rate=max_error_rate)
         if launch is not None:
-            overrides["server"] = _launch_block(launch, model, vllm_arg, vllm_command)
+            overrides["server"] = options.launch_block(launch, model, vllm_arg, vllm_command)
             overrides["model"] = None  # --model named what to launch; the served name is probed
         settings = load_settings(scenario, overrides)
         if ttft_ms is not None or tpot_ms is not None:
@@ -291,18 +248,6 @@ def run(
         raise typer.Exit(EXIT_SIGNAL.get(control.signal_name or "SIGINT", 130))
     if settings.fail_on_invalid and not result.valid:
         raise typer.Exit(1)
-
-
-def _images_block(count: int | None, size: str | None, folder: Path | None) -> dict[str, Any] | None:
-    if count is None and size is None and folder is None:
-        return None
-    block: dict[str, Any] = {"count": 1 if count is None else count, "folder": folder}
-    if size is not None:
-        w, x, h = size.lower().partition("x")
-        if not (x and w.strip().isdigit() and h.strip().isdigit()):
-            raise ConfigError(f"--image-size {size!r}: expected WIDTHxHEIGHT in pixels, e.g. 512x512")
-        block |= {"width": int(w), "height": int(h)}
-    return block
 
 
 @app.command()

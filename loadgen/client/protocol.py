@@ -1,5 +1,5 @@
 """The OpenAI request shapes loadgen speaks: ``/v1/completions``, ``/v1/chat/completions``,
-``/v1/responses`` and ``/v1/embeddings``.
+``/v1/responses``, ``/v1/embeddings``, ``/v1/rerank`` and ``/v1/score``.
 
 Each protocol builds the request body for a sample, names the stream reader of its events
 (:mod:`loadgen.client.stream`) and pulls the generated text and usage out of a non-streaming body;
@@ -174,6 +174,8 @@ class Embeddings:
     def body(
         sample: Sample, model: str, stream: bool, ignore_eos: bool, continuous_usage: bool = False
     ) -> dict[str, Any]:
+        if sample.inputs:
+            return {"model": model, "input": [sample.as_prompt(), *sample.inputs], "encoding_format": "float"}
         return {"model": model, "input": sample.as_prompt(), "encoding_format": "float"}
 
     @staticmethod
@@ -194,6 +196,59 @@ class Embeddings:
         return "", obj.get("usage")
 
 
+class Rerank(Embeddings):
+    """``/v1/rerank`` (vLLM, Jina and Cohere style): the prompt is the query, ``Sample.inputs`` the
+    documents; one JSON answer of relevance scores."""
+
+    path = "/v1/rerank"
+
+    @staticmethod
+    def body(
+        sample: Sample, model: str, stream: bool, ignore_eos: bool, continuous_usage: bool = False
+    ) -> dict[str, Any]:
+        return {"model": model, "query": sample.as_prompt(), "documents": list(sample.inputs or ())}
+
+    @staticmethod
+    def parse(obj: dict[str, Any]) -> tuple[str, Any] | None:
+        """("", usage) of a rerank answer; None when it holds no scored result."""
+        results = obj.get("results")
+        first = results[0] if isinstance(results, list) and results else None
+        if not isinstance(first, dict) or "relevance_score" not in first:
+            return None
+        return "", _input_usage(obj.get("usage"))
+
+
+class Score(Embeddings):
+    """``/v1/score`` (vLLM): ``text_1`` the prompt, ``text_2`` the documents (``Sample.inputs``), one
+    score per pair."""
+
+    path = "/v1/score"
+
+    @staticmethod
+    def body(
+        sample: Sample, model: str, stream: bool, ignore_eos: bool, continuous_usage: bool = False
+    ) -> dict[str, Any]:
+        return {"model": model, "text_1": sample.as_prompt(), "text_2": list(sample.inputs or ())}
+
+    @staticmethod
+    def parse(obj: dict[str, Any]) -> tuple[str, Any] | None:
+        """("", usage) of a score answer; None when it holds no score."""
+        data = obj.get("data")
+        first = data[0] if isinstance(data, list) and data else None
+        if not isinstance(first, dict) or "score" not in first:
+            return None
+        return "", _input_usage(obj.get("usage"))
+
+
+def _input_usage(usage: Any) -> dict[str, Any] | None:
+    """A pooling answer's usage as input tokens only (``prompt_tokens``, else ``total_tokens``)."""
+    if not isinstance(usage, dict):
+        return None
+    tokens = usage.get("prompt_tokens", usage.get("total_tokens"))
+    return {"prompt_tokens": tokens} if isinstance(tokens, int) else None
+
+
 PROTOCOLS: dict[str, type[Completions] | type[Chat] | type[Responses] | type[Embeddings]] = {
     "completions": Completions, "chat": Chat, "responses": Responses, "embeddings": Embeddings,
+    "rerank": Rerank, "score": Score,
 }

@@ -23,7 +23,7 @@ from loadgen.report.files import load_json
 from loadgen.report.fleet import fleet_console_lines, fleet_summary_lines
 from loadgen.report.schema import SCHEMA_VERSION, Validity
 from loadgen.report.summary import render_summary
-from loadgen.settings import Scenario, Settings
+from loadgen.settings import POOLING_ENDPOINTS, Scenario, Settings
 from loadgen.specs import bounds_text
 
 if TYPE_CHECKING:
@@ -167,6 +167,11 @@ def build_report(
     ml = evaluate(measured, mlperf_params(settings, sut), client_limited=limited,
                   stopped_early=stopped, interrupted=interrupted)
     results["retries_total"] = ml.retries_total
+    if settings.pools:  # every request carries the same number of texts (loadgen.workload.pooling)
+        per = settings.pooling.inputs if settings.pooling is not None else 1
+        rate = results.get("requests_per_s")
+        results["inputs_per_request"] = per
+        results["inputs_per_s"] = None if rate is None else rate * per
     if settings.classes:
         from loadgen.metrics.classes import class_results
 
@@ -273,14 +278,15 @@ def _slot_wait(client: dict[str, Any]) -> str:
             f"{_fmt(wait.get('p50'), 3)}/{_fmt(wait.get('p99'), 3)} ms)")
 
 
-def _latency_lines(r: dict[str, Any], embeddings: bool) -> list[str]:
+def _latency_lines(r: dict[str, Any], endpoint: str | None) -> list[str]:
     """The console's latency table (ms) and what the token counts say."""
     lines = [f"{'(ms)':<24}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}{'p99.9':>10}"]
     rows = [("TTFT (from sent)", "ttft_ms"), ("TTFT (from scheduled)", "ttft_from_scheduled_ms"),
             ("ITL", "itl_ms"), ("TPOT", "tpot_ms"), ("E2E", "e2e_ms")]
     if r.get("reasoning_tokens"):  # a reasoning model: when its answer began, after the thinking
         rows.insert(2, ("First answer (sent)", "time_to_first_answer_ms"))
-    if embeddings:  # nothing is generated: latency is request to answer
+    pools = endpoint in POOLING_ENDPOINTS
+    if pools:  # nothing is generated: latency is request to answer
         rows = [("Latency (from sent)", "e2e_ms"), ("Latency (scheduled)", "e2e_from_scheduled_ms")]
     for label, key in rows:
         d = r.get(key) or {}
@@ -288,10 +294,13 @@ def _latency_lines(r: dict[str, Any], embeddings: bool) -> list[str]:
                      f"{_fmt(d.get('p99')):>10}{_fmt(d.get('p99_9')):>10}")
     if r.get("reasoning_tokens"):
         lines.append(f"output tokens: {r['reasoning_tokens']} reasoning + {r.get('answer_tokens')} answer")
-    if embeddings:
-        lines.append(f"embeddings: no TTFT, ITL or TPOT (nothing is generated); "
-                     f"{_fmt(r.get('requests_per_s'))} inputs/s, {_fmt(r.get('input_tokens_per_s'), 0)} "
-                     "input tok/s; latency is send to answer")
+    if pools:
+        what = "inputs" if endpoint == "embeddings" else "documents"
+        per = r.get("inputs_per_request", 1)
+        rate = r.get("inputs_per_s", r.get("requests_per_s"))
+        lines.append(f"{endpoint}: no TTFT, ITL or TPOT (nothing is generated); {_fmt(rate)} {what}/s "
+                     f"({per} per request), {_fmt(r.get('input_tokens_per_s'), 0)} input tok/s; latency is "
+                     "send to answer")
     return lines
 
 
@@ -332,7 +341,7 @@ def render_console(data: dict[str, Any]) -> str:
     )
     lines += _console_errors(r)
     lines.append("")
-    lines += _latency_lines(r, s.get("endpoint") == "embeddings")
+    lines += _latency_lines(r, s.get("endpoint"))
     src = r.get("tokens_source") or {}
     if src:
         lines.append("output tokens counted from: " + ", ".join(f"{k} ({v})" for k, v in src.items() if v))

@@ -70,6 +70,9 @@ class Results(TypedDict, total=False):
     tokens_source: dict[str, int]
     goodput: Goodput  # only with an SLO
     retries_total: int
+    # pooling endpoints: embeddings inputs, or rerank/score documents, scored per second
+    inputs_per_request: NotRequired[int]
+    inputs_per_s: NotRequired[float | None]
 
 
 class Validity(TypedDict):

@@ -65,8 +65,20 @@ def _sim_latency_s(settings: Settings, batch: int) -> tuple[float, int] | None:
     except (TypeError, ValueError):
         return None
     slots = min(batch, cfg.max_seqs)
-    out = 1 if settings.endpoint == "embeddings" else settings.output_len.mean  # pooling: prefill only
-    return service_time_s(cfg, settings.input_len.mean, out, slots), cfg.max_seqs
+    out = 1 if settings.pools else settings.output_len.mean  # pooling: prefill only
+    return service_time_s(cfg, _input_tokens(settings), out, slots), cfg.max_seqs
+
+
+def _input_tokens(settings: Settings) -> int:
+    """Mean input tokens of one request: the prompt, or a pooling request's texts (workload.pooling)."""
+    n, spec = settings.input_len.mean, settings.pooling
+    per = spec.inputs if spec is not None else 1
+    if settings.endpoint == "embeddings":
+        return n * per
+    if settings.endpoint in ("rerank", "score"):
+        doc = spec.document_len.mean if spec is not None and spec.document_len is not None else n
+        return per * (n + doc)
+    return n
 
 
 def _origin(field: str, given: Collection[str], *, paren: bool = True) -> str:

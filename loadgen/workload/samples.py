@@ -39,6 +39,9 @@ class Sample:
     arrival_ns: int | None = None
     cls: str | None = None  # the traffic class (loadgen.workload.mix); None: no mix
     model: str | None = None  # the model or LoRA adapter this prompt names; None: the run's
+    # a pooling request's further texts: embeddings inputs after the prompt, or rerank/score documents
+    # (loadgen.workload.pooling); None: the prompt alone
+    inputs: tuple[str, ...] | None = None
 
     def as_messages(self) -> list[dict[str, Any]]:
         if self.messages is not None:
@@ -58,6 +61,7 @@ class Dataset:
     exact: bool  # whether input_tokens are exact counts
     images: dict[str, Any] | None = None  # what loadgen.workload.images attached (count, bytes, source)
     classes: dict[str, int] | None = None  # prompts per traffic class (loadgen.workload.mix)
+    pooling: dict[str, Any] | None = None  # texts per pooling request (loadgen.workload.pooling)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -73,6 +77,7 @@ class Dataset:
             "output_tokens_mean": float(outs.mean()),
             **({"images": self.images} if self.images else {}),
             **({"classes": self.classes} if self.classes else {}),
+            **({"pooling": self.pooling} if self.pooling else {}),
         }
 
 

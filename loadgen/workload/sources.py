@@ -30,8 +30,13 @@ def expected_queries(settings: Settings) -> int:
 
 
 def load_dataset(settings: Settings, counter: TokenCounter, rngs: dict[str, np.random.Generator]) -> Dataset:
-    """The run's prompts (see :func:`_prompts`), with ``images:`` attached when the settings ask."""
+    """The run's prompts (see :func:`_prompts`), with ``images:`` attached when the settings ask, and a
+    pooling request's further texts (``pooling:``; rerank and score always have documents)."""
     dataset = _prompts(settings, counter, rngs)
+    if settings.pooling is not None or settings.endpoint in ("rerank", "score"):
+        from loadgen.workload.pooling import with_inputs
+
+        dataset = with_inputs(dataset, settings, counter)
     if settings.images is None:
         return dataset
     from loadgen.workload.images import with_images

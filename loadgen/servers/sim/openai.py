@@ -24,7 +24,9 @@ _err = error_body
 
 
 _APIS = {"/v1/completions": "completions", "/v1/chat/completions": "chat", "/v1/responses": "responses",
-         "/v1/embeddings": "embeddings"}
+         "/v1/embeddings": "embeddings", "/v1/rerank": "rerank", "/rerank": "rerank", "/v2/rerank": "rerank",
+         "/v1/score": "score", "/score": "score"}
+_POOLING = ("embeddings", "rerank", "score")
 FAULT_STATUS = {"http_429": (429, "TooManyRequestsError"), "http_500": (500, "InternalServerError"),
                 "http_503": (503, "ServiceUnavailableError")}
 
@@ -117,7 +119,7 @@ class SimApp(SimState):
             if req.method != "POST":
                 conn.send_json(405, _err(405, "Method Not Allowed", "MethodNotAllowed"))
                 return
-            (self.embed if api == "embeddings" else self.generate)(conn, req, api)
+            (self.embed if api in _POOLING else self.generate)(conn, req, api)
         elif path == "/health":
             conn.send(200, b"")
         elif path == "/metrics":
@@ -243,14 +245,15 @@ class SimApp(SimState):
         return n_prompt, max_tokens, stream, options
 
     def embed(self, conn: Conn, req: Request, api: str) -> None:
-        """A pooling request: one slot for its prefill (ttft_ms + prefill per input token), then the
-        vectors; queues like generation when every slot is taken. Status faults apply."""
+        """A pooling request (embeddings, rerank, score): one slot for its prefill (ttft_ms + prefill per
+        input token; a rerank/score pair is query + document tokens, as a cross-encoder reads it), then
+        the vectors or scores; queues like generation when every slot is taken. Status faults apply."""
         arrival = self.engine.clock()
         body = self._body(conn, req)
         if body is None:
             return
         self._keep(body, req)
-        sizes = _embed_inputs(body.get("input"))
+        sizes = _embed_inputs(body.get("input")) if api == "embeddings" else _pairs(body, api)
         if isinstance(sizes, str) or max(sizes) > self.cfg.max_model_len:
             self.count("rejected")
             why = sizes if isinstance(sizes, str) else (
@@ -265,7 +268,7 @@ class SimApp(SimState):
             conn.send_json(status, _err(status, f"Injected fault {fault.kind}", name))
             return
         sink = EmbeddingSink(self, conn, chat=False, options={}, n_prompt=sum(sizes), fault=None)
-        sink.inputs = len(sizes)
+        sink.inputs, sink.api = len(sizes), api
         seq = Seq(sink, arrival, sum(sizes), 1)
         conn.active = seq
         self.engine.submit(seq)
@@ -331,6 +334,18 @@ def _embed_inputs(given: Any) -> list[int] | str:
         else:
             return "`input` must be a string, a list of strings or a list of token id lists"
     return out
+
+
+def _pairs(body: dict[str, Any], api: str) -> list[int] | str:
+    """Tokens of each (query, document) pair of a rerank or score request, or vLLM's 400 message."""
+    first, second = ("query", "documents") if api == "rerank" else ("text_1", "text_2")
+    query, docs = body.get(first), body.get(second)
+    docs = [docs] if isinstance(docs, str) else docs
+    if not isinstance(query, str) or not isinstance(docs, list) or not docs \
+            or not all(isinstance(d, str) for d in docs):
+        return f"`{first}` must be a string and `{second}` a string or a non-empty list of strings"
+    q = len(query.split())
+    return [q + len(d.split()) for d in docs]
 
 
 class _Start:

@@ -1,5 +1,6 @@
 """The simulator's ``/v1/responses`` (OpenAI Responses API, as vLLM serves it: typed SSE events or one
-JSON response) and ``/v1/embeddings`` (a pooling request: one slot for its prefill, then the vectors).
+JSON response) and the pooling requests ``/v1/embeddings``, ``/v1/rerank`` and ``/v1/score`` (one slot for
+the prefill, then the vectors or scores).
 
 A stream is ``response.created``, then one ``response.reasoning_text.delta`` per chunk of the thinking
 phase (``SimConfig.reasoning_tokens``) and one ``response.output_text.delta`` per chunk of the answer,
@@ -126,25 +127,39 @@ EMBED_DIM = 8
 
 
 class EmbeddingSink(JsonSink):
-    """An embeddings answer when the request's one "token" is due: its latency is the slot wait plus
-    ``ttft_ms + prefill_ms_per_token · input tokens``, the prefill a pooling model runs."""
+    """A pooling answer when the request's one "token" is due: its latency is the slot wait plus
+    ``ttft_ms + prefill_ms_per_token · input tokens``, the prefill a pooling model runs. ``api`` says
+    which answer: embeddings (vectors), rerank (results sorted by relevance) or score (one per pair)."""
 
-    __slots__ = ("inputs",)
+    __slots__ = ("api", "inputs")
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.inputs = 1
+        self.api = "embeddings"
 
     def on_chunk(self, seq: Seq, lo: int, hi: int, final: bool) -> bool:
         conn, app = self.conn, self.app
         if conn.closed:
             return False
-        data = [{"object": "embedding", "index": i,
-                 "embedding": [((self.base + i * 31 + d * 7) % 97) / 97.0 for d in range(EMBED_DIM)]}
-                for i in range(self.inputs)]
-        conn.send(200, orjson.dumps({"id": "embd-" + self.rid[-24:], "object": "list", "created": app.created,
-                                     "model": app.cfg.model, "data": data,
-                                     "usage": {"prompt_tokens": self.n_prompt, "total_tokens": self.n_prompt,
-                                               "completion_tokens": 0, "prompt_tokens_details": None}}))
+        usage = {"prompt_tokens": self.n_prompt, "total_tokens": self.n_prompt}
+        scores = [((self.base + i * 31) % 97) / 97.0 for i in range(self.inputs)]
+        answer: dict[str, Any]
+        if self.api == "rerank":
+            order = sorted(range(self.inputs), key=lambda i: -scores[i])
+            answer = {"id": "rerank-" + self.rid[-24:], "model": app.cfg.model, "usage": usage,
+                      "results": [{"index": i, "relevance_score": scores[i]} for i in order]}
+        elif self.api == "score":
+            answer = {"id": "score-" + self.rid[-24:], "object": "list", "created": app.created,
+                      "model": app.cfg.model, "usage": {**usage, "completion_tokens": 0},
+                      "data": [{"index": i, "object": "score", "score": v} for i, v in enumerate(scores)]}
+        else:
+            data = [{"object": "embedding", "index": i,
+                     "embedding": [((self.base + i * 31 + d * 7) % 97) / 97.0 for d in range(EMBED_DIM)]}
+                    for i in range(self.inputs)]
+            answer = {"id": "embd-" + self.rid[-24:], "object": "list", "created": app.created,
+                      "model": app.cfg.model, "data": data,
+                      "usage": {**usage, "completion_tokens": 0, "prompt_tokens_details": None}}
+        conn.send(200, orjson.dumps(answer))
         app.count("completed")
         return True

@@ -28,8 +28,8 @@ due time of the freeing sequence's last token). Prompt tokens = whitespace-separ
 each message's content + ``chat_template_tokens`` per message); output tokens = ``max_tokens``.
 
 Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions``, ``POST /v1/responses`` (typed events),
-``POST /v1/embeddings`` (a slot for the prefill only), ``GET /sim/bodies`` (with ``keep_bodies``),
-``GET /v1/models``, ``GET /health``,
+``POST /v1/embeddings``, ``/v1/rerank`` and ``/v1/score`` (a slot for the prefill only),
+``GET /sim/bodies`` (with ``keep_bodies``), ``GET /v1/models``, ``GET /health``,
 ``GET /version``, ``POST /tokenize``, ``GET /metrics`` (vLLM names + ``loadgen_sim_emit_lateness_seconds``),
 ``GET /sim/stats`` (lateness percentiles, chunks, outcomes, faults, running/waiting),
 ``POST /sim/stats/reset`` (restarts the lateness window).
