@@ -38,15 +38,16 @@ def _scenario(path, interactive_slo, batch_slo):
     return path
 
 
-def _run(sim, tmp_path, interactive_slo, batch_slo):
+def _run(sim, tmp_path, interactive_slo, batch_slo, *more):
     scen = _scenario(tmp_path / "mix.yaml", interactive_slo, batch_slo)
-    res = run_cli("run", str(scen), "--url", sim.url, "--out", str(tmp_path / "run"), "--quiet")
+    res = run_cli("run", str(scen), "--url", sim.url, "--out", str(tmp_path / "run"), "--quiet", *more)
     assert res.code == 0, res.output
     return res, load_report(tmp_path / "run")
 
 
 def test_each_class_gets_its_share_its_model_and_its_own_latency(mix_sim, tmp_path):
-    res, report = _run(mix_sim, tmp_path, {"ttft_ms": 30}, {"ttft_ms": 100})
+    res, report = _run(mix_sim, tmp_path, {"ttft_ms": 30}, {"ttft_ms": 100},
+                       "--metrics-textfile", str(tmp_path / "run.prom"))
     classes = report["results"]["classes"]
     n_batch = classes["batch"]["requests_completed"]
     assert n_batch + classes["interactive"]["requests_completed"] == N
@@ -69,6 +70,29 @@ def test_each_class_gets_its_share_its_model_and_its_own_latency(mix_sim, tmp_pa
     assert not any(x.startswith("class ") for x in report["validity"]["reasons"])
     html = (tmp_path / "run" / "report.html").read_text()
     assert "Traffic classes" in html and "<td class='l'>batch</td>" in html
+    # Prometheus: the class label on the request counter, the token counters and the histograms
+    series = _prom_series((tmp_path / "run.prom").read_text())
+    for name, want in classes.items():
+        ins = sum(r["input_tokens"] for r in rows if r["cls"] == name)
+        assert series[("loadgen_requests_total", name, "ok")] == want["requests_completed"]
+        assert series[("loadgen_ttft_seconds_count", name, None)] == want["requests_completed"]
+        assert series[("loadgen_input_tokens_total", name, None)] == ins
+    bucket = {k: v for k, v in series.items() if k[0] == "loadgen_ttft_seconds_bucket"}
+    assert bucket[("loadgen_ttft_seconds_bucket", "interactive", "0.03")] == classes["interactive"][
+        "requests_completed"]  # every 21.6 ms TTFT is at most 30 ms, ...
+    assert bucket[("loadgen_ttft_seconds_bucket", "batch", "0.05")] == 0  # ... and no 70 ms one at 50 ms
+
+
+def _prom_series(text):
+    """(name, class, status or le) -> value of a textfile's samples that carry a class label."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if "class" in s.labels:
+                out[(s.name, s.labels["class"], s.labels.get("status", s.labels.get("le")))] = s.value
+    return out
 
 
 @pytest.mark.parametrize(("interactive_slo", "batch_slo", "binds"), [

@@ -51,7 +51,8 @@ class Sidecars:
         if settings.metrics_port is not None or settings.pushgateway or settings.metrics_textfile:
             from loadgen.observe.exporter import Exporter
 
-            cars.exporter = Exporter(run_id, settings.scenario.value, model)
+            classes = [c.name for c in settings.classes] if settings.classes else None
+            cars.exporter = Exporter(run_id, settings.scenario.value, model, classes=classes)
             if settings.qps:
                 cars.exporter.set_target_qps(settings.qps)
             if settings.metrics_port is not None:

@@ -35,6 +35,10 @@ Metrics (seconds and joules, Prometheus base units):
 ``loadgen_output_tokens_per_joule``  gauge      output tokens so far / Σ GPU energy (absent until both > 0)
 ===================================  =========  ==========================================================
 
+A traffic mix (``classes:``, :mod:`loadgen.workload.mix`) adds the label ``class`` (the class's name) to
+the five latency histograms and to the request and token counters, one series per class; a run without
+classes has no such label.
+
 Warm-up records (``warmup=True``) only count as finished for ``loadgen_in_flight``; everything else
 counts measured requests, so the totals agree with the run's report.
 
@@ -78,6 +82,14 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.300, 0.500, 0.750, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0,
 )
 CONST_LABELS = ("run_id", "scenario", "model")
+_HISTOGRAMS = (  # name, help; the order request_finished unpacks them in
+    ("loadgen_ttft_seconds", "Time to first token from send, completed requests, s."),
+    ("loadgen_time_to_first_answer_seconds",
+     "Time to the first answer chunk (after any thinking) from send, s."),
+    ("loadgen_itl_seconds", "Inter-token latency; a k-token chunk counts k gaps/k, s."),
+    ("loadgen_tpot_seconds", "Time per output token after the first, s."),
+    ("loadgen_e2e_seconds", "End-to-end latency from send, completed requests, s."),
+)
 _NS = 1e-9
 
 
@@ -113,14 +125,13 @@ class _Histogram:
         self.sum += value * weight
         self.count += weight
 
-    def family(self, labels: dict[str, str]) -> HistogramMetricFamily:
-        fam = HistogramMetricFamily(self.name, self.doc, labels=list(labels))
+    def add_to(self, fam: HistogramMetricFamily, values: list[str]) -> None:
+        """This histogram as ``fam``'s series with label ``values`` (cumulative buckets)."""
         running, buckets = 0, []
         for bound, n in zip([*self.bounds, float("inf")], self.counts, strict=True):
             running += n
             buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
-        fam.add_metric(list(labels.values()), buckets, self.sum)
-        return fam
+        fam.add_metric(values, buckets, self.sum)
 
 
 class _Collector:
@@ -133,7 +144,7 @@ class _Collector:
         exp = self._exp
         labels = exp.labels
         with exp._lock:
-            hists = [h.family(labels) for h in exp._hists]
+            hists = exp._families()
             gpus = dict(exp._gpu)
             tokens = exp._tokens_out
         yield from hists
@@ -198,7 +209,7 @@ class Exporter:
 
     def __init__(
         self, run_id: str, scenario: str, model: str, *, issue_delay_window_s: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic, classes: Sequence[str] | None = None,
     ) -> None:
         self.labels = {"run_id": _scrub(run_id), "scenario": _scrub(scenario), "model": _scrub(model)}
         self.registry = CollectorRegistry(auto_describe=True)
@@ -207,27 +218,24 @@ class Exporter:
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
-        def hist(name: str, doc: str) -> _Histogram:
-            return _Histogram(name, doc, LATENCY_BUCKETS_S)
-
-        self._ttft = hist("loadgen_ttft_seconds", "Time to first token from send, completed requests, s.")
-        self._ttfa = hist("loadgen_time_to_first_answer_seconds",
-                          "Time to the first answer chunk (after any thinking) from send, s.")
-        self._itl = hist("loadgen_itl_seconds", "Inter-token latency; a k-token chunk counts k gaps/k, s.")
-        self._tpot = hist("loadgen_tpot_seconds", "Time per output token after the first, s.")
-        self._e2e = hist("loadgen_e2e_seconds", "End-to-end latency from send, completed requests, s.")
-        self._hists = (self._ttft, self._ttfa, self._itl, self._tpot, self._e2e)
+        # One set of histograms per traffic class (labelled class=NAME), or one set without the label.
+        self._classes = tuple(classes) if classes else None
+        self._sets = {c: [_Histogram(name, doc, LATENCY_BUCKETS_S) for name, doc in _HISTOGRAMS]
+                      for c in (self._classes or (None,))}
+        self._default = next(iter(self._sets.values()))
         self._gpu: dict[str, _GpuState] = {}
         self._tokens_out = 0  # mirror of loadgen_output_tokens_total for joules per token
 
         names = list(CONST_LABELS)
+        per_class = [*names, "class"] if self._classes else names
         reg = self.registry
         self._requests = Counter(
-            "loadgen_requests", "Finished requests by status (ok or error class).", [*names, "status"],
+            "loadgen_requests", "Finished requests by status (ok or error class).", [*per_class, "status"],
             registry=reg,
         )
-        self._input_tokens = Counter("loadgen_input_tokens", "Prompt tokens sent.", names, registry=reg)
-        self._output_tokens = Counter("loadgen_output_tokens", "Output tokens received.", names, registry=reg)
+        self._input_tokens = Counter("loadgen_input_tokens", "Prompt tokens sent.", per_class, registry=reg)
+        self._output_tokens = Counter("loadgen_output_tokens", "Output tokens received.", per_class,
+                                      registry=reg)
         in_flight = Gauge("loadgen_in_flight", "Requests started and not finished.", names, registry=reg)
         self._started = self._finished = 0
         self._reported_in_flight: int | None = None  # set_in_flight: counted elsewhere (worker processes)
@@ -239,10 +247,12 @@ class Exporter:
         )
         in_flight.labels(**self.labels).set_function(self._in_flight_now)
         self._target_qps = target.labels(**self.labels)
-        self._inputs = self._input_tokens.labels(**self.labels)
-        self._outputs = self._output_tokens.labels(**self.labels)
-        self._ok = self._requests.labels(**self.labels, status="ok")
-        self._by_status: dict[str, Any] = {"ok": self._ok}
+        # (status, class) -> the request counter's child; class -> the token counters' children
+        self._by_status: dict[tuple[str, str | None], Any] = {}
+        self._tokens_by: dict[str | None, tuple[Any, Any]] = {}
+        for cls in self._classes or (None,):  # every series present (at 0) from the first scrape
+            self._by_status[("ok", cls)] = self._requests.labels(**self._labels_of(cls), status="ok")
+            self._tokens_of(cls)
         # Two tumbling windows: the gauge reads max(previous, current), i.e. the max of the last 1-2 windows.
         self._delay_window_s = issue_delay_window_s
         self._delay_epoch = int(clock() // issue_delay_window_s)
@@ -276,14 +286,17 @@ class Exporter:
             return
         self.observe_issue_delay(record.issue_delay_ns * _NS)
         status = "ok" if record.error_class is None else record.error_class
-        child = self._by_status.get(status)
+        cls = record.cls if self._classes else None
+        child = self._by_status.get((status, cls))
         if child is None:
-            child = self._by_status[status] = self._requests.labels(**self.labels, status=status)
+            child = self._by_status[(status, cls)] = self._requests.labels(**self._labels_of(cls),
+                                                                           status=status)
         child.inc()
+        tokens_of = self._tokens_by.get(cls) or self._tokens_of(cls)
         if record.input_tokens:
-            self._inputs.inc(record.input_tokens)
+            tokens_of[0].inc(record.input_tokens)
         if record.output_tokens:
-            self._outputs.inc(record.output_tokens)
+            tokens_of[1].inc(record.output_tokens)
             with self._lock:
                 self._tokens_out += record.output_tokens
         if record.error_class is not None:
@@ -291,16 +304,17 @@ class Exporter:
         first = record.first_token_ns
         chunks, tokens = record.chunk_ns, record.chunk_tokens
         ntok = len(tokens)
+        ttft, ttfa, itl, tpot, e2e = self._sets.get(record.cls, self._default) if self._classes \
+            else self._default
         with self._lock:
-            self._e2e.observe((record.end_ns - record.sent_ns) * _NS)
+            e2e.observe((record.end_ns - record.sent_ns) * _NS)
             if first is None:
                 return
-            self._ttft.observe((first - record.sent_ns) * _NS)
+            ttft.observe((first - record.sent_ns) * _NS)
             if record.first_answer_ns is not None:
-                self._ttfa.observe((record.first_answer_ns - record.sent_ns) * _NS)
+                ttfa.observe((record.first_answer_ns - record.sent_ns) * _NS)
             if len(chunks) >= 2:
                 # Inlined _Histogram.observe: this loop is the per-token part of the exporter's cost.
-                itl = self._itl
                 counts, bounds, find = itl.counts, itl.bounds, bisect.bisect_left
                 total, n, prev = 0.0, 0, chunks[0]
                 for i in range(1, len(chunks)):
@@ -313,7 +327,25 @@ class Exporter:
                 itl.sum += total
                 itl.count += n
             if record.output_tokens >= 2 and chunks:
-                self._tpot.observe((chunks[-1] - first) * _NS / (record.output_tokens - 1))
+                tpot.observe((chunks[-1] - first) * _NS / (record.output_tokens - 1))
+
+    def _tokens_of(self, cls: str | None) -> tuple[Any, Any]:
+        lab = self._labels_of(cls)
+        pair = self._tokens_by[cls] = (self._input_tokens.labels(**lab), self._output_tokens.labels(**lab))
+        return pair
+
+    def _labels_of(self, cls: str | None) -> dict[str, str]:
+        return self.labels if not self._classes else {**self.labels, "class": cls or ""}
+
+    def _families(self) -> list[HistogramMetricFamily]:
+        """The latency histograms, one family each, a series per class (the caller holds the lock)."""
+        out = []
+        for i, (name, doc) in enumerate(_HISTOGRAMS):
+            fam = HistogramMetricFamily(name, doc, labels=list(self._labels_of(None)))
+            for cls, hists in self._sets.items():
+                hists[i].add_to(fam, list(self._labels_of(cls).values()))
+            out.append(fam)
+        return out
 
     def set_target_qps(self, qps: float) -> None:
         self._target_qps.set(qps)
