@@ -273,8 +273,8 @@ class Settings(FrozenModel):
             (self.replay is not None and self.replay.path is not None) or self.dataset is not None
         ):
             raise ValueError(
-                "the replay scenario needs a trace: replay: {format: azure|mooncake, path: FILE}, or a "
-                "dataset: file with timestamps"
+                "the replay scenario needs a trace: replay: {format: azure|mooncake|burstgpt, path: FILE}, "
+                "or a dataset: file with timestamps"
             )
         if self.replay is not None and self.scenario != Scenario.REPLAY:
             raise ValueError("replay: applies only to scenario: replay")

@@ -91,16 +91,23 @@ class ServerLaunch(FrozenModel):
         return v
 
 
+#: the names ``dataset.fields`` maps to a file's columns
+DATASET_FIELDS = ("prompt", "messages", "output_len", "timestamp", "reply")
+
+
 class DatasetSpec(FrozenModel):
-    """A prompt file (``dataset:``); see :mod:`loadgen.workload.files` for the layouts.
+    """A prompt file (``dataset:``); see :mod:`loadgen.workload.files` for the layouts and
+    :mod:`loadgen.workload.tables` for Parquet and Arrow (Hugging Face datasets kept locally).
 
     Input lengths are re-counted with the token counter in use; samples outside
     [min_input, max_input] or [min_output, max_output] are dropped, and ``num_samples`` of the rest are
     drawn with the run seed (default: as many as the run needs, capped by what the file holds).
     """
 
-    format: Literal["sharegpt", "jsonl", "csv"]
+    format: Literal["sharegpt", "jsonl", "csv", "parquet", "arrow"]
     path: Path
+    # loadgen's names (DATASET_FIELDS) -> the file's column names
+    fields: dict[str, str] | None = None
     min_input: int = Field(1, ge=1)
     max_input: int | None = Field(None, ge=1)
     min_output: int = Field(1, ge=1)
@@ -109,6 +116,13 @@ class DatasetSpec(FrozenModel):
 
     @model_validator(mode="after")
     def _bounds(self) -> DatasetSpec:
+        unknown = sorted(set(self.fields or ()) - set(DATASET_FIELDS))
+        if unknown:
+            raise ValueError(f"fields: {', '.join(unknown)} is not one of {', '.join(DATASET_FIELDS)} "
+                             "(loadgen's name: the file's column)")
+        if self.fields and self.format == "sharegpt":
+            raise ValueError("fields: map the columns of jsonl, csv, parquet or arrow files; a ShareGPT "
+                             "file has its own layout (drop fields, or convert it to jsonl)")
         if self.max_input is not None and self.max_input < self.min_input:
             raise ValueError(f"max_input ({self.max_input}) is below min_input ({self.min_input})")
         if self.max_output is not None and self.max_output < self.min_output:
@@ -119,14 +133,14 @@ class DatasetSpec(FrozenModel):
 class ReplaySpec(FrozenModel):
     """Trace replay (``replay:``, for ``scenario: replay``); see :mod:`loadgen.workload.traces`.
 
-    ``format``/``path`` name a trace file (Azure LLM inference CSV or Mooncake JSONL); without them the
-    arrival times come from the ``dataset:`` file's ``timestamp`` column. The window
+    ``format``/``path`` name a trace file (Azure LLM inference CSV, Mooncake JSONL or BurstGPT CSV);
+    without them the arrival times come from the ``dataset:`` file's ``timestamp`` column. The window
     [start_s, start_s + duration_s) is in the trace's own seconds from its first row; then times are
     divided by ``speedup``, or the gaps are scaled so the mean rate is ``target_qps`` (the burst shape
     is kept). Lengths are clipped to [1, max_input] / [1, max_output] so every row of the window is sent.
     """
 
-    format: Literal["azure", "mooncake"] | None = None
+    format: Literal["azure", "mooncake", "burstgpt"] | None = None
     path: Path | None = None
     speedup: float = Field(1.0, gt=0)
     target_qps: float | None = Field(None, gt=0)

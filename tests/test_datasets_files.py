@@ -124,7 +124,7 @@ def test_file_errors_name_the_file_and_line(tmp_path):
 
 
 @pytest.mark.parametrize(("data", "where"), [
-    ({"dataset": {"format": "parquet", "path": "x"}}, "dataset.format"),
+    ({"dataset": {"format": "xlsx", "path": "x"}}, "dataset.format"),
     ({"dataset": {"format": "csv", "path": "x", "min_input": 10, "max_input": 5}}, "dataset"),
     ({"dataset": {"format": "csv"}}, "dataset.path"),
     ({"prefix": {"groups": 0, "length": 5}}, "prefix.groups"),
@@ -155,7 +155,8 @@ def test_cross_field_rules(data, needle):
 
 
 @pytest.mark.parametrize("name", ["sharegpt", "prompts_csv", "prompts_jsonl", "replay_azure",
-                                  "replay_mooncake", "prefix_cache", "bursty", "ramp", "chat_sessions"])
+                                  "replay_burstgpt", "hf_parquet", "replay_mooncake", "prefix_cache",
+                                  "bursty", "ramp", "chat_sessions"])
 def test_example_scenario_files_validate(name):
     from loadgen.settings import load_settings
 

@@ -126,7 +126,7 @@ def _more_from_file(
 
     spec = settings.dataset
     assert spec is not None
-    items = [it for it in read_items(spec.format, spec.path) if it.text not in taken]
+    items = [it for it in read_items(spec.format, spec.path, spec.fields) if it.text not in taken]
     if not items:
         return []
     try:

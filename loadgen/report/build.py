@@ -139,6 +139,12 @@ def _sessions_more(m: re.Match[str]) -> str:
             "says; add sessions (sessions.count, or more lines in sessions.path) or turns (sessions.turns)")
 
 
+def _replay_more(m: re.Match[str]) -> str:
+    return (f"{m.group(1)} queries or more: a replay sends the trace's rows in its window, whatever "
+            "--num-requests says; widen the window (replay.duration_s, replay.start_s) or replay a longer "
+            "trace")
+
+
 def verdict_section(ml: mlperf.MlperfResult) -> Validity:
     """``report.json``'s ``validity`` from the evaluation: ``valid`` exactly when ``reasons`` is empty."""
     return {"valid": ml.valid, "reasons": list(ml.reasons)}
@@ -181,6 +187,8 @@ def build_report(
         ml.checks["class_slos"] = not missed
     if settings.sessions is not None:  # sessions send their turns: --num-requests cannot add queries
         ml.reasons[:] = [_SESSIONS_MORE.sub(_sessions_more, r) for r in ml.reasons]
+    elif settings.scenario == Scenario.REPLAY:  # nor can they add rows to a trace
+        ml.reasons[:] = [_SESSIONS_MORE.sub(_replay_more, r) for r in ml.reasons]
     data = {
         **meta,
         "schema_version": SCHEMA_VERSION,

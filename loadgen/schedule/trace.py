@@ -102,7 +102,7 @@ def replay_trace(dataset: Dataset, *, max_queries: int = MAX_QUERIES) -> tuple[n
     if not arrivals or any(a is None for a in arrivals):
         raise ConfigError(
             "trace replay needs an arrival time on every sample: give the dataset: file a `timestamp` "
-            "column, or a replay: {format: azure|mooncake, path: FILE} trace"
+            "column, or a replay: {format: azure|mooncake|burstgpt, path: FILE} trace"
         )
     if len(arrivals) > max_queries:
         raise ConfigError(

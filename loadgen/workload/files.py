@@ -5,9 +5,16 @@ Layouts (``dataset: {format, path, ...}`` in a scenario file):
 * ``sharegpt``: ``[{"conversations": [{"from": "human", "value": ...}, {"from": "gpt", ...}, ...]}]``.
   The first human turn is the prompt; the token count of the gpt turn after it is the output length.
   Entries without such a pair are skipped (``user``/``assistant`` and ``role``/``content`` work too).
-* ``jsonl``: one object per line, ``prompt`` (a string) or ``messages`` (a list of ``{role, content}``),
-  optional ``output_len`` (a positive integer) and ``timestamp`` (seconds, any origin).
-* ``csv``: a header row with ``prompt`` and optional ``output_len`` and ``timestamp`` columns.
+* ``jsonl``: one object per line, ``prompt`` (a string) or ``messages`` (a list of ``{role, content}``
+  or ShareGPT's ``{from, value}``), optional ``output_len`` (a positive integer), ``reply`` (a reference
+  answer: its token count is the output length when ``output_len`` is absent) and ``timestamp``
+  (seconds, any origin).
+* ``csv``: a header row with ``prompt`` and optional ``output_len``, ``reply`` and ``timestamp`` columns.
+* ``parquet``, ``arrow``: a file, or a folder of them (a Hugging Face dataset kept locally); each row is
+  read as a JSONL object (:mod:`loadgen.workload.tables`).
+
+``fields: {prompt: question, reply: answer, ...}`` maps loadgen's names to the file's own column names
+(jsonl, csv, parquet, arrow); a mapped column that is not there is an error naming it.
 
 Input lengths are always re-counted with the token counter in use (never trusted from the file). A
 missing ``output_len`` is drawn from the settings' ``output_len``. Samples outside the length bounds are
@@ -29,7 +36,7 @@ import orjson
 
 from loadgen.errors import ConfigError
 from loadgen.settings import Settings
-from loadgen.specs import DatasetSpec
+from loadgen.specs import DATASET_FIELDS, DatasetSpec
 from loadgen.workload.samples import Dataset, Sample, draw_lengths
 from loadgen.workload.tokens import TokenCounter
 
@@ -57,13 +64,36 @@ class RawItem:
 # ---- readers -----------------------------------------------------------------------------------------
 
 
-def read_items(fmt: str, path: Path) -> list[RawItem]:
-    """Every usable entry of ``path`` in file order; ConfigError names the file and line/entry."""
-    readers = {"sharegpt": read_sharegpt, "jsonl": read_jsonl, "csv": read_csv}
-    items = readers[fmt](path)
+def read_items(fmt: str, path: Path, fields: dict[str, str] | None = None) -> list[RawItem]:
+    """Every usable entry of ``path`` in file order; ConfigError names the file and line/entry.
+
+    ``fields`` maps loadgen's names (prompt, messages, output_len, timestamp, reply) to the file's
+    columns (jsonl, csv, parquet, arrow)."""
+    if fmt in ("parquet", "arrow"):
+        from loadgen.workload.tables import read_rows
+
+        items = [_item(_mapped(obj, fields, where), where) for where, obj in read_rows(fmt, path)]
+    elif fmt == "sharegpt":
+        items = read_sharegpt(path)
+    else:
+        items = (read_jsonl if fmt == "jsonl" else read_csv)(path, fields)
     if not items:
         raise ConfigError(f"dataset file {path} ({fmt}) has no usable prompts.")
     return items
+
+
+def _mapped(obj: dict[str, Any], fields: dict[str, str] | None, where: str) -> dict[str, Any]:
+    """``obj`` with each mapped column also under loadgen's name (a row without it: the name absent)."""
+    if not fields:
+        return obj
+    out = {k: v for k, v in obj.items() if k not in DATASET_FIELDS}
+    for name, column in fields.items():
+        if column not in obj:
+            raise ConfigError(f"{where}: dataset.fields.{name} names the column `{column}`, which is not "
+                              f"there; its columns are {', '.join(map(str, obj))}.")
+        if obj[column] is not None:
+            out[name] = obj[column]
+    return out
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -73,6 +103,7 @@ def _read_bytes(path: Path) -> bytes:
         raise ConfigError(f"dataset file {path}: {exc.strerror}. Check dataset.path.") from exc
 
 
+_ROLES = {"human": "user", "gpt": "assistant", "chatgpt": "assistant"}  # ShareGPT's from: names
 _HUMAN = ("human", "user")
 _GPT = ("gpt", "assistant", "chatgpt", "bard", "bing")
 
@@ -101,7 +132,7 @@ def read_sharegpt(path: Path) -> list[RawItem]:
     return items
 
 
-def read_jsonl(path: Path) -> list[RawItem]:
+def read_jsonl(path: Path, fields: dict[str, str] | None = None) -> list[RawItem]:
     items = []
     for lineno, line in enumerate(_read_bytes(path).splitlines(), 1):
         if not line.strip():
@@ -113,25 +144,29 @@ def read_jsonl(path: Path) -> list[RawItem]:
             raise ConfigError(f"{where}: not valid JSON ({exc}).") from exc
         if not isinstance(obj, dict):
             raise ConfigError(f"{where}: expected a JSON object with `prompt` or `messages`.")
-        items.append(_item(obj, where))
+        items.append(_item(_mapped(obj, fields, where), where))
     return items
 
 
-def read_csv(path: Path) -> list[RawItem]:
+def read_csv(path: Path, fields: dict[str, str] | None = None) -> list[RawItem]:
     try:
         text = _read_bytes(path).decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"dataset file {path}: not UTF-8 text ({exc}).") from exc
     reader = csv.DictReader(text.splitlines())
-    if reader.fieldnames is None or "prompt" not in reader.fieldnames:
+    prompt = (fields or {}).get("prompt", "prompt")
+    if reader.fieldnames is None or prompt not in reader.fieldnames:
         raise ConfigError(
-            f"dataset file {path}: the CSV header needs a `prompt` column (and optionally `output_len`, "
-            f"`timestamp`); found {reader.fieldnames}."
+            f"dataset file {path}: the CSV header needs a `{prompt}` column (and optionally `output_len`, "
+            f"`timestamp`; dataset.fields maps other column names); found {reader.fieldnames}."
         )
     items = []
-    for row in reader:
+    for raw_row in reader:
         where = f"dataset file {path}, line {reader.line_num}"
+        row = _mapped(raw_row, fields, where)
         obj: dict[str, Any] = {"prompt": row["prompt"]}
+        if isinstance(row.get("reply"), str):
+            obj["reply"] = row["reply"]
         for key, conv in (("output_len", int), ("timestamp", float)):
             raw = (row.get(key) or "").strip()
             if raw:
@@ -151,16 +186,20 @@ def _item(obj: dict[str, Any], where: str) -> RawItem:
     if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts)):
         raise ConfigError(f"{where}: `timestamp` must be a number of seconds, not {ts!r}.")
     ts_s = float(ts) if ts is not None else None
+    reply = obj.get("reply")
+    if reply is not None and not isinstance(reply, str):
+        raise ConfigError(f"{where}: `reply` (the answer whose tokens are the output length) must be text.")
     if isinstance(obj.get("prompt"), str):
-        return RawItem(obj["prompt"], None, out, timestamp_s=ts_s)
+        return RawItem(obj["prompt"], None, out, output_text=reply, timestamp_s=ts_s)
     msgs = obj.get("messages")
-    if isinstance(msgs, list) and msgs and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-        for m in msgs
-    ):
-        messages = tuple({"role": m["role"], "content": m["content"]} for m in msgs)
-        return RawItem(None, messages, out, timestamp_s=ts_s)
-    raise ConfigError(f"{where}: needs `prompt` (a string) or `messages` (a list of {{role, content}}).")
+    if isinstance(msgs, list) and msgs and all(isinstance(m, dict) for m in msgs):
+        turns = [(m.get("role", m.get("from")), m.get("content", m.get("value"))) for m in msgs]
+        if all(isinstance(r, str) and isinstance(c, str) for r, c in turns):
+            messages = tuple({"role": _ROLES.get(str(r).lower(), str(r)), "content": str(c)}
+                             for r, c in turns)
+            return RawItem(None, messages, out, output_text=reply, timestamp_s=ts_s)
+    raise ConfigError(f"{where}: needs `prompt` (a string) or `messages` (a list of {{role, content}} or "
+                      "{{from, value}}); dataset.fields maps other column names.")
 
 
 # ---- counting, filtering, sampling ---------------------------------------------------------------------
@@ -227,5 +266,5 @@ def load_file(
     size: int | None = None,
 ) -> Dataset:
     """``spec``'s file as a Dataset of ``spec.num_samples`` (else ``size``; None: every usable one)."""
-    return from_items(read_items(spec.format, spec.path), spec, settings, counter, rng,
+    return from_items(read_items(spec.format, spec.path, spec.fields), spec, settings, counter, rng,
                       size=spec.num_samples or size)

@@ -7,6 +7,8 @@ Layouts (``replay: {format, path}``):
 * ``mooncake``: JSONL of ``{"timestamp": ms, "input_length": n, "output_length": m, "hash_ids": [...]}``;
   each hash id stands for a block of ``block_size`` (512) prompt tokens, and equal ids mean equal
   content, so rows sharing leading ids share a prefix (and can hit a prefix cache).
+* ``burstgpt``: the BurstGPT CSV, header ``Timestamp,Model,Request tokens,Response tokens,Total tokens,Log
+  Type``, Timestamp in seconds; rows with 0 response tokens (failed in the trace) are skipped.
 * without ``format``/``path``, the ``timestamp`` column (seconds) of the ``dataset:`` file.
 
 Time: ``t`` is seconds from the trace's first row. The window keeps ``start_s <= t < start_s +
@@ -22,6 +24,7 @@ see :mod:`loadgen.workload.tokens`); Mooncake blocks are drawn from a generator 
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -138,8 +141,43 @@ def read_mooncake(path: Path) -> TraceRows:
     return _sorted_rows(path, np.array(stamps, dtype=np.int64), ins, outs, ids)
 
 
+BURSTGPT_COLUMNS = ("Timestamp", "Request tokens", "Response tokens")
+
+
+def read_burstgpt(path: Path) -> TraceRows:
+    """The BurstGPT trace CSV (``Timestamp,Model,Request tokens,Response tokens,Total tokens,Log
+    Type``; Timestamp in seconds). Rows with 0 response tokens are requests that failed in the trace
+    (BurstGPT's own reading) and are not replayed."""
+    lines = _read_text(path).splitlines()
+    rows = csv.reader(lines)
+    header = [h.strip() for h in next(rows, [])]
+    if not all(n in header for n in BURSTGPT_COLUMNS):
+        raise ConfigError(f"trace file {path}: the BurstGPT header needs {', '.join(BURSTGPT_COLUMNS)}; "
+                          f"got {header}.")
+    col = [header.index(n) for n in BURSTGPT_COLUMNS]
+    stamps: list[int] = []
+    ins: list[int] = []
+    outs: list[int] = []
+    for lineno, cells in enumerate(rows, 2):
+        if not cells or not "".join(cells).strip():
+            continue
+        try:
+            ts, n_in, n_out = float(cells[col[0]]), int(float(cells[col[1]])), int(float(cells[col[2]]))
+            if not math.isfinite(ts) or n_in < 0 or n_out < 0:
+                raise ValueError
+        except (IndexError, ValueError):
+            raise ConfigError(f"trace file {path}, line {lineno}: expected seconds and two token counts in "
+                              f"{', '.join(BURSTGPT_COLUMNS)}: {lines[lineno - 1]!r}.") from None
+        if n_out == 0:
+            continue  # failed in the trace
+        stamps.append(round(ts * _NS))
+        ins.append(n_in)
+        outs.append(n_out)
+    return _sorted_rows(path, np.array(stamps, dtype=np.int64), ins, outs, None)
+
+
 def read_trace(fmt: str, path: Path) -> TraceRows:
-    return {"azure": read_azure, "mooncake": read_mooncake}[fmt](path)
+    return {"azure": read_azure, "mooncake": read_mooncake, "burstgpt": read_burstgpt}[fmt](path)
 
 
 # ---- time: window, speedup, target rate ----------------------------------------------------------------
@@ -225,7 +263,7 @@ def replay_dataset(
         return rows_dataset(picked, spec, counter, settings.seed, rngs["prompts"])
     dspec = settings.dataset
     assert dspec is not None  # Settings validation: replay needs a trace or a dataset file
-    items = read_items(dspec.format, dspec.path)
+    items = read_items(dspec.format, dspec.path, dspec.fields)
     if any(it.timestamp_s is None for it in items):
         raise ConfigError(f"replay: dataset file {dspec.path} needs a `timestamp` on every row.")
     stamps = np.array([it.timestamp_s for it in items], dtype=np.float64)
