@@ -228,6 +228,15 @@ class Settings(FrozenModel):
                  if getattr(self, n) is not None]
         if other:
             raise ValueError(f"classes: make their own synthetic prompts; drop {' and '.join(other)}")
+        for c in self.classes:
+            endpoint = c.endpoint or self.endpoint
+            timed = [k for k in ("ttft_ms", "tpot_ms") if getattr(c.slo, k) is not None]
+            if endpoint in POOLING_ENDPOINTS and timed:
+                raise ValueError(f"classes: {c.name} sends to {endpoint}, which generates nothing, so it has "
+                                 f"no {timed[0].removesuffix('_ms').upper()}; bound its slo.e2e_ms instead")
+            if self.images is not None and endpoint != "chat":
+                raise ValueError(f"classes: {c.name} sends to {endpoint}; images: go in chat messages, so "
+                                 "every class must send to chat (drop its endpoint, or drop images:)")
         return self
 
     @property
@@ -237,7 +246,8 @@ class Settings(FrozenModel):
 
     @model_validator(mode="after")
     def _pooling_needs_a_pooling_endpoint(self) -> Settings:
-        if self.pooling is not None and not self.pools:
+        pooled = self.pools or any(c.endpoint in POOLING_ENDPOINTS for c in self.classes or ())
+        if self.pooling is not None and not pooled:
             raise ValueError(f"pooling: sets the texts of embeddings, rerank or score requests; endpoint "
                              f"{self.endpoint} generates (use --endpoint embeddings, rerank or score)")
         if self.pools and self.pooling is not None and self.pooling.document_len is not None \

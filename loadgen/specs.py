@@ -175,14 +175,17 @@ class PrefixSpec(FrozenModel):
 
 class ClassSpec(FrozenModel):
     """One class of a traffic mix (``classes:``): its ``share`` of the queries (shares are normalised),
-    its lengths (default: the scenario's), the model or LoRA adapter it names (default: the run's), and
-    its own SLO: p99 bounds on TTFT, TPOT and E2E that the run's verdict checks for this class alone."""
+    its lengths (default: the scenario's), the model or LoRA adapter it names and the endpoint it sends
+    to (default: the run's), and its own SLO: p99 bounds on TTFT, TPOT and E2E that the run's verdict
+    checks for this class alone (a pooling class has no TTFT or TPOT: bound its E2E)."""
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,40}$")
     share: float = Field(..., gt=0, allow_inf_nan=False)
     input_len: LengthDist | None = None
     output_len: LengthDist | None = None
     model: str | None = None
+    # its own endpoint (embeddings beside chat, say); None: the run's
+    endpoint: Literal["completions", "chat", "responses", "embeddings", "rerank", "score"] | None = None
     slo: Slo = Field(default_factory=Slo)
 
     @field_validator("input_len", "output_len", mode="before")

@@ -124,6 +124,54 @@ def test_bad_mixes_exit_2_naming_the_field(tmp_path):
     assert res.code == 2 and "classes.0.share" in res.stderr, res.output
 
 
+def test_a_class_with_its_own_endpoint_embeddings_beside_chat(mix_sim, tmp_path):
+    """70% chat, 30% embeddings of 4 x 200 tokens (``endpoint:`` per class, ``pooling:``): each class's
+    requests reach its own route with its own body, and each has its analytic latency: chat TTFT
+    T + 32·P = 21.6 ms; an embeddings request holds a slot for T + 800·P = 60 ms and has no TTFT."""
+    scen = tmp_path / "mix.yaml"
+    scen.write_text(yaml.safe_dump({
+        "scenario": "concurrency", "concurrency": 4, "num_requests": 200, "duration_s": 0, "seed": 2,
+        "endpoint": "chat", "pooling": {"inputs": 4},
+        "classes": [
+            {"name": "chat", "share": 0.7, "input_len": 32, "output_len": 8, "slo": {"ttft_ms": 30}},
+            {"name": "embed", "share": 0.3, "input_len": 200, "endpoint": "embeddings",
+             "slo": {"e2e_ms": 80}},
+        ]}))
+    res = run_cli("run", str(scen), "--url", mix_sim.url, "--out", str(tmp_path / "run"), "--quiet")
+    assert res.code == 0, res.output
+    report = load_report(tmp_path / "run")
+    c = report["results"]["classes"]
+    n_embed = c["embed"]["requests_completed"]
+    assert n_embed + c["chat"]["requests_completed"] == 200 and report["results"]["requests_failed"] == 0
+    assert c["chat"]["ttft_ms"]["p50"] == pytest.approx(T + 32 * P, abs=1.0)
+    assert c["embed"]["ttft_ms"]["count"] == 0 and c["embed"]["output_tokens_total"] == 0
+    assert c["embed"]["e2e_ms"]["p50"] == pytest.approx(T + 800 * P, abs=1.5)
+    assert c["embed"]["endpoint"] == "embeddings" and c["chat"]["slo_met"] and c["embed"]["slo_met"]
+    with urllib.request.urlopen(mix_sim.url + "/sim/bodies", timeout=10) as resp:
+        bodies = json.load(resp)["bodies"][-200:]
+    embeds = [b for b in bodies if "input" in b]
+    assert len(embeds) == n_embed and all(len(b["input"]) == 4 for b in embeds)
+    assert all("messages" in b for b in bodies if "input" not in b)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "requests.jsonl").read_text().splitlines()]
+    assert all(r["prompt_tokens"] == r["input_tokens"] == (800 if r["cls"] == "embed" else 32) for r in rows)
+    reasons = report["validity"]["reasons"]
+    assert not any(x.startswith("class ") for x in reasons), reasons
+    assert not any("fewer than 2 output tokens" in x for x in reasons), reasons  # nothing was asked for
+    assert report["mlperf"]["token_errors"] == 0
+    assert "class embed:" in res.stdout and "embeddings latency p50" in res.stdout
+
+
+def test_a_pooling_class_cannot_bound_a_ttft(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"scenario": "concurrency", "endpoint": "chat", "classes": [
+        {"name": "chat", "share": 1}, {"name": "embed", "share": 1, "endpoint": "embeddings",
+                                       "slo": {"ttft_ms": 50}}]}))
+    res = run_cli("run", str(bad), "--out", str(tmp_path / "r"), "--quiet")
+    assert res.code == 2, res.output
+    assert "embed sends to embeddings, which generates nothing, so it has no TTFT; bound its slo.e2e_ms" \
+        in res.stderr
+
+
 @pytest.fixture(scope="module")
 def queueing_sim():
     """8 slots: a mean request holds one ~45 ms, so waits grow with load well below ~176 req/s."""

@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 
 from loadgen.client.http1 import Http1Client, HttpBrokenError, HttpConnectError, Response
-from loadgen.client.protocol import PROTOCOLS, merge_extra
+from loadgen.client.protocol import PROTOCOLS, Wire, merge_extra
 from loadgen.client.stream import StreamState, count_output, error_message, fail
 from loadgen.records import RequestRecord
 from loadgen.workload.samples import Sample
@@ -108,7 +108,6 @@ class Client:
         self._session = session
         self._opts = opts
         self._proto = PROTOCOLS[opts.endpoint]
-        self._url = opts.base_url + self._proto.path
         self._headers = {"Content-Type": "application/json", **opts.headers}
         self._tokenizer = tokenizer
         self._http = Http1Client(opts.base_url, insecure=opts.insecure) if session is None else None
@@ -143,23 +142,24 @@ class Client:
         ``headers`` are added to this request's (a session-affinity header, say).
         """
         opts = self._opts
-        built = self._proto.body(sample, sample.model or opts.model, opts.stream, opts.ignore_eos,
+        # a traffic class may name its own endpoint (embeddings beside chat): its protocol, else the run's
+        proto = self._proto if sample.endpoint is None else PROTOCOLS[sample.endpoint]
+        built = proto.body(sample, sample.model or opts.model, opts.stream, opts.ignore_eos,
                                  opts.continuous_usage)
         body = orjson.dumps(merge_extra(built, opts.extra_body) if opts.extra_body else built)
         sent_headers = {**self._headers, **headers} if headers else self._headers
-        generates = getattr(self._proto, "generates", True)
+        generates = getattr(proto, "generates", True)
         rec.requested_output_tokens = sample.output_tokens if generates else None
         rec.input_tokens = sample.input_tokens
         rec.cls = sample.cls
         first_sent = 0
         while True:
-            state = self._proto.state(rec, self._proto.text, keep_text or self._tokenizer is not None,
-                                self._proto.thinking)
+            state = proto.state(rec, proto.text, keep_text or self._tokenizer is not None, proto.thinking)
             try:
                 if self._http is not None:
-                    await self._fill_fast(rec, body, state, sent_headers)
+                    await self._fill_fast(rec, body, state, sent_headers, proto)
                 else:
-                    await self._fill_aiohttp(rec, body, state, sent_headers)
+                    await self._fill_aiohttp(rec, body, state, sent_headers, proto)
                 first_sent = first_sent or rec.sent_ns
                 if rec.retries >= opts.retries or not retryable(rec):
                     break
@@ -182,7 +182,7 @@ class Client:
     # ---- fast transport ------------------------------------------------------------------------------
     # The sink closure and the error mapping read best together in one place.
     async def _fill_fast(  # noqa: PLR0915
-        self, rec: RequestRecord, body: bytes, state: StreamState, headers: dict[str, str]
+        self, rec: RequestRecord, body: bytes, state: StreamState, headers: dict[str, str], proto: Wire
     ) -> None:
         opts = self._opts
         t0 = self.t0_ns
@@ -220,7 +220,7 @@ class Client:
             async with asyncio.timeout(opts.request_timeout_s) as deadline:
                 watchdog = _IdleWatchdog(loop, opts.idle_timeout_s, state, deadline, t0)
                 try:
-                    resp = await http.request("POST", self._proto.path, body, headers, sink,
+                    resp = await http.request("POST", proto.path, body, headers, sink,
                                               on_sent=on_sent)
                 finally:
                     idle = watchdog.fired
@@ -242,10 +242,11 @@ class Client:
             rec.error_class = None if rec.error_class == "incomplete" else rec.error_class
             fail(rec, "disconnect", f"response broke off: {exc}")
             return
-        self._conclude(rec, resp, mode, raw, state)
+        self._conclude(rec, resp, mode, raw, state, proto=proto)
 
     def _conclude(
-        self, rec: RequestRecord, resp: Response, mode: str, raw: list[bytes], state: StreamState
+        self, rec: RequestRecord, resp: Response, mode: str, raw: list[bytes], state: StreamState, *,
+        proto: Wire,
     ) -> None:
         rec.status = resp.status
         end = state.last_ns or time.perf_counter_ns() - self.t0_ns
@@ -256,14 +257,14 @@ class Client:
             state.finish(end)
         elif mode == "json":
             rec.end_ns = end
-            self._parse_json(rec, b"".join(raw), state)
+            self._parse_json(rec, b"".join(raw), state, proto)
         elif rec.error_class is None:
             rec.end_ns = end
             fail(rec, "malformed", "empty response body")
 
     # ---- aiohttp transport ---------------------------------------------------------------------------
     async def _fill_aiohttp(self, rec: RequestRecord, body: bytes, state: StreamState,
-                            headers: dict[str, str]) -> None:
+                            headers: dict[str, str], proto: Wire) -> None:
         opts = self._opts
         t0 = self.t0_ns
         assert self._session is not None
@@ -271,7 +272,7 @@ class Client:
         try:
             async with (
                 asyncio.timeout(opts.request_timeout_s),
-                self._session.post(self._url, data=body, headers=headers) as resp,
+                self._session.post(opts.base_url + proto.path, data=body, headers=headers) as resp,
             ):
                 rec.status = resp.status
                 if resp.status != 200:
@@ -286,7 +287,7 @@ class Client:
                 elif resp.content_type == "application/json":
                     raw = await resp.read()
                     rec.end_ns = time.perf_counter_ns() - t0
-                    self._parse_json(rec, raw, state)
+                    self._parse_json(rec, raw, state, proto)
                 else:
                     fail(rec, "content_type", f"unexpected Content-Type {resp.content_type!r}")
         except aiohttp.ServerTimeoutError:
@@ -303,19 +304,19 @@ class Client:
         except aiohttp.ClientError as exc:
             fail(rec, "connect", f"{type(exc).__name__}: {_short(exc)}")
 
-    def _parse_json(self, rec: RequestRecord, raw: bytes, state: StreamState) -> None:
+    def _parse_json(self, rec: RequestRecord, raw: bytes, state: StreamState, proto: Wire) -> None:
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError:
             fail(rec, "malformed", f"body is not JSON: {raw[:80]!r}")
             return
-        parsed = self._proto.parse(obj) if isinstance(obj, dict) else None
+        parsed = proto.parse(obj) if isinstance(obj, dict) else None
         if parsed is None:
             fail(rec, "malformed", f"no output in the response: {raw[:80]!r}")
             return
         state.pieces.append(parsed[0])
         state.usage = parsed[1]
-        if getattr(self._proto, "generates", True):
+        if getattr(proto, "generates", True):
             # Without streaming the first token is only seen with the last: TTFT equals E2E.
             rec.first_token_ns = rec.first_answer_ns = rec.end_ns
 

@@ -248,7 +248,10 @@ def _input_usage(usage: Any) -> dict[str, Any] | None:
     return {"prompt_tokens": tokens} if isinstance(tokens, int) else None
 
 
-PROTOCOLS: dict[str, type[Completions] | type[Chat] | type[Responses] | type[Embeddings]] = {
+#: one of the request shapes above (the classes themselves: their methods are static)
+Wire = type[Completions] | type[Chat] | type[Responses] | type[Embeddings]
+
+PROTOCOLS: dict[str, Wire] = {
     "completions": Completions, "chat": Chat, "responses": Responses, "embeddings": Embeddings,
     "rerank": Rerank, "score": Score,
 }

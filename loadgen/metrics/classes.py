@@ -42,6 +42,7 @@ def class_results(records: Sequence[RequestRecord], classes: Sequence[ClassSpec]
         row["share"] = len(mine) / total if total else None
         row["share_asked"] = c.share / sum(x.share for x in classes)
         row["model"] = c.model
+        row["endpoint"] = c.endpoint
         row["requests_per_s"] = done / duration_s if duration_s else None
         row["output_tokens_per_s"] = (row["output_tokens_total"] or 0) / duration_s if duration_s else None
         row["slo"] = {k: v for k, v in c.slo.model_dump().items() if v is not None}

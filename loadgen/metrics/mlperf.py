@@ -95,7 +95,8 @@ def _samples(done: list[RequestRecord], scenario: str, token_mode: bool) -> Samp
     ttft, tpot, errors = [], [], 0
     for r, b, lat in zip(done, base.tolist(), latency.tolist(), strict=True):
         if r.first_token_ns is None:
-            errors += 1
+            # a pooling request in a mix (asked for no tokens: embeddings beside chat) has none to judge
+            errors += r.requested_output_tokens is not None
             continue
         first = r.first_token_ns - b
         ttft.append(first)

@@ -322,9 +322,14 @@ def _class_lines(classes: dict[str, Any]) -> list[str]:
         slo = bounds_text(c["slo"])
         verdict = "" if c["slo_met"] is None else f"; SLO {'met' if c['slo_met'] else 'MISSED'} ({slo})"
         share = "-" if c["share"] is None else f"{c['share']:.1%}"
-        out.append(f"class {name}: {share} of queries (asked {c['share_asked']:.0%}), "
-                   f"{c['requests_completed']} done, TTFT p50/p99 {tails['t50']}/{tails['t99']} ms, "
-                   f"TPOT p99 {tails['o99']} ms, E2E p99 {tails['e99']} ms{verdict}")
+        head = (f"class {name}: {share} of queries (asked {c['share_asked']:.0%}), "
+                f"{c['requests_completed']} done")
+        if c.get("endpoint") in POOLING_ENDPOINTS:  # nothing generated: no TTFT or TPOT to show
+            lat = _fmt((c.get("e2e_ms") or {}).get("p50"), 1)
+            out.append(f"{head}, {c['endpoint']} latency p50 {lat} ms, E2E p99 {tails['e99']} ms{verdict}")
+            continue
+        out.append(f"{head}, TTFT p50/p99 {tails['t50']}/{tails['t99']} ms, TPOT p99 {tails['o99']} ms, "
+                   f"E2E p99 {tails['e99']} ms{verdict}")
     return out
 
 

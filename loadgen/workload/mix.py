@@ -8,7 +8,8 @@
 
 Prompt k's class is drawn from the shares with the run's seed, so the queries of the one merged
 schedule (whatever the scenario: Poisson, closed loop, ...) fall in each class with binomial error
-around its share. Each class's prompts are the synthetic prompts its lengths give. Results per class
+around its share. Each class's prompts are the synthetic prompts its lengths give, sent to its own
+``endpoint`` when it names one (embeddings beside chat: one request shape per class). Results per class
 come from :func:`loadgen.metrics.classes.class_results`.
 """
 
@@ -42,6 +43,6 @@ def mixed(settings: Settings, size: int, counter: TokenCounter, rngs: dict[str, 
                                           "output_len": c.output_len or settings.output_len})
         made = synthetic(own, len(where), counter, rngs)
         for i, s in zip(where, made.samples, strict=True):
-            out[i] = replace(s, cls=c.name, model=c.model)
+            out[i] = replace(s, cls=c.name, model=c.model, endpoint=c.endpoint)
     samples = [s for s in out if s is not None]
     return Dataset(samples, counter.name, counter.exact, classes=counts)

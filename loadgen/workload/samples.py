@@ -42,6 +42,7 @@ class Sample:
     # a pooling request's further texts: embeddings inputs after the prompt, or rerank/score documents
     # (loadgen.workload.pooling); None: the prompt alone
     inputs: tuple[str, ...] | None = None
+    endpoint: str | None = None  # a traffic class's own endpoint (loadgen.workload.mix); None: the run's
 
     def as_messages(self) -> list[dict[str, Any]]:
         if self.messages is not None:

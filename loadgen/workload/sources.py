@@ -33,7 +33,8 @@ def load_dataset(settings: Settings, counter: TokenCounter, rngs: dict[str, np.r
     """The run's prompts (see :func:`_prompts`), with ``images:`` attached when the settings ask, and a
     pooling request's further texts (``pooling:``; rerank and score always have documents)."""
     dataset = _prompts(settings, counter, rngs)
-    if settings.pooling is not None or settings.endpoint in ("rerank", "score"):
+    ends = {settings.endpoint, *(c.endpoint for c in settings.classes or ())}
+    if settings.pooling is not None or ends & {"rerank", "score"}:
         from loadgen.workload.pooling import with_inputs
 
         dataset = with_inputs(dataset, settings, counter)
