@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from loadgen.errors import ConfigError
 from loadgen.schedule.arrivals import MAX_QUERIES, MAX_SCHEDULE_S, RateProfile, schedule_problem
 from loadgen.specs import (
+    POOLING_ENDPOINTS,
     ArrivalSpec,
     ClassSpec,
     DatasetSpec,
@@ -31,7 +32,10 @@ from loadgen.specs import (
     ServerLaunch,
     SessionSpec,
     Slo,
+    class_shares,
     coerce_length,
+    mix_problem,
+    rate_from_classes,
 )
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
@@ -85,9 +89,6 @@ MLPERF_PRESETS: dict[str, tuple[float, float]] = {
 RESERVED_FIELDS = frozenset({"model", "prompt", "messages", "input", "stream"})
 #: Output-length fields, set from the sample; ``extra_body`` may only drop them (null).
 LENGTH_FIELDS = frozenset({"max_tokens", "max_completion_tokens", "max_output_tokens"})
-
-
-POOLING_ENDPOINTS = ("embeddings", "rerank", "score")
 
 
 class Settings(FrozenModel):
@@ -221,23 +222,29 @@ class Settings(FrozenModel):
     def _classes_make_their_prompts(self) -> Settings:
         if self.classes is None:
             return self
-        names = [c.name for c in self.classes]
-        if not names or len(set(names)) != len(names):
-            raise ValueError(f"classes: give one or more classes with distinct names (got {names})")
         other = [n for n in ("prompts_file", "dataset", "prefix", "replay", "sessions")
                  if getattr(self, n) is not None]
-        if other:
-            raise ValueError(f"classes: make their own synthetic prompts; drop {' and '.join(other)}")
-        for c in self.classes:
-            endpoint = c.endpoint or self.endpoint
-            timed = [k for k in ("ttft_ms", "tpot_ms") if getattr(c.slo, k) is not None]
-            if endpoint in POOLING_ENDPOINTS and timed:
-                raise ValueError(f"classes: {c.name} sends to {endpoint}, which generates nothing, so it has "
-                                 f"no {timed[0].removesuffix('_ms').upper()}; bound its slo.e2e_ms instead")
-            if self.images is not None and endpoint != "chat":
-                raise ValueError(f"classes: {c.name} sends to {endpoint}; images: go in chat messages, so "
-                                 "every class must send to chat (drop its endpoint, or drop images:)")
+        problem = mix_problem(self.classes, endpoint=self.endpoint, other_sources=other,
+                              images=self.images is not None, open_server=self.scenario == Scenario.SERVER
+                              and not (self.arrival and self.arrival.ramp))
+        if problem is not None:
+            raise ValueError(problem)
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _classes_set_the_rate(cls, data: Any) -> Any:
+        return rate_from_classes(data)
+
+    def class_shares(self) -> list[float]:
+        """Each class's share of the queries, normalised: its share, or its qps over the total."""
+        return class_shares(self.classes or [])
+
+    def class_rates(self) -> list[float] | None:
+        """Each class's own arrival rate (queries/s) at the run's qps; None when classes have shares."""
+        if not self.classes or self.classes[0].qps is None or self.qps is None:
+            return None
+        return [self.qps * share for share in self.class_shares()]
 
     @property
     def pools(self) -> bool:

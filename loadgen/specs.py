@@ -175,12 +175,17 @@ class PrefixSpec(FrozenModel):
 
 class ClassSpec(FrozenModel):
     """One class of a traffic mix (``classes:``): its ``share`` of the queries (shares are normalised),
+    or its own arrival process (``qps``, ``burstiness``: Poisson or gamma gaps, merged with the other
+    classes' into the one schedule; server scenario),
     its lengths (default: the scenario's), the model or LoRA adapter it names and the endpoint it sends
     to (default: the run's), and its own SLO: p99 bounds on TTFT, TPOT and E2E that the run's verdict
     checks for this class alone (a pooling class has no TTFT or TPOT: bound its E2E)."""
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,40}$")
-    share: float = Field(..., gt=0, allow_inf_nan=False)
+    share: float | None = Field(None, gt=0, allow_inf_nan=False)
+    # its own arrival process (server scenario): Poisson at qps, or gamma gaps of this burstiness
+    qps: float | None = Field(None, gt=0, allow_inf_nan=False)
+    burstiness: float | None = Field(None, gt=0, le=1000)
     input_len: LengthDist | None = None
     output_len: LengthDist | None = None
     model: str | None = None
@@ -192,6 +197,15 @@ class ClassSpec(FrozenModel):
     @classmethod
     def _lengths(cls, v: Any) -> Any:
         return coerce_length(v)
+
+    @model_validator(mode="after")
+    def _share_or_rate(self) -> ClassSpec:
+        if (self.share is None) == (self.qps is None):
+            raise ValueError(f"class {self.name}: give its share of the queries, or its own qps (an arrival "
+                             "process of its own), not both and not neither")
+        if self.burstiness is not None and self.qps is None:
+            raise ValueError(f"class {self.name}: burstiness shapes the class's own arrivals; give its qps")
+        return self
 
 
 class ImageSpec(FrozenModel):
@@ -272,3 +286,55 @@ class SessionSpec(FrozenModel):
     @property
     def agentic(self) -> bool:
         return self.path is not None or self.tool_result_len is not None
+
+
+POOLING_ENDPOINTS = ("embeddings", "rerank", "score")
+
+
+def class_shares(classes: list[ClassSpec]) -> list[float]:
+    """Each class's share of the queries, normalised: its share, or its qps over the total."""
+    raw = [c.share if c.share is not None else c.qps or 0.0 for c in classes]
+    total = sum(raw)
+    return [x / total for x in raw] if total else raw
+
+
+def rate_from_classes(data: Any) -> Any:
+    """Scenario data whose classes each give a qps: the run's qps is their sum, unless it is given (then
+    it scales them all by one factor, keeping their ratio: how find-peak and a qps sweep move a mix)."""
+    if not isinstance(data, dict) or data.get("qps") is not None:
+        return data
+    classes = data.get("classes")
+    if isinstance(classes, list) and classes and all(
+            isinstance(c, dict) and isinstance(c.get("qps"), int | float) and c["qps"] > 0 for c in classes):
+        return {**data, "qps": float(sum(c["qps"] for c in classes))}
+    return data
+
+
+def mix_problem(classes: list[ClassSpec], *, endpoint: str, other_sources: list[str], images: bool,
+                open_server: bool) -> str | None:
+    """What is wrong with a traffic mix in its run, or None (``open_server``: the server scenario
+    without a ramp, where classes may have arrival processes of their own)."""
+    names = [c.name for c in classes]
+    if not names or len(set(names)) != len(names):
+        return f"classes: give one or more classes with distinct names (got {names})"
+    rated = [c.name for c in classes if c.qps is not None]
+    if rated and len(rated) != len(names):
+        return (f"classes: {', '.join(rated)} give their own qps and the others a share; give every class "
+                "a qps (each its own arrivals) or every class a share")
+    if rated and not open_server:
+        return ("classes with their own qps are open-loop arrival processes: use scenario: server (without "
+                "arrival.ramp), or give the classes shares")
+    if other_sources:
+        return f"classes: make their own synthetic prompts; drop {' and '.join(other_sources)}"
+    return next((p for c in classes if (p := _endpoint_problem(c, c.endpoint or endpoint, images))), None)
+
+
+def _endpoint_problem(c: ClassSpec, to: str, images: bool) -> str | None:
+    timed = [k for k in ("ttft_ms", "tpot_ms") if getattr(c.slo, k) is not None]
+    if to in POOLING_ENDPOINTS and timed:
+        return (f"classes: {c.name} sends to {to}, which generates nothing, so it has no "
+                f"{timed[0].removesuffix('_ms').upper()}; bound its slo.e2e_ms instead")
+    if images and to != "chat":
+        return (f"classes: {c.name} sends to {to}; images: go in chat messages, so every class must send to "
+                "chat (drop its endpoint, or drop images:)")
+    return None

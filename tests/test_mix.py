@@ -8,10 +8,16 @@ import json
 import math
 import urllib.request
 
+import numpy as np
 import pytest
 import yaml
 
+from loadgen.errors import ConfigError
+from loadgen.schedule.trace import build_trace, seeded_rngs
 from loadgen.servers.sim import SimConfig, SimProcess
+from loadgen.settings import Settings, build_settings
+from loadgen.workload.sources import load_dataset
+from loadgen.workload.tokens import WordCounter
 from tests.conftest import load_report, run_cli
 
 T, P, N = 20.0, 0.05, 400
@@ -208,3 +214,75 @@ def test_find_peak_over_a_mix_stops_where_the_binding_class_misses(queueing_sim,
         assert not any(x.startswith(f"class {other}:") for x in named), run
     assert all(r["valid"] for r in peak["runs"] if r["qps"] <= peak["peak_qps"])
     assert f"class {binds}: TTFT p99 <= " in res.stdout
+
+
+def _own_arrivals(batch_qps=10.0, **more):
+    return Settings(scenario="server", duration_s=40, num_requests=10, seed=3, classes=[
+        {"name": "interactive", "qps": 40, "input_len": 32, "output_len": 8},
+        {"name": "batch", "qps": batch_qps, "burstiness": 0.25, "input_len": 64, "output_len": 8}], **more)
+
+
+def _merged(settings):
+    rngs = seeded_rngs(settings.seed)
+    ds = load_dataset(settings, WordCounter(exact=True), rngs)
+    return ds, build_trace(settings, len(ds), rngs, ds)
+
+
+def test_classes_with_their_own_arrival_processes_keep_their_own_shape():
+    """Interactive Poisson at 40/s and a bursty batch class (gamma gaps, shape 0.25: CV 2) at 10/s over
+    40 s: each class's count is within Poisson-like error of rate × duration, each keeps its own gap
+    CV (1 and 2), every query carries a prompt of its own class, and changing batch's rate leaves the
+    interactive arrivals exactly where they were."""
+    s = _own_arrivals()
+    assert s.qps == 50 and s.class_shares() == [0.8, 0.2] and s.class_rates() == [40, 10]
+    ds, trace = _merged(s)
+    offsets = trace.offsets_ns / 1e9
+    assert np.all(np.diff(offsets) >= 0)
+    cls = np.array([ds.samples[i].cls for i in trace.order[:, 0]])
+    for name, rate, cv in (("interactive", 40, 1.0), ("batch", 10, 2.0)):
+        t = offsets[cls == name]
+        n = len(t)
+        # gamma renewal counts: variance ~ rate·T·CV²
+        assert abs(n - rate * 40) <= 4 * math.sqrt(rate * 40) * cv, (name, n)
+        gaps = np.diff(t)
+        assert gaps.std() / gaps.mean() == pytest.approx(cv, rel=0.25 if cv > 1 else 0.1), name
+    faster = _merged(_own_arrivals(batch_qps=20))
+    f_offsets = faster[1].offsets_ns
+    f_cls = np.array([faster[0].samples[i].cls for i in faster[1].order[:, 0]])
+    assert np.array_equal(f_offsets[f_cls == "interactive"], trace.offsets_ns[cls == "interactive"])
+    # a run-level qps (find-peak, a qps sweep) scales every class by one factor
+    assert _own_arrivals(qps=100).class_rates() == [80, 20]
+
+
+def test_own_arrivals_end_to_end_through_the_cli(mix_sim, tmp_path):
+    scen = tmp_path / "arrivals.yaml"
+    scen.write_text(yaml.safe_dump({
+        "scenario": "server", "duration_s": 4, "num_requests": 10, "seed": 1, "endpoint": "chat",
+        "classes": [
+            {"name": "interactive", "qps": 30, "input_len": 32, "output_len": 8, "slo": {"ttft_ms": 40}},
+            {"name": "batch", "qps": 10, "burstiness": 0.5, "input_len": 200, "output_len": 8}]}))
+    res = run_cli("run", str(scen), "--url", mix_sim.url, "--out", str(tmp_path / "run"), "--quiet")
+    assert res.code == 0, res.output
+    report = load_report(tmp_path / "run")
+    c = report["results"]["classes"]
+    assert c["interactive"]["qps_asked"] == 30 and c["batch"]["qps_asked"] == 10
+    assert c["batch"]["burstiness"] == 0.5
+    assert abs(c["interactive"]["requests_completed"] - 120) <= 4 * math.sqrt(120)
+    assert report["results"]["requests_failed"] == 0
+    rows = [json.loads(x) for x in (tmp_path / "run" / "requests.jsonl").read_text().splitlines()]
+    assert all(r["input_tokens"] == (32 if r["cls"] == "interactive" else 200) for r in rows)
+
+
+@pytest.mark.parametrize(("classes", "says"), [
+    ([{"name": "a", "qps": 5}, {"name": "b", "share": 1}], "give every class a qps"),
+    ([{"name": "a", "share": 1, "burstiness": 2}], "burstiness shapes the class's own arrivals"),
+    ([{"name": "a"}], "give its share of the queries, or its own qps"),
+])
+def test_mixed_up_class_rates_are_refused(classes, says):
+    with pytest.raises(ConfigError, match=says):
+        build_settings({"scenario": "server", "qps": 5, "classes": classes}, "test")
+
+
+def test_own_arrivals_need_the_server_scenario():
+    with pytest.raises(ConfigError, match="use scenario: server"):
+        build_settings({"scenario": "concurrency", "classes": [{"name": "a", "qps": 5}]}, "test")

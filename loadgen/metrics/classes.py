@@ -28,19 +28,24 @@ _BOUNDS = (("ttft_ms", "ttft_from_scheduled_ms", "TTFT"), ("tpot_ms", "tpot_ms",
            ("e2e_ms", "e2e_from_scheduled_ms", "E2E"))
 
 
-def class_results(records: Sequence[RequestRecord], classes: Sequence[ClassSpec], duration_s: float | None
+def class_results(records: Sequence[RequestRecord], classes: Sequence[ClassSpec], duration_s: float | None,
+                  shares: Sequence[float], rates: Sequence[float] | None = None,
                   ) -> tuple[dict[str, Any], list[str]]:
-    """(``results.classes``, the reasons of the classes that missed their SLO) over measured records."""
+    """(``results.classes``, the reasons of the classes that missed their SLO) over measured records;
+    ``shares`` are the classes' normalised shares asked for, ``rates`` their own arrival rates."""
     total = len(records)
     out: dict[str, Any] = {}
     reasons: list[str] = []
-    for c in classes:
+    for i, c in enumerate(classes):
         mine = [r for r in records if r.cls == c.name]
         got = summarize(mine, slo=Slo.of(c.slo))
         row: dict[str, Any] = {k: got.get(k) for k in _KEEP}
         done = row["requests_completed"] or 0
         row["share"] = len(mine) / total if total else None
-        row["share_asked"] = c.share / sum(x.share for x in classes)
+        row["share_asked"] = shares[i]
+        if rates is not None:
+            row["qps_asked"] = rates[i]
+            row["burstiness"] = c.burstiness
         row["model"] = c.model
         row["endpoint"] = c.endpoint
         row["requests_per_s"] = done / duration_s if duration_s else None

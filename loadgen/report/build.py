@@ -23,8 +23,8 @@ from loadgen.report.files import load_json
 from loadgen.report.fleet import fleet_console_lines, fleet_summary_lines
 from loadgen.report.schema import SCHEMA_VERSION, Validity
 from loadgen.report.summary import render_summary
-from loadgen.settings import POOLING_ENDPOINTS, Scenario, Settings
-from loadgen.specs import bounds_text
+from loadgen.settings import Scenario, Settings
+from loadgen.specs import POOLING_ENDPOINTS, bounds_text
 
 if TYPE_CHECKING:
     from loadgen.metrics.health import ClientHealth
@@ -181,7 +181,8 @@ def build_report(
     if settings.classes:
         from loadgen.metrics.classes import class_results
 
-        results["classes"], missed = class_results(measured, settings.classes, results.get("duration_s"))
+        results["classes"], missed = class_results(measured, settings.classes, results.get("duration_s"),
+                                                   settings.class_shares(), settings.class_rates())
         ml.reasons += missed
         ml.valid = ml.valid and not missed
         ml.checks["class_slos"] = not missed

@@ -146,6 +146,15 @@ def build_trace(
         last = int(offsets[-1]) if len(offsets) else 0
         return Trace(sc, True, offsets, order, 1, len(offsets), last, max(hard_ns, last),
                      settings.max_concurrency)
+    if sc == Scenario.SERVER and settings.class_rates() is not None:  # classes with their own arrivals
+        if dataset is None:
+            raise ValueError("build_trace(classes with qps) needs the dataset: its samples carry the class")
+        from loadgen.schedule.classes import class_offsets
+
+        offsets, order = class_offsets(settings, rngs["schedule"], dataset, max_queries=max_queries)
+        check_max_duration(settings, int(offsets[-1]) / _NS, exact=True)
+        return Trace(sc, True, offsets, order, 1, settings.num_requests, min_ns, hard_ns,
+                     settings.max_concurrency)
     spq = settings.samples_per_query if sc == Scenario.MULTISTREAM else 1
     if sc in (Scenario.SERVER, Scenario.CONSTANT):
         offsets = (

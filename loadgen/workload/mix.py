@@ -11,10 +11,15 @@ schedule (whatever the scenario: Poisson, closed loop, ...) fall in each class w
 around its share. Each class's prompts are the synthetic prompts its lengths give, sent to its own
 ``endpoint`` when it names one (embeddings beside chat: one request shape per class). Results per class
 come from :func:`loadgen.metrics.classes.class_results`.
+
+Classes with their own ``qps`` (and ``burstiness``) are arrival processes of their own: the schedule
+(:mod:`loadgen.schedule.classes`) merges them and names each query's class, so here each class only
+makes enough prompts (its expected share, with a margin) for its queries to take in turn.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -30,9 +35,12 @@ def mixed(settings: Settings, size: int, counter: TokenCounter, rngs: dict[str, 
           ) -> Dataset:
     """``size`` prompts, each of a class drawn from ``settings.classes`` shares."""
     classes = settings.classes or []
-    shares = np.array([c.share for c in classes], dtype=np.float64)
-    which = rngs["lengths"].spawn(1)[0].choice(len(classes), size=size, p=shares / shares.sum())
-    out: list[Sample | None] = [None] * size
+    shares = np.array(settings.class_shares(), dtype=np.float64)
+    if settings.class_rates() is None:
+        which = rngs["lengths"].spawn(1)[0].choice(len(classes), size=size, p=shares)
+    else:  # own arrivals: the schedule says which class each query is; enough prompts of each, in blocks
+        which = np.repeat(np.arange(len(classes)), [math.ceil(size * x * 1.2) + 8 for x in shares])
+    out: list[Sample | None] = [None] * len(which)
     counts: dict[str, int] = {}
     for k, c in enumerate(classes):
         where = np.flatnonzero(which == k)
