@@ -15,10 +15,13 @@ import yaml
 from loadgen.errors import ConfigError
 from loadgen.schedule.trace import build_trace, seeded_rngs
 from loadgen.servers.sim import SimConfig, SimProcess
+from loadgen.servers.vllm import VllmLauncher
 from loadgen.settings import Settings, build_settings
 from loadgen.workload.sources import load_dataset
 from loadgen.workload.tokens import WordCounter
 from tests.conftest import load_report, run_cli
+from tests.conftest_vllm import VLLM_ARGS, require_vllm, tiny_vllm_spec
+from tests.tiny_model import write_lora_adapter, write_tiny_model
 
 T, P, N = 20.0, 0.05, 400
 SHARE_BATCH = 0.2
@@ -286,3 +289,44 @@ def test_mixed_up_class_rates_are_refused(classes, says):
 def test_own_arrivals_need_the_server_scenario():
     with pytest.raises(ConfigError, match="use scenario: server"):
         build_settings({"scenario": "concurrency", "classes": [{"name": "a", "qps": 5}]}, "test")
+
+
+@pytest.mark.vllm
+def test_a_two_lora_mix_on_vllm_cpu(tmp_path):
+    """The tiny model serving two LoRA adapters (written here, random weights): an 80/20 mix naming them
+    completes every request with vLLM's prompt_tokens equal to loadgen's; a class naming an adapter
+    vLLM does not serve fails with its 404, so the adapter names did reach vLLM."""
+    require_vllm()
+    a, b = write_lora_adapter(tmp_path / "lora-a", 1), write_lora_adapter(tmp_path / "lora-b", 2)
+    args = (*VLLM_ARGS, "--enable-lora", "--max-lora-rank", "8", "--max-loras", "2",
+            "--lora-modules", f"adapter-a={a}", f"adapter-b={b}")
+    spec = tiny_vllm_spec(write_tiny_model(tmp_path / "model"), args=args)
+
+    def mix(path, batch_model):
+        path.write_text(yaml.safe_dump({
+            "scenario": "concurrency", "concurrency": 4, "num_requests": 40, "duration_s": 0, "seed": 5,
+            "classes": [
+                {"name": "interactive", "share": 0.8, "input_len": 32, "output_len": 8, "model": "adapter-a"},
+                {"name": "batch", "share": 0.2, "input_len": 256, "output_len": 16, "model": batch_model}]}))
+        return path
+
+    with VllmLauncher(spec, log_path=tmp_path / "server.log") as vllm:
+        good = run_cli("run", str(mix(tmp_path / "good.yaml", "adapter-b")), "--url", vllm.base_url,
+                       "--out", str(tmp_path / "good"), "--quiet", timeout=300)
+        bad = run_cli("run", str(mix(tmp_path / "bad.yaml", "adapter-c")), "--url", vllm.base_url,
+                      "--out", str(tmp_path / "bad"), "--quiet", timeout=300)
+    assert good.code == 0, good.output
+    c = load_report(tmp_path / "good")["results"]["classes"]
+    assert c["interactive"]["requests_completed"] + c["batch"]["requests_completed"] == 40
+    assert c["batch"]["requests_completed"] > 0 and c["interactive"]["requests_failed"] == 0
+    assert c["batch"]["requests_failed"] == 0
+    rows = [json.loads(x) for x in (tmp_path / "good" / "requests.jsonl").read_text().splitlines()]
+    assert all(r["prompt_tokens"] == r["input_tokens"] == (32 if r["cls"] == "interactive" else 256)
+               for r in rows)
+    assert all(r["output_tokens"] == (8 if r["cls"] == "interactive" else 16) for r in rows)
+    assert bad.code == 0, bad.output
+    cb = load_report(tmp_path / "bad")["results"]["classes"]
+    assert cb["batch"]["requests_completed"] == 0 and cb["batch"]["requests_failed"] > 0
+    assert cb["interactive"]["requests_failed"] == 0
+    bad_rows = [json.loads(x) for x in (tmp_path / "bad" / "requests.jsonl").read_text().splitlines()]
+    assert {r["status"] for r in bad_rows if r["cls"] == "batch"} == {404}

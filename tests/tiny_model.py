@@ -98,3 +98,38 @@ def write_tiny_model(directory: Path) -> Path:
         json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}) + "\n"
     )
     return directory
+
+
+def write_lora_adapter(directory: Path, seed: int, rank: int = 8) -> Path:
+    """A PEFT LoRA adapter for the tiny model (rank ``rank`` on q_proj and v_proj of both layers), small
+    random float32 weights in a hand-written safetensors file (8-byte header length, JSON header, data),
+    so no torch is needed to write it. vLLM serves it with ``--enable-lora --lora-modules NAME=DIR``."""
+    import numpy as np
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    hidden = _CONFIG["hidden_size"]
+    outs = {"q_proj": _CONFIG["num_attention_heads"] * _CONFIG["head_dim"],
+            "v_proj": _CONFIG["num_key_value_heads"] * _CONFIG["head_dim"]}
+    tensors = {}
+    for layer in range(_CONFIG["num_hidden_layers"]):
+        for proj, out in outs.items():
+            pre = f"base_model.model.model.layers.{layer}.self_attn.{proj}"
+            tensors[pre + ".lora_A.weight"] = (rng.standard_normal((rank, hidden)) * 0.01).astype("<f4")
+            tensors[pre + ".lora_B.weight"] = (rng.standard_normal((out, rank)) * 0.01).astype("<f4")
+    header, blobs, offset = {}, [], 0
+    for name, arr in tensors.items():
+        data = arr.tobytes()
+        header[name] = {"dtype": "F32", "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    blob = len(head).to_bytes(8, "little") + head + b"".join(blobs)
+    (directory / "adapter_model.safetensors").write_bytes(blob)
+    (directory / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": list(outs), "bias": "none",
+        "task_type": "CAUSAL_LM", "lora_dropout": 0.0, "fan_in_fan_out": False,
+        "base_model_name_or_path": "tiny-llama"}) + "\n")
+    return directory
