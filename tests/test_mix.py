@@ -219,6 +219,22 @@ def test_find_peak_over_a_mix_stops_where_the_binding_class_misses(queueing_sim,
     assert f"class {binds}: TTFT p99 <= " in res.stdout
 
 
+def test_a_sweep_over_a_mix_names_the_classes_that_missed(mix_sim, tmp_path):
+    """Batch's unqueued 70 ms TTFT always misses a 50 ms bound and interactive's 21.6 ms meets 30 ms: the
+    sweep's table and sweep.json say so per point."""
+    scen = tmp_path / "mix.yaml"
+    scen.write_text(yaml.safe_dump({
+        "scenario": "server", "qps": 20, "duration_s": 0, "num_requests": 30, "seed": 4, "classes": [
+            {"name": "interactive", "share": 0.7, "input_len": 32, "output_len": 8, "slo": {"ttft_ms": 30}},
+            {"name": "batch", "share": 0.3, "input_len": 1000, "output_len": 8, "slo": {"ttft_ms": 50}}]}))
+    res = run_cli("sweep", str(scen), "--url", mix_sim.url, "--param", "qps=10,20", "--out",
+                  str(tmp_path / "sweep"), "--quiet", timeout=300)
+    assert res.code == 0, res.output
+    rows = [p["row"] for p in json.loads((tmp_path / "sweep" / "sweep.json").read_text())["points"]]
+    assert [r["classes_missed"] for r in rows] == ["batch", "batch"]
+    assert res.stdout.count("batch missed") == 2 and "classes" in res.stdout
+
+
 def _own_arrivals(batch_qps=10.0, **more):
     return Settings(scenario="server", duration_s=40, num_requests=10, seed=3, classes=[
         {"name": "interactive", "qps": 40, "input_len": 32, "output_len": 8},

@@ -319,7 +319,7 @@ DOCUMENTED_CSV_COLUMNS = [  # sweep.write_sweep: index, status, seed, swept name
     "index", "status", "seed", "--max-seqs", "offered_qps", "concurrency", "requests_per_s",
     "output_tokens_per_s", "goodput_requests_per_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms",
     "tpot_p50_ms", "tpot_p99_ms", "e2e_p50_ms", "e2e_p99_ms", "ttfa_p99_ms", "error_rate", "valid",
-    "client_limited", "joules_per_output_token", "server_args",
+    "client_limited", "joules_per_output_token", "server_args", "classes_missed",
 ]
 
 

@@ -37,7 +37,7 @@ ROW_FIELDS = (
     "offered_qps", "concurrency", "requests_per_s", "output_tokens_per_s", "goodput_requests_per_s",
     "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "tpot_p50_ms", "tpot_p99_ms",
     "e2e_p50_ms", "e2e_p99_ms", "ttfa_p99_ms", "error_rate", "valid", "client_limited",
-    "joules_per_output_token", "server_args",
+    "joules_per_output_token", "server_args", "classes_missed",
 )
 
 
@@ -106,6 +106,9 @@ def row_from_report(report: dict[str, Any]) -> dict[str, Any]:
         "client_limited": bool(client.get("client_limited")),
         "joules_per_output_token": joules_per_output_token(report),
         "server_args": " ".join(server["args"]) if server.get("args") else None,
+        # a traffic mix: the classes that missed their own SLO ("" when every class met it)
+        "classes_missed": None if not r.get("classes") else " ".join(
+            name for name, c in r["classes"].items() if c.get("slo_met") is False),
     }
 
 

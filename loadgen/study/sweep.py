@@ -278,10 +278,19 @@ def _f(v: Any, digits: int = 1) -> str:
     return str(v)
 
 
+def _classes_cell(missed: str | None) -> str:
+    if missed is None:
+        return "-"
+    return f"{missed.replace(' ', ',')} missed" if missed else "all met"
+
+
 def render_table(data: dict[str, Any]) -> str:
     """The sweep as a console table, the knee marked."""
     names = list(data["parameters"])
     cols = [*names, "status", "req/s", "out tok/s", "TTFT p50", "TTFT p99", "TPOT p99", "err%", "valid"]
+    mix = any((p.get("row") or {}).get("classes_missed") is not None for p in data["points"])
+    if mix:  # a traffic mix: which classes missed their own SLO at each point
+        cols.append("classes")
     lines = []
     knees = data.get("knees") or ([data["knee"]] if data.get("knee") else [])
     at_knee = {k["index"] for k in knees}
@@ -295,6 +304,7 @@ def render_table(data: dict[str, Any]) -> str:
             _f(r.get("requests_per_s")), _f(r.get("output_tokens_per_s"), 0), _f(r.get("ttft_p50_ms")),
             _f(r.get("ttft_p99_ms")), _f(r.get("tpot_p99_ms"), 2),
             _f(100 * err if err is not None else None), _f(r.get("valid")),
+            *([_classes_cell(r.get("classes_missed"))] if mix else []),
         ])
     widths = [max(len(str(row[c])) for row in table) for c in range(len(cols))]
     for row in table:
