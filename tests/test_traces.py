@@ -292,11 +292,12 @@ def test_mooncake_replay_end_to_end_through_loadgen_run(tmp_path, monkeypatch):
         (w["input_length"], w["input_length"], w["output_length"]) for w in window]
     # At the server: arrivals in trace order (rows are >= 10 ms apart once scaled), each arrival's
     # offset from the first one as the scaled trace says (the median error well under a millisecond;
-    # a missing speedup would be off by hundreds).
+    # a missing speedup would be off by hundreds; the max allows one arrival held up by a loaded 2-core
+    # CI host, seen at 31 ms once: lateness itself is judged by test_replay_issues_at_the_traces_times).
     arrivals = sorted(captured, key=lambda c: c[0])
     got = np.array([a - arrivals[0][0] for a, _ in arrivals]) / 1e9
     err_ms = np.abs(got - (np.array(expect_s) - expect_s[0])) * 1e3
-    assert np.median(err_ms) < 1.0 and err_ms.max() < 25, err_ms
+    assert np.median(err_ms) < 1.0 and err_ms.max() < 100, err_ms
     words = [body["prompt"].split() for _, body in arrivals]
     assert [len(w) for w in words] == [w["input_length"] for w in window]
     pairs = 0

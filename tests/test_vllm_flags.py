@@ -57,7 +57,7 @@ def test_request_rate_inf_runs_offline_as_vllm_does(tmp_path):
     (("--qps", "5", "--request-rate", "6"), "--qps 5.0 and --request-rate 6.0 say different things"),
     (("--output-len", "5", "--random-output-len", "6"), "--output-len 5 and --random-output-len 6"),
     (("--request-rate", "0"), "--request-rate 0: give a rate above 0"),
-    (("--endpoint", "/v1/rerank"), "give --endpoint completions, chat, responses or embeddings"),
+    (("--endpoint", "/v1/classify"), "give --endpoint completions, chat, responses, embeddings, rerank"),
 ], ids=["percentile-metrics", "metric-percentiles", "burstiness", "base-url", "dataset-name",
         "num-prompts-conflict", "request-rate-conflict", "output-len-conflict", "rate-0", "endpoint-path"])
 def test_flags_without_a_loadgen_meaning_exit_2_with_one_line(args, needle):
