@@ -160,3 +160,34 @@ def test_bad_model_files_exit_2_naming_the_file(tmp_path):
     assert res.code == 2 and str(bad) in res.stderr and "loadgen calibrate" in res.stderr, res.output
     res = run_cli("calibrate", str(tmp_path), "--out", str(tmp_path / "m.json"))
     assert res.code == 2 and "neither a run folder" in res.stderr, res.output
+
+
+def test_a_median_on_a_cliff_carries_the_range_a_run_may_land_in():
+    """Six users on four slots, equal lengths: in the replay four start, two wait a whole service time,
+    and so on in lockstep, so the TTFT splits into two groups (26 unqueued, 22 queued of 48) and the
+    median sits at the edge of the first; a real run's jitter dephases the slots and lands between."""
+    from loadgen.settings import load_settings
+    from loadgen.study.predict import confirm, predict, render
+
+    m = ServingModel(30.0, 0.1, 5.0, 0.05, 4)
+    s = load_settings("concurrency", {"concurrency": 6, "input_len": 200, "output_len": 20,
+                                      "num_requests": 48, "duration_s": 0})
+    pred = predict(m, s)
+    fig = {f["name"]: f for f in pred["figures"]}
+    unqueued = 30 + 0.1 * 200
+    queued = unqueued + m.service_s(200, 20, 4) * 1000
+    assert fig["ttft_p50_ms"]["value"] == pytest.approx(unqueued)
+    assert fig["ttft_p50_ms"]["range"] == pytest.approx([unqueued, queued])
+    assert "range" not in fig["tpot_p50_ms"] and fig["ttft_p50_ms"]["band"] == 0.05
+
+    def run(p50: float) -> dict:
+        return {"results": {"ttft_ms": {"p50": p50}}, "validity": {"valid": True}}
+
+    assert confirm(pred, run((unqueued + queued) / 2))["rows"][0]["within"]
+    assert confirm(pred, run(queued * 1.04))["rows"][0]["within"]
+    assert not confirm(pred, run(unqueued * 0.9))["rows"][0]["within"]
+    assert not confirm(pred, run(queued * 1.1))["rows"][0]["within"]
+    assert "on a cliff: 50.00 to" in render(pred) and "has a cliff at ttft_p50_ms" in render(pred)
+    # below the slot count nobody waits: no cliff, the plain band
+    two = predict(m, s.model_copy(update={"concurrency": 2}))
+    assert all("range" not in f for f in two["figures"])

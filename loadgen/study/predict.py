@@ -16,8 +16,15 @@ client host's own jitter, which the model does not hold, lands in the tails. A c
 for as many requests as the run would send before both its count and its duration are met. The capacity
 (the knee: every slot busy) is ``max_seqs / service time at a full batch`` for the mean lengths.
 
+A percentile can sit on a **cliff** of the predicted distribution: a closed loop with more users than
+slots, equal lengths, splits into requests that wait a whole service time for a slot and requests that
+do not, and its median falls between the two groups. Then the values within one binomial standard error
+of the percentile's rank, 100·√(p(1−p)/n) points, differ by more than the band, and the figure carries
+that ``range``: a run is confirmed anywhere in it (widened by the band at each end).
+
 ``confirm`` compares a run's report with the prediction figure by figure; the prediction is
-**confirmed** when every measured figure lies within its band of the predicted one.
+**confirmed** when every measured figure lies within its band of the predicted one (or within its
+range, for a figure on a cliff).
 """
 
 from __future__ import annotations
@@ -74,6 +81,24 @@ def _load(settings: Settings, model: ServingModel, *, concurrency: int | None = 
     return replay(model, ins, outs, arrivals_s=np.cumsum(gaps) - gaps[0])
 
 
+def rank_ranges(r: Replayed) -> dict[str, tuple[float, float]]:
+    """Per percentile figure, the values at its rank ± one binomial standard error (100·√(p(1−p)/n)
+    points): where the replay's distribution has a cliff at the rank — half the requests wait for a slot
+    and half do not — a run's percentile may land anywhere in this range, which the band must hold."""
+    series = {"ttft": r.ttft_ms(), "tpot": r.tpot_ms(), "e2e": r.e2e_ms()}
+    out = {}
+    for name, (_, pct) in FIGURES.items():
+        values = series[name.split("_")[0]] if pct else None
+        if values is None or len(values) < 2:
+            continue
+        p = float(pct[1:])
+        d = 100 * math.sqrt(p / 100 * (1 - p / 100) / len(values))
+        lo, hi = percentile(values, max(0.0, p - d)), percentile(values, min(100.0, p + d))
+        if lo is not None and hi is not None:
+            out[name] = (lo, hi)
+    return out
+
+
 def figures(r: Replayed) -> dict[str, float | None]:
     ttft, tpot, e2e = r.ttft_ms(), r.tpot_ms(), r.e2e_ms()
     return {"ttft_p50_ms": percentile(ttft, 50), "ttft_p99_ms": percentile(ttft, 99),
@@ -89,16 +114,22 @@ def predict(model: ServingModel, settings: Settings, *, fit_error: float | None 
     central = figures(base)
     slow = figures(_load(settings, model.shifted(+1)))
     fast = figures(_load(settings, model.shifted(-1)))
+    ranges = rank_ranges(base)
     out = []
     for name, value in central.items():
         band = max(MIN_BAND_TAIL if "p99" in name else MIN_BAND, fit_error or 0.0)
+        fig: dict[str, Any] = {"name": name, "value": value}
         if value:
             spread = max(abs((slow[name] or value) - value), abs((fast[name] or value) - value)) / value
             band = max(band, spread)
-        out.append({"name": name, "value": value, "band": band,
-                    "assumption": "the fitted model's continuous batching at this load; band = max(±1σ "
-                                  f"of the parameters, the fit's worst error, {MIN_BAND:.0%} "
-                                  f"({MIN_BAND_TAIL:.0%} for a p99))"})
+            lo, hi = ranges.get(name, (value, value))
+            if max(value - lo, hi - value) / value > band:  # the percentile sits on a cliff: a run may
+                fig["range"] = [lo, hi]                       # land anywhere between its two sides
+        fig.update(band=band, assumption=(
+            "the fitted model's continuous batching at this load; band = max(±1σ of the parameters, the "
+            f"fit's worst error, {MIN_BAND:.0%} ({MIN_BAND_TAIL:.0%} for a p99)); on a cliff of the "
+            "distribution, the values within one standard error of the rank"))
+        out.append(fig)
     mean_in, mean_out = float(base.input_tokens.mean()), float(base.output_tokens.mean())
     cap = model.capacity_rps(mean_in, mean_out)
     held = model.service_s(mean_in, mean_out, model.max_seqs or 1)
@@ -207,9 +238,16 @@ def confirm(prediction: dict[str, Any], report: dict[str, Any]) -> dict[str, Any
         measured = results.get(key) if pct is None else (results.get(key) or {}).get(pct)
         err = None if not measured or fig["value"] is None else (fig["value"] - measured) / measured
         rows.append({**fig, "measured": measured, "error": err,
-                     "within": err is not None and abs(err) <= fig["band"]})
+                     "within": err is not None and _within(fig, measured, err)})
     return {"rows": rows, "confirmed": all(r["within"] for r in rows if r["measured"] is not None),
             "valid_run": bool((report.get("validity") or {}).get("valid"))}
+
+
+def _within(fig: dict[str, Any], measured: float, err: float) -> bool:
+    if fig.get("range"):
+        lo, hi = fig["range"]
+        return lo * (1 - fig["band"]) <= measured <= hi * (1 + fig["band"])
+    return abs(err) <= fig["band"]
 
 
 def render(prediction: dict[str, Any], confirmation: dict[str, Any] | None = None) -> str:
@@ -224,6 +262,9 @@ def render(prediction: dict[str, Any], confirmation: dict[str, Any] | None = Non
             where = "within" if m["within"] else "OUTSIDE"
             err = "" if m["error"] is None else f" ({m['error']:+.1%}, {where})"
             text += f"   measured {mv}{err}"
+        if fig.get("range"):
+            lo, hi = fig["range"]
+            text += f"   [on a cliff: {lo:,.2f} to {hi:,.2f}]"
         lines.append(text)
     cap = prediction["capacity_rps"]
     lines.append(f"capacity (every slot busy): {'not identified' if cap is None else f'{cap:,.2f} req/s'}"
@@ -240,6 +281,11 @@ def render(prediction: dict[str, Any], confirmation: dict[str, Any] | None = Non
         lines.append(f"replicas for {plan['peak_qps']:g} QPS (+{plan['headroom']:.0%}): {plan['replicas']} "
                      f"(each carries up to {plan['sustainable_qps_per_replica']:g} QPS within the SLO)"
                      + ("" if cost is None else f"; ${cost:,.2f} per million output tokens"))
+    cliffs = [f["name"] for f in prediction["figures"] if f.get("range")]
+    if cliffs:
+        lines.append(f"note: the predicted distribution has a cliff at {', '.join(cliffs)} (e.g. some "
+                     "requests wait for a slot and the rest do not): a run may land anywhere in the range "
+                     "shown, and is confirmed there")
     widest = max((f["band"] for f in prediction["figures"]), default=0.0)
     if widest > 0.25:
         lines.append(f"warning: bands up to ±{widest:.0%}: the model fits this deployment poorly (see the "
