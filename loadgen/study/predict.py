@@ -89,7 +89,7 @@ def rank_ranges(r: Replayed) -> dict[str, tuple[float, float]]:
     out = {}
     for name, (_, pct) in FIGURES.items():
         values = series[name.split("_")[0]] if pct else None
-        if values is None or len(values) < 2:
+        if pct is None or values is None or len(values) < 2:
             continue
         p = float(pct[1:])
         d = 100 * math.sqrt(p / 100 * (1 - p / 100) / len(values))
@@ -238,7 +238,7 @@ def confirm(prediction: dict[str, Any], report: dict[str, Any]) -> dict[str, Any
         measured = results.get(key) if pct is None else (results.get(key) or {}).get(pct)
         err = None if not measured or fig["value"] is None else (fig["value"] - measured) / measured
         rows.append({**fig, "measured": measured, "error": err,
-                     "within": err is not None and _within(fig, measured, err)})
+                     "within": err is not None and measured is not None and _within(fig, measured, err)})
     return {"rows": rows, "confirmed": all(r["within"] for r in rows if r["measured"] is not None),
             "valid_run": bool((report.get("validity") or {}).get("valid"))}
 
