@@ -145,10 +145,10 @@ class Settings(FrozenModel):
     # --- client -----------------------------------------------------------------------------------
     request_timeout_s: float = Field(600.0, gt=0)  # whole request
     idle_timeout_s: float = Field(120.0, gt=0)  # no bytes between chunks
-    # the aiohttp transport's pool size (default: enough for the load, never queueing); the fast one has
-    # no pool. To cap requests in flight use max_concurrency.
-    max_connections: int | None = Field(None, ge=1)
-    workers: int | None = Field(None, ge=1, le=256)  # client processes; None: chosen from the load
+    # the aiohttp transport's pool size (default: enough for the load; the fast one has none; a cap on
+    max_connections: int | None = Field(None, ge=1)  # requests in flight is max_concurrency)
+    workers: int | None = Field(None, ge=1, le=256)  # client processes (Ray actors); None: from the load
+    ray: str | None = None  # run the workers as Ray actors: a cluster's address, or "local"
     http_client: Literal["fast", "aiohttp"] = "fast"  # streaming transport (see loadgen.client.http1)
     # extra attempts for connect failures and HTTP 429/503 (loadgen.client.client.RETRY_STATUSES); 0: none.
     # Retries add load the schedule did not offer, so the report says they distort the offered load.

@@ -135,7 +135,10 @@ def run(
     dashboard: Annotated[bool | None, typer.Option("--dashboard/--no-dashboard",
                                                    help="live dashboard (default: on when stdout is a "
                                                         "terminal; keys q stop, x abort)")] = None,
-    workers: Annotated[int | None, typer.Option(help="client processes (default: from the load)")] = None,
+    workers: Annotated[int | None, typer.Option(help="client processes, or Ray actors with --ray "
+                                                     "(default: from the load)")] = None,
+    ray: Annotated[str | None, typer.Option(help="run the workers as Ray actors: a cluster's address "
+                                                 "(ray://HEAD:10001, HEAD:6379, auto) or local")] = None,
     http_client: Annotated[str | None, typer.Option(help="streaming transport: fast or aiohttp")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="serve live Prometheus metrics on this port "
                                                         "(0: any free port)")] = None,
@@ -203,7 +206,7 @@ def run(
             "prompts_file": prompts_file, "preset": preset, "headers": options.headers(header),
             "stream": False if no_stream else None, "insecure": True if insecure else None,
             "fail_on_invalid": True if fail_on_invalid else None, "progress": False if quiet else None,
-            "workers": workers, "http_client": http_client, "metrics_port": metrics_port,
+            "workers": workers, "ray": ray, "http_client": http_client, "metrics_port": metrics_port,
             "metrics_host": metrics_host, "pushgateway": pushgateway, "metrics_textfile": metrics_textfile,
             "metrics_linger_s": metrics_linger_s,
             "gpus": options.gpus(gpus), "gpu_telemetry": False if no_gpu_telemetry else None,

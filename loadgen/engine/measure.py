@@ -26,7 +26,14 @@ from loadgen.engine.loopmon import LoopLagMonitor
 from loadgen.engine.progress import live_view
 from loadgen.engine.sink import RecordSink, RunObserver
 from loadgen.engine.warmup import run_warmup
-from loadgen.engine.workers import WorkerJob, WorkerPool, auto_workers, preconnect_count, split_trace
+from loadgen.engine.workers import (
+    WorkerJob,
+    WorkerPool,
+    WorkerResult,
+    auto_workers,
+    preconnect_count,
+    split_trace,
+)
 from loadgen.metrics.gaps import GapStore
 from loadgen.metrics.health import ClientHealth, admission_times, assess
 from loadgen.records import RequestRecord
@@ -83,9 +90,10 @@ async def measure(
     if settings.sessions is not None:
         return await _sessions(settings, client=client, counter=counter, path=path, observers=observers,
                                gaps=gaps, control=control)
-    sink = RecordSink(path if workers <= 1 else None, observers=observers, gaps=gaps,
+    pooled = workers > 1 or settings.ray is not None
+    sink = RecordSink(None if pooled else path, observers=observers, gaps=gaps,
                       max_error_rate=settings.max_error_rate, stop=control.stop)
-    if workers > 1:
+    if pooled:
         records, stats, health = await _workers(
             settings, client=client, dataset=dataset, trace=trace, path=path, control=control,
             workers=workers, max_connections=max_connections, sink=sink,
@@ -146,23 +154,38 @@ async def _workers(
                   tokenizer=client.tokenizer, preconnect=preconnect_count(sub))
         for w, (sub, ids) in enumerate(parts)
     ]
-    pool = WorkerPool(jobs)
-    control.measuring(pool)  # an interrupt before its t0 cancels the run (pool.measuring)
-    progress = live_view(settings, pool.stats, trace.planned_queries, sink.observers, path)
-    try:
-        async with asyncio.TaskGroup() as tg:
-            progress_task = tg.create_task(progress) if progress else None
-            try:
-                results = await pool.run(sink.keep, on_in_flight if counted else None)
-            finally:
-                if progress_task is not None:
-                    progress_task.cancel()
-    finally:
-        control.measuring(None)
-    client.t0_ns = pool.t0_ns
+    async def run_pool(pool: WorkerPool) -> list[WorkerResult]:
+        control.measuring(pool)  # an interrupt before its t0 cancels the run (pool.measuring)
+        progress = live_view(settings, pool.stats, trace.planned_queries, sink.observers, path)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                progress_task = tg.create_task(progress) if progress else None
+                try:
+                    return await pool.run(sink.keep, on_in_flight if counted else None)
+                finally:
+                    if progress_task is not None:
+                        progress_task.cancel()
+        finally:
+            control.measuring(None)
+            client.t0_ns = pool.t0_ns
+
+    if settings.ray is None:
+        pool = WorkerPool(jobs)
+        results = await run_pool(pool)
+    else:
+        from loadgen.engine.cluster.pool import on_ray
+
+        pool, results = await on_ray(settings.ray, jobs, path.parent, run_pool, quiet=not settings.progress)
     lags = np.concatenate([r.lags_ns for r in results]) if results else np.zeros(0, np.int64)
     done = sink.records()
     health = _health(settings, done, lags, [r.cpu_cores for r in results])
+    if settings.ray is not None:
+        from loadgen.engine.cluster.certify import certify
+        from loadgen.engine.cluster.pool import RayPool
+
+        assert isinstance(pool, RayPool)
+        health = certify(health, done, results, pool.nodes,
+                         lambda recs, lags, cpus: _health(settings, recs, lags, cpus))
     return done, pool.stats, health
 
 

@@ -171,39 +171,45 @@ def worker_main(conn: Connection) -> None:
     conn.close()
 
 
-async def _worker(conn: Connection, job: WorkerJob) -> WorkerResult:
-    loop = asyncio.get_running_loop()
+class JobControl:
+    """What reaches a running job from its parent, on the job's event loop: ``start`` (the clock origin
+    ``t0``, in this host's ``perf_counter_ns``), ``stop``/``abort`` (passed to the issuer), and
+    :meth:`lost` (the parent went away)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.start: asyncio.Future[int | None] = loop.create_future()
+        self.issuer: Issuer | None = None
+
+    def handle(self, kind: str, arg: Any) -> None:
+        if kind == "start" and not self.start.done():
+            self.start.set_result(arg)
+        elif kind == "stop" and self.issuer is not None:
+            self.issuer.stop(arg)
+        elif kind == "abort" and self.issuer is not None:
+            self.issuer.abort(arg)
+
+    def lost(self, why: str) -> None:
+        if self.issuer is not None:
+            self.issuer.abort(why)
+        if not self.start.done():  # before the start: there is nothing to run
+            self.start.set_result(None)
+
+
+async def run_job(job: WorkerJob, send: Callable[[str, Any], None], control: JobControl) -> WorkerResult:
+    """One worker's share of the run, on this event loop: connect, say ``ready``, wait for ``start``,
+    issue (a ``tick`` of (issued, in flight) every :data:`TICK_S`), and return the result. Records go to
+    ``job.records_path`` as they complete. A process worker and a Ray actor both run this."""
     writer = RecordWriter(job.records_path)
     async with make_session(job.opts, job.max_connections) as session:
         client = Client(session if job.opts.transport == "aiohttp" else None, job.opts,
                         tokenizer=job.tokenizer)
-        issuer = Issuer(
+        issuer = control.issuer = Issuer(
             client, job.dataset, job.trace, writer.write, query_ids=job.query_ids,
             id_offset=job.worker, id_stride=job.workers,
         )
-        start: asyncio.Future[int | None] = loop.create_future()
-
-        def on_message() -> None:
-            try:
-                kind, arg = conn.recv()
-            except (EOFError, OSError):
-                loop.remove_reader(conn.fileno())
-                issuer.abort("the parent process went away")
-                if not start.done():  # before the start: there is nothing to run
-                    start.set_result(None)
-                return
-            if kind == "start" and not start.done():
-                start.set_result(arg)
-            elif kind == "stop":
-                issuer.stop(arg)
-            elif kind == "abort":
-                issuer.abort(arg)
-
-        loop.add_reader(conn.fileno(), on_message)
         await client.preconnect(job.preconnect)
-        with contextlib.suppress(OSError):
-            conn.send(("ready", job.worker))
-        t0_ns = await start
+        send("ready", job.worker)
+        t0_ns = await control.start
         monitor = LoopLagMonitor()
         try:
             if t0_ns is None:
@@ -211,24 +217,47 @@ async def _worker(conn: Connection, job: WorkerJob) -> WorkerResult:
             client.t0_ns = t0_ns
             async with gc_frozen(), asyncio.TaskGroup() as tg:
                 monitor.start(tg)
-                ticker = tg.create_task(_tick(conn, issuer))
+                ticker = tg.create_task(_tick(send, issuer))
                 try:
                     await issuer.run()
                 finally:
                     monitor.stop()
                     ticker.cancel()
         finally:
-            loop.remove_reader(conn.fileno())
             writer.close()
             await client.close()
     return WorkerResult(job.worker, issuer.stats, monitor.lags_ns, monitor.cpu_cores)
 
 
-async def _tick(conn: Connection, issuer: Issuer) -> None:
+async def _worker(conn: Connection, job: WorkerJob) -> WorkerResult:
+    loop = asyncio.get_running_loop()
+    control = JobControl(loop)
+
+    def on_message() -> None:
+        try:
+            kind, arg = conn.recv()
+        except (EOFError, OSError):
+            loop.remove_reader(conn.fileno())
+            control.lost("the parent process went away")
+            return
+        control.handle(kind, arg)
+
+    def send(kind: str, arg: Any) -> None:
+        with contextlib.suppress(OSError):
+            conn.send((kind, arg))
+
+    loop.add_reader(conn.fileno(), on_message)
+    try:
+        return await run_job(job, send, control)
+    finally:
+        loop.remove_reader(conn.fileno())
+
+
+async def _tick(send: Callable[[str, Any], None], issuer: Issuer) -> None:
     while True:
         await asyncio.sleep(TICK_S)
         st = issuer.stats
-        conn.send(("tick", (st.issued, st.in_flight)))
+        send("tick", (st.issued, st.in_flight))
 
 
 # ---- parent side -----------------------------------------------------------------------------------
@@ -280,7 +309,7 @@ class WorkerPool:
         self._ready: set[int] = set()
         self._all_ready: asyncio.Future[None] = loop.create_future()
         self._all_done: asyncio.Future[None] = loop.create_future()
-        tail = _JsonlTail(self.jobs[0].records_path)
+        tail = JsonlTail(self.jobs[0].records_path)
         try:
             self._start_processes()
             for conn in self._conns:
@@ -377,9 +406,12 @@ class WorkerPool:
         merged.in_flight = 0
         return results
 
-    def _absorb(self, tail: _JsonlTail, on_record: Callable[[RequestRecord], None]) -> None:
+    def _absorb(self, tail: JsonlTail, on_record: Callable[[RequestRecord], None]) -> None:
+        self._count(tail.read_new(), on_record)
+
+    def _count(self, records: list[RequestRecord], on_record: Callable[[RequestRecord], None]) -> None:
         st = self.stats
-        for rec in tail.read_new():
+        for rec in records:
             if rec.error_class is None:
                 st.completed += 1
                 st.output_tokens += rec.output_tokens
@@ -404,7 +436,7 @@ def _sigint_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-class _JsonlTail:
+class JsonlTail:
     """Reads the complete lines appended to a JSONL file since the last call."""
 
     def __init__(self, path: Path) -> None:
@@ -412,17 +444,25 @@ class _JsonlTail:
         self._pos = 0
         self._partial = b""
 
-    def read_new(self) -> list[RequestRecord]:
-        import orjson
-
+    def read_lines(self) -> bytes:
+        """The complete lines appended since the last call, as bytes (b"" if none)."""
         try:
             with self._path.open("rb") as f:
                 f.seek(self._pos)
                 data = f.read()
         except FileNotFoundError:
-            return []
+            return b""
         self._pos += len(data)
         data = self._partial + data
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
-        return [RequestRecord.from_dict(orjson.loads(line)) for line in lines if line.strip()]
+        cut = data.rfind(b"\n") + 1
+        self._partial = data[cut:]
+        return data[:cut]
+
+    def read_new(self) -> list[RequestRecord]:
+        return parse_lines(self.read_lines())
+
+
+def parse_lines(data: bytes) -> list[RequestRecord]:
+    import orjson
+
+    return [RequestRecord.from_dict(orjson.loads(line)) for line in data.split(b"\n") if line.strip()]

@@ -45,6 +45,9 @@ class ClientHealth:
     ttft_p99_shift_ms: float | None = None  # TTFT p99 from the scheduled time minus from the send
     max_concurrency: int | None = None  # open loops: the in-flight cap asked for (--max-concurrency)
     slot_wait_ms: dict[str, float | None] | None = None  # under that cap: admitted − scheduled
+    engine: str = "local"  # "ray": the workers were Ray actors (loadgen.engine.cluster)
+    nodes: list[dict[str, Any]] | None = None  # Ray: per node, its workers, clocks and verdict
+    clock_reasons: tuple[str, ...] = ()  # Ray: clocks too uncertain for the latencies (makes INVALID)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +62,9 @@ class ClientHealth:
             "slot_wait_ms": self.slot_wait_ms,
             "client_limited": self.limited,
             "reasons": self.reasons,
+            "engine": self.engine,
+            "nodes": self.nodes,
+            "clock_reasons": list(self.clock_reasons),
             "thresholds": {
                 "issue_delay_p99_ms": self.issue_delay_limit_ms,
                 "loop_lag_p99_ms": LOOP_LAG_P99_LIMIT_MS,

@@ -186,6 +186,10 @@ def build_report(
         ml.reasons += missed
         ml.valid = ml.valid and not missed
         ml.checks["class_slos"] = not missed
+    if health is not None and health.clock_reasons:  # Ray: nodes' clocks too uncertain to trust
+        ml.reasons += list(health.clock_reasons)
+        ml.valid = False
+        ml.checks["clock_sync"] = False
     if settings.sessions is not None:  # sessions send their turns: --num-requests cannot add queries
         ml.reasons[:] = [_SESSIONS_MORE.sub(_sessions_more, r) for r in ml.reasons]
     elif settings.scenario == Scenario.REPLAY:  # nor can they add rows to a trace
