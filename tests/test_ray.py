@@ -11,7 +11,9 @@ import contextlib
 import glob
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -176,3 +178,30 @@ def test_clock_echo_offsets_without_ray():
     drift = drift_ppm(a, b)
     assert drift is not None and abs(drift) < 2_000  # ±0.1 ms over 50 ms at worst
     assert json.dumps(a.to_dict())
+
+
+def test_ray_local_survives_a_terminals_ctrl_c_and_the_run_drains(tmp_path):
+    """``--ray local`` starts its own head; a terminal's Ctrl-C goes to loadgen's whole process group,
+    which must reach loadgen (drain, partial report, exit 130) and not Ray, which loadgen then stops."""
+    pytest.importorskip("ray")
+    out = tmp_path / "local"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadgen", "run", "server", "--ray", "local", "--workers", "1", "--qps", "10",
+         "--duration", "60", "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True)
+    deadline = time.monotonic() + 90
+    path = out / "requests.jsonl"
+    while time.monotonic() < deadline and not (path.exists() and path.read_bytes().count(b"\n") >= 10):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: the foreground process group
+    stdout, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == 130, stdout + stderr
+    assert "ray: starting a local head at 127.0.0.1:" in stderr
+    report = load_report(out)
+    assert report["interrupted"] is True and report["client"]["engine"] == "ray"
+    assert report["results"]["requests_completed"] >= 10 and report["results"]["requests_failed"] == 0
+    head = re.search(r"local head at (127\.0\.0\.1:\d+)", stderr)
+    assert head is not None
+    host, port = head.group(1).split(":")
+    with pytest.raises(OSError):  # the head loadgen started is gone
+        socket.create_connection((host, int(port)), timeout=2).close()

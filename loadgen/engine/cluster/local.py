@@ -6,7 +6,8 @@ process group at the end: started by ``ray.init()`` instead, Ray's processes wou
 process group, and a terminal's Ctrl-C (sent to the whole foreground group) would kill them mid-run
 instead of draining the run. A loopback address (``local``, ``127.0.0.1:PORT``) keeps every Ray
 process on 127.0.0.1 (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: Ray otherwise swaps a loopback address
-for the host's network address).
+for the host's network address). The local head uses Ray's token authentication with a token made
+for the run (``RAY_AUTH_TOKEN``, inherited by the head and so by its workers).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -52,6 +54,8 @@ def ray_cluster(address: str, log_dir: Path, say: Callable[[str], None], cpus: i
     """Ray connected for the block (``ray.init``), and shut down after; yields the address used."""
     if _loopback(address):  # read by Ray when it is first imported, so before that
         os.environ.update(LOOPBACK_ENV)
+    if address == "local":  # Ray's token authentication, with a token of this run's own
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     ray = need_ray()
     with contextlib.ExitStack() as stack:
         if address == "local":
