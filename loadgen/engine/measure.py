@@ -34,6 +34,7 @@ from loadgen.engine.workers import (
     preconnect_count,
     split_trace,
 )
+from loadgen.errors import ConfigError
 from loadgen.metrics.gaps import GapStore
 from loadgen.metrics.health import ClientHealth, admission_times, assess
 from loadgen.records import RequestRecord
@@ -84,6 +85,9 @@ async def measure(
     per-turn summary of multi-turn sessions (empty otherwise). ``requests.jsonl`` holds every record
     when this returns, also when it raises."""
     path = out_dir / "requests.jsonl"
+    if settings.sessions is not None and settings.ray is not None:
+        raise ConfigError("--ray runs open- and closed-loop scenarios; multi-turn and agentic sessions run "
+                          "in one process here: drop --ray (or the sessions: block)")
     if settings.sessions is not None and settings.sessions.agentic:
         return await _agents(settings, client=client, counter=counter, path=path, observers=observers,
                              gaps=gaps, control=control)
