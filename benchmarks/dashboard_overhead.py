@@ -11,7 +11,7 @@ discards what it writes. Server-metrics scraping and GPU telemetry are off in bo
 
 - ``open``: Poisson arrivals at ``--qps`` against a simulated server (TTFT 50 ms, ITL 10 ms, 128/128
   tokens, nothing queues): the offered rate is fixed, so the dashboard's cost shows in the measuring
-  process's CPU (report ``client.cpu_cores``), in issue delay and in TTFT/ITL.
+  process's CPU (report ``client.process_cpu_cores``), in issue delay and in TTFT/ITL.
 - ``closed``: ``concurrency`` at ``--concurrency``, one worker, against TTFT 1 ms / ITL 1 ms, 16/16
   tokens: the client is the limit, so the achieved request rate is its capacity and the ratio on/off
   of requests/s is the figure (1.00 = no overhead). Client-limited (INVALID) on purpose. With two or more
@@ -106,7 +106,7 @@ def one_run(url: str, variant: str, args: argparse.Namespace, *, dashboard: bool
     res = report["results"]
     return {
         "variant": variant, "dashboard": dashboard, "terminal_bytes": seen[0],
-        "req_per_s": res["requests_per_s"], "cpu_cores": report["client"]["cpu_cores"],
+        "req_per_s": res["requests_per_s"], "cpu_cores": report["client"]["process_cpu_cores"],
         "all_cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
         "issue_p99": res["issue_delay_ms"]["p99"],
         "ttft_p50": res["ttft_ms"]["p50"], "ttft_p99": res["ttft_ms"]["p99"], "itl_p99": res["itl_ms"]["p99"],

@@ -21,9 +21,9 @@ too. Server-metrics scraping and GPU telemetry are off in both.
   (``--no-pin`` leaves both to the scheduler).
 
 Printed per run and as medians per variant and mode: achieved requests/s and output tokens/s, the
-client's CPU (report ``client.cpu_cores``), TTFT and ITL p50/p99 (ms), and the relative difference on −
-off. On a shared machine expect a few per cent of noise between repetitions: read a difference smaller
-than the spread of the repetitions as "no measurable overhead".
+client's CPU (report ``client.process_cpu_cores``: the whole process), TTFT and ITL p50/p99 (ms),
+and the relative difference on − off. On a shared machine expect a few per cent of noise between
+repetitions: read a difference smaller than the spread of the repetitions as "no measurable overhead".
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def one_run(url: str, variant: str, args: argparse.Namespace, *, exporter: bool,
         "scrapes": scrapes[0],
         "req_per_s": res["requests_per_s"],
         "out_tok_per_s": res["output_tokens_per_s"],
-        "cpu_cores": report["client"]["cpu_cores"],
+        "cpu_cores": report["client"]["process_cpu_cores"],
         "ttft_p50": res["ttft_ms"]["p50"],
         "ttft_p99": res["ttft_ms"]["p99"],
         "itl_p50": res["itl_ms"]["p50"],

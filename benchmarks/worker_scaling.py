@@ -2,13 +2,13 @@
 
     python benchmarks/worker_scaling.py [--workers 1,2,4,8] [--engines workers,ray] [--out scaling.json]
 
-Needs a machine with many cores (the GPU machine has 16; no GPU is used). Half the cores run the
-simulated server — several processes sharing one port through SO_REUSEPORT, so the server is never
-the limit — and the other half run loadgen. For each worker count N, a ladder of Poisson rates
-(×1.3 per step) is run; the clean-measurement capacity is the highest rate at which the run was not
-client-limited (issue delay p99 ≤ 1 ms, event-loop lag p99 ≤ 2 ms, no worker above 0.9 of a core) and
-achieved ≥ 99% of the offered rate. It prints capacity(N) and capacity(N) / (N × capacity(1)): the
-target is ≥ 0.8.
+Needs a machine with many cores (the GPU machine has 16; no GPU is used). Half the physical cores
+(with their SMT siblings) run the simulated server — several processes sharing one port through
+SO_REUSEPORT, so the server is never the limit — and the other half run loadgen. For each worker
+count N, a ladder of Poisson rates (×1.3 per step) is run; the clean-measurement capacity is the
+highest rate at which the run was not client-limited (issue delay p99 ≤ 1 ms, event-loop lag p99
+≤ 2 ms, no worker's event loop above 0.9 of a core) and achieved ≥ 99% of the offered rate. It
+prints capacity(N) and capacity(N) / (N × capacity(1)): the target is ≥ 0.8.
 
 ``--engines workers,ray`` runs the ladder with worker processes and with Ray actors (``--ray``: one
 Ray head started here with ``ray start --head``, pinned to loadgen's cores and with as many CPUs,
@@ -92,8 +92,15 @@ def run_level(url: str, rate: float, workers: int, cpus: set[int], work: Path, *
            "--duration", str(STEP_S), "--num-requests", "1", "--input-len", str(IN_LEN),
            "--output-len", str(OUT_LEN), "--workers", str(workers), "--out", str(out), "--quiet",
            "--no-gpu-telemetry", "--server-metrics-url", "none", *(("--ray", ray) if ray else ())]
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
                           preexec_fn=lambda: os.sched_setaffinity(0, cpus), env={**os.environ, **RAY_ENV})
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # loadgen's own CPU seconds: with --workers its worker processes too; with --ray the driver only
+    # (the actors are the Ray head's children)
+    loadgen_cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if proc.returncode != 0:
         return {"rate": rate, "clean": False, "why": proc.stderr[-300:]}
     report = json.loads((out / "report.json").read_text())
@@ -101,12 +108,14 @@ def run_level(url: str, rate: float, workers: int, cpus: set[int], work: Path, *
     c = report["client"]
     return {"rate": rate, "clean": ok, "why": why, "issue_delay_p99_ms": c["issue_delay_ms"]["p99"],
             "loop_lag_p99_ms": c["loop_lag_ms"]["p99"], "cpu_per_worker": c["cpu_cores_per_worker"],
+            "process_cpu_cores": c.get("process_cpu_cores"),
+            "loadgen_cpu_s": round(loadgen_cpu_s, 2),
             "ttft_p99_ms": report["results"]["ttft_ms"]["p99"]}
 
 
 def _ladder(url: str, n: int, cpus: set[int], work: Path, *, ray: str | None, args: argparse.Namespace,
             base: float) -> dict:
-    start = max(args.start, 0.6 * n * base) if n > 1 else args.start
+    start = max(args.start, 0.5 * n * base) if n > 1 else args.start
     rate, best, ladder = start, 0.0, []
     while rate <= args.max_rate:
         row = run_level(url, rate, n, cpus, work, ray=ray)
@@ -123,6 +132,26 @@ def _ladder(url: str, n: int, cpus: set[int], work: Path, *, ray: str | None, ar
     return {"capacity_rps": best, "ladder": ladder}
 
 
+def split_cores(cores: list[int]) -> tuple[list[int], list[int]]:
+    """Half the physical cores for the server, half for loadgen, each with its SMT siblings, so that
+    no loadgen thread shares a physical core with a server process (on a host with SMT, logical CPUs
+    i and i + n/2 are usually siblings: a plain halving would pair every loadgen CPU with a server
+    one)."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for cpu in cores:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            key = ((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip())
+        except OSError:
+            key = ("?", str(cpu))
+        groups.setdefault(key, []).append(cpu)
+    physical = sorted(groups.values())
+    half = len(physical) // 2
+    if half == 0:
+        return cores[: len(cores) // 2], cores[len(cores) // 2:]
+    return sorted(c for g in physical[:half] for c in g), sorted(c for g in physical[half:] for c in g)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workers", default="1,2,4,8")
@@ -132,8 +161,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     cores = sorted(os.sched_getaffinity(0))
-    half = len(cores) // 2
-    server_cpus, client_cpus = cores[:half], set(cores[half:])
+    server_list, client_list = split_cores(cores)
+    server_cpus, client_cpus = server_list, set(client_list)
     counts = [int(x) for x in args.workers.split(",") if int(x) <= len(client_cpus)]
     print(f"{len(cores)} cores: server on {server_cpus}, loadgen on {sorted(client_cpus)}")
     cfg = SimConfig(ttft_ms=20.0, itl_ms=5.0, max_seqs=100_000)
@@ -149,6 +178,8 @@ def main() -> int:
             for n in counts:
                 results[engine][n] = _ladder(first.url, n, client_cpus, Path(tmp), ray=ray, args=args,
                                              base=results[engine].get(1, {}).get("capacity_rps") or 0)
+                if args.out:  # after every ladder: a run cut short keeps what it measured
+                    args.out.write_text(json.dumps(results, indent=1))
     for engine, rows in results.items():
         base = rows.get(1, {}).get("capacity_rps") or 0
         print(f"\n{engine}: workers  clean capacity (req/s)  speed-up  efficiency (target >= 0.8)")

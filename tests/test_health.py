@@ -84,3 +84,47 @@ def test_open_loop_lateness_across_the_board_moves_the_tail_and_is_client_limite
     # shift 5 ms > max(1 ms, 1% of ~149 ms)
     assert h.ttft_p99_shift_ms == pytest.approx(5.0, abs=1e-6)
     assert h.limited and "moved TTFT p99 by 5.00 ms" in h.reasons[0]
+
+
+def test_cpu_is_the_loops_thread_not_the_helper_threads_beside_it():
+    """A helper thread that keeps a core busy outside the GIL (hashing releases it) does not make the
+    loop look saturated; a loop that spins does. The process's CPU counts both."""
+    import asyncio
+    import hashlib
+    import threading
+    import time
+
+    from loadgen.engine.loopmon import LoopLagMonitor
+
+    async def measure(spin_s: float, helper: bool) -> LoopLagMonitor:
+        mon = LoopLagMonitor(interval_s=0.05)
+        stop = threading.Event()
+        blob = b"x" * (8 << 20)
+
+        def busy() -> None:
+            while not stop.is_set():
+                hashlib.sha256(blob).digest()
+
+        side = threading.Thread(target=busy, daemon=True)
+        async with asyncio.TaskGroup() as tg:
+            mon.start(tg)
+            if helper:
+                side.start()
+            end = time.perf_counter() + 0.6
+            while time.perf_counter() < end:
+                t = time.perf_counter()
+                while time.perf_counter() - t < spin_s:
+                    pass
+                await asyncio.sleep(0.01)
+            mon.stop()
+        stop.set()
+        if helper:
+            side.join()
+        return mon
+
+    idle_loop = asyncio.run(measure(0.0, helper=True))
+    assert idle_loop.cpu_cores is not None and idle_loop.process_cpu_cores is not None
+    assert idle_loop.cpu_cores < 0.3
+    assert idle_loop.process_cpu_cores > idle_loop.cpu_cores + 0.4  # the hashing thread's core
+    busy_loop = asyncio.run(measure(0.04, helper=False))  # 40 ms of every ~50 ms on the loop
+    assert busy_loop.cpu_cores is not None and 0.6 < busy_loop.cpu_cores <= 1.05

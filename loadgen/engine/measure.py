@@ -10,6 +10,7 @@ while measuring (:func:`~loadgen.engine.gcpause.gc_frozen`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -133,7 +134,7 @@ async def _issuer(
         control.measuring(None)
         sink.close()
     done = sink.records()
-    health = _health(settings, done, monitor.lags_ns, [monitor.cpu_cores])
+    health = _health(settings, done, monitor.lags_ns, [monitor.cpu_cores], [monitor.process_cpu_cores])
     return done, issuer.stats, health
 
 
@@ -182,7 +183,8 @@ async def _workers(
         pool, results = await on_ray(settings.ray, jobs, path.parent, run_pool, quiet=not settings.progress)
     lags = np.concatenate([r.lags_ns for r in results]) if results else np.zeros(0, np.int64)
     done = sink.records()
-    health = _health(settings, done, lags, [r.cpu_cores for r in results])
+    health = _health(settings, done, lags, [r.cpu_cores for r in results],
+                     [r.process_cpu_cores for r in results])
     if settings.ray is not None:
         from loadgen.engine.cluster.certify import certify
         from loadgen.engine.cluster.pool import RayPool
@@ -242,7 +244,8 @@ async def _sessions(
         sink.close()
     summary = {"sessions_by_turn": {str(k): v for k, v in turn_summary(results).items()}}
     done = sink.records()
-    return done, stats, _health(settings, done, monitor.lags_ns, [monitor.cpu_cores]), summary
+    health = _health(settings, done, monitor.lags_ns, [monitor.cpu_cores], [monitor.process_cpu_cores])
+    return done, stats, health, summary
 
 
 async def _agents(
@@ -295,12 +298,16 @@ async def _agents(
     summary = {"sessions_by_turn": {str(k): v for k, v in turn_summary(results).items()},  # type: ignore[arg-type]
                "sessions": session_summary(results, sessions, spec.users)}
     done = sink.records()
-    return done, stats, _health(settings, done, monitor.lags_ns, [monitor.cpu_cores]), summary
+    health = _health(settings, done, monitor.lags_ns, [monitor.cpu_cores], [monitor.process_cpu_cores])
+    return done, stats, health, summary
 
 
 def _health(
-    settings: Settings, records: list[RequestRecord], lags_ns: np.ndarray, cpus: list[float | None]
+    settings: Settings, records: list[RequestRecord], lags_ns: np.ndarray, cpus: list[float | None],
+    process_cpus: list[float | None] | None = None,
 ) -> ClientHealth:
+    """The verdict on the client; ``cpus`` are the loops' threads' (judged), ``process_cpus`` the
+    processes' (reported as ``process_cpu_cores``, the busiest)."""
     sent = [r for r in records if r.sent_ns]
     delays = np.array([r.sent_ns - r.scheduled_ns for r in sent], dtype=np.int64)
     known = [c for c in cpus if c is not None]
@@ -320,8 +327,10 @@ def _health(
     from_due = (first - due)[ok]
     from_sent = (first - np.array([r.sent_ns for r in sent], dtype=np.int64))[ok]
     waits = due - scheduled if cap is not None else None
-    return assess(delays, lags_ns, max(known) if known else None,
+    procs = [c for c in process_cpus or [] if c is not None]
+    health = assess(delays, lags_ns, max(known) if known else None,
                   check_issue_delay=settings.scenario != Scenario.OFFLINE, cpu_per_worker=cpus,
                   issue_delay_limit_ms=settings.issue_delay_limit_ms, closed_loop_latencies_ns=closed,
                   ttft_from_scheduled_ns=from_due, ttft_from_sent_ns=from_sent, slot_wait_ns=waits,
                   max_concurrency=cap)
+    return dataclasses.replace(health, process_cpu_cores=max(procs) if procs else None)

@@ -73,8 +73,9 @@ class WorkerResult:
     worker: int
     stats: IssueStats
     lags_ns: np.ndarray
-    cpu_cores: float | None
+    cpu_cores: float | None  # the job loop's thread (see loopmon)
     error: str | None = None
+    process_cpu_cores: float | None = None
 
 
 def split_trace(trace: Trace, n: int) -> list[tuple[Trace, list[int] | None]]:
@@ -226,7 +227,8 @@ async def run_job(job: WorkerJob, send: Callable[[str, Any], None], control: Job
         finally:
             writer.close()
             await client.close()
-    return WorkerResult(job.worker, issuer.stats, monitor.lags_ns, monitor.cpu_cores)
+    return WorkerResult(job.worker, issuer.stats, monitor.lags_ns, monitor.cpu_cores,
+                        process_cpu_cores=monitor.process_cpu_cores)
 
 
 async def _worker(conn: Connection, job: WorkerJob) -> WorkerResult:

@@ -36,7 +36,7 @@ CPU_LIMIT_CORES = 0.9
 class ClientHealth:
     issue_delay_ms: dict[str, float | None]
     loop_lag_ms: dict[str, float | None]
-    cpu_cores: float | None  # the busiest worker's
+    cpu_cores: float | None  # the busiest worker's event-loop thread (judged)
     limited: bool
     reasons: list[str]
     cpu_per_worker: list[float | None] | None = None
@@ -48,6 +48,7 @@ class ClientHealth:
     engine: str = "local"  # "ray": the workers were Ray actors (loadgen.engine.cluster)
     nodes: list[dict[str, Any]] | None = None  # Ray: per node, its workers, clocks and verdict
     clock_reasons: tuple[str, ...] = ()  # Ray: clocks too uncertain for the latencies (makes INVALID)
+    process_cpu_cores: float | None = None  # the busiest worker process's, helper threads included
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +56,7 @@ class ClientHealth:
             "loop_lag_ms": self.loop_lag_ms,
             "cpu_cores": self.cpu_cores,
             "cpu_cores_per_worker": self.cpu_per_worker,
+            "process_cpu_cores": self.process_cpu_cores,
             "workers": len(self.cpu_per_worker) if self.cpu_per_worker else 1,
             "concurrency_held": self.concurrency_held,
             "ttft_p99_shift_ms": self.ttft_p99_shift_ms,
@@ -152,7 +154,8 @@ def assess(
             "that long to be timestamped, inflating TTFT and ITL)"
         )
     if cpu_cores is not None and cpu_cores > CPU_LIMIT_CORES:
-        reasons.append(f"client CPU {cpu_cores:.2f} cores > {CPU_LIMIT_CORES} (one process is saturated)")
+        reasons.append(f"client CPU {cpu_cores:.2f} cores > {CPU_LIMIT_CORES} (a worker's event loop is "
+                       "saturated; use more --workers)")
     return ClientHealth(issue, lag, cpu_cores, bool(reasons), reasons, cpu_per_worker, limit, held, shift,
                         max_concurrency, waits)
 
