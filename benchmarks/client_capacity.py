@@ -175,7 +175,7 @@ def run_loadgen(url: str, kind: str, level: float, work: Path, cpu: int) -> dict
         "itl_p50": r["itl_ms"]["p50"], "itl_p99": r["itl_ms"]["p99"],
         "achieved_rate": (len(sent) - 1) / span if span else None,
         "completed_rps": r["requests_per_s"], "failed": r["requests_failed"],
-        "cpu": rep["client"]["cpu_cores"], "rss_mb": rss,
+        "cpu": rep["client"]["process_cpu_cores"], "rss_mb": rss,
         "client_limited": rep["client"]["client_limited"],
         "issue_delay_p99_ms": rep["client"]["issue_delay_ms"]["p99"],
     }

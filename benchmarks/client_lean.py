@@ -13,9 +13,10 @@ due token in the same tick, as vLLM does per step) runs pinned to CPU 0, each cl
   parsing, no timestamps, no records: the floor any client that reads the stream pays;
 - ``loadgen``: ``loadgen run server`` with its defaults (fast transport, one worker, records, report).
 
-Each prints its CPU seconds over the measured window (loadgen: the report's ``client.cpu_cores`` ×
-``duration_s``; the reference: ``process_time`` from the first send to the last byte) divided by the
-chunks received: µs per chunk, and the ratio loadgen / reference (the issue's target: ≤ 1.5).
+Each prints its CPU seconds over the measured window (loadgen: the report's
+``client.process_cpu_cores`` × ``duration_s``; the reference: ``process_time`` from the first send to
+the last byte) divided by the chunks received: µs per chunk, and the ratio loadgen / reference (the
+issue's target: ≤ 1.5).
 
 Part 2, peak RSS: ``loadgen run server`` for ``--rss-requests`` requests at ``--rss-qps`` (short replies,
 so the run is about the record count), its peak RSS from ``wait4`` (the whole process: measuring,
@@ -164,7 +165,8 @@ def cpu_per_chunk(args: argparse.Namespace, tmp: Path, server_cpu: int | None, c
         rep = json.loads((out / "report.json").read_text())
         res, client = rep["results"], rep["client"]
         rows["loadgen"] = {"chunks": res["output_tokens_total"], "requests": res["requests_completed"],
-                           "cpu_s": client["cpu_cores"] * res["duration_s"], "wall_s": res["duration_s"],
+                           "cpu_s": client["process_cpu_cores"] * res["duration_s"],
+                           "wall_s": res["duration_s"],
                            "client_limited": client["client_limited"],
                            "issue_delay_p99_ms": res["issue_delay_ms"]["p99"]}
     for r in rows.values():
