@@ -115,3 +115,19 @@ def test_record_table_is_smaller_than_the_records_it_replaces():
     # 144-byte rows (17 int64 fields, the reasoning pair included, and 8 bytes of small ones) in blocks
     # of 8192: 20,000 rows hold 3 blocks, 177 bytes a row.
     assert per_row < 180 and per_record > 2 * per_row, (per_record, per_row)
+
+
+def test_exact_samples_survive_block_boundaries(monkeypatch):
+    """Gaps are copied into fixed blocks; requests whose gaps straddle a block's end come back whole
+    and in order."""
+    from loadgen.metrics import gaps as gaps_mod
+
+    monkeypatch.setattr(gaps_mod, "BLOCK", 7)
+    rng = np.random.default_rng(3)
+    parts = [rng.uniform(1e6, 2e7, int(k)) for k in rng.integers(1, 20, 60)]
+    store = GapStore(exact_limit=10_000)
+    for part in parts:
+        store.add(part)
+    assert store.exact
+    np.testing.assert_array_equal(store.values(), np.concatenate(parts))
+    assert store.distribution()["count"] == sum(p.size for p in parts)

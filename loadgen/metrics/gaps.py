@@ -4,13 +4,14 @@ A run of 200,000 requests × 128 tokens has 25 million inter-token gaps; keeping
 timestamps as Python ints would take gigabytes. So, as each record completes (after it is written in
 full to ``requests.jsonl``):
 
-- its gaps go into a :class:`GapStore`: kept **exactly** (float64 numpy blocks) up to
-  ``EXACT_LIMIT`` samples (16 MB), and all along also counted in a log-bucketed histogram (a fixed
-  numpy array) whose buckets are ``RELATIVE_ERROR`` wide (relative), so every percentile it reports is
-  within ±0.5% of the exact one. Past the limit the exact blocks are dropped and the histogram answers
-  (the report says which mode was used). Counting as records arrive (``np.add.at``, ~6 µs a record)
-  means no pause at the switch: converting 5 million kept samples at once had stalled the event loop
-  for 1.7 s in the middle of a soak run;
+- its gaps go into a :class:`GapStore`: kept **exactly** (float64, copied into fixed blocks of ``BLOCK``
+  samples, 2 MB each, so a request's few gaps cost 8 bytes each, not a numpy array's ~100-byte header on
+  top) up to ``EXACT_LIMIT`` samples (16 MB), and all along also counted in a log-bucketed histogram (a
+  fixed numpy array) whose buckets are ``RELATIVE_ERROR`` wide (relative), so every percentile it
+  reports is within ±0.5% of the exact one. Past the limit the exact blocks are dropped and the
+  histogram answers (the report says which mode was used). Counting as records arrive (``np.add.at``, ~6
+  µs a record) means no pause at the switch: converting 5 million kept samples at once had stalled the
+  event loop for 1.7 s in the middle of a soak run;
 - the record keeps only its last chunk time (for TPOT) — :func:`compact` — and, during a run, lives
   in a :class:`RecordTable`: one row of fixed-size numpy columns (about 130 bytes) instead of a Python
   object of about 420, so a 200,000-request run holds 26 MB of records, not 84 (the report turns the
@@ -29,6 +30,7 @@ from loadgen.metrics.latency import PERCENTILES, distribution, percentile_key, r
 from loadgen.records import RequestRecord
 
 EXACT_LIMIT = 2_000_000  # 16 MB of float64 gaps
+BLOCK = 1 << 18  # samples per exact block (2 MB)
 RELATIVE_ERROR = 0.005
 _LOG_BASE = math.log1p(2 * RELATIVE_ERROR)  # bucket i covers [b^i, b^(i+1)); midpoint error ≤ 0.5%
 _BUCKETS = 3200  # b^3200 ns ≈ 17 hours: gaps beyond go to the last bucket (and max stays exact)
@@ -39,7 +41,9 @@ class GapStore:
 
     def __init__(self, exact_limit: int = EXACT_LIMIT) -> None:
         self._limit = exact_limit
-        self._blocks: list[np.ndarray] | None = []  # None once past the limit
+        self._blocks: list[np.ndarray] | None = []  # full blocks, then the one filling; None past the limit
+        self._fill = 0  # samples in the last block
+        self._block = max(1, min(BLOCK, exact_limit))
         self._count = 0
         self._hist = np.zeros(_BUCKETS, dtype=np.int64)  # counts per log bucket, always kept
         self._zeros = 0  # gaps of 0 ns (several chunks in one read) have no log bucket
@@ -69,16 +73,26 @@ class GapStore:
         self._zeros += int(gaps.size - positive.size)
         idx = np.minimum(np.floor(np.log(positive) / _LOG_BASE), _BUCKETS - 1).astype(np.int64)
         np.add.at(self._hist, np.maximum(idx, 0), 1)  # gaps under 1 ns (none in practice) in bucket 0
-        if self._blocks is not None:
-            self._blocks.append(gaps)
-            if self._count > self._limit:
-                self._blocks = None  # the histogram, counted all along, answers from now on
+        if self._blocks is None:
+            return
+        if self._count > self._limit:
+            self._blocks = None  # the histogram, counted all along, answers from now on
+            return
+        done = 0
+        while done < gaps.size:
+            if not self._blocks or self._fill == self._block:
+                self._blocks.append(np.empty(self._block, dtype=np.float64))
+                self._fill = 0
+            take = min(gaps.size - done, self._block - self._fill)
+            self._blocks[-1][self._fill:self._fill + take] = gaps[done:done + take]
+            self._fill += take
+            done += take
 
     def values(self) -> np.ndarray:
         """The exact samples (only while :attr:`exact`)."""
         if not self._blocks:
             return np.empty(0, dtype=np.float64)
-        return np.concatenate(self._blocks)
+        return np.concatenate([*self._blocks[:-1], self._blocks[-1][: self._fill]])
 
     def distribution(self) -> dict[str, Any]:
         """Same keys as :func:`loadgen.metrics.latency.distribution` (ms), plus ``exact`` and the error

@@ -192,8 +192,10 @@ def request_itl_ns(record: RequestRecord) -> FloatArray:
     if times.size < 2:
         return np.empty(0, dtype=np.float64)
     gaps = np.diff(times).astype(np.float64)
-    tokens = np.ones(times.size, dtype=np.int64)
     counts = record.chunk_tokens[: times.size]
+    if max(counts[1:], default=1) <= 1:  # one token per chunk (the usual stream): the gaps as they are
+        return gaps
+    tokens = np.ones(times.size, dtype=np.int64)
     tokens[: len(counts)] = np.maximum(np.asarray(counts, dtype=np.int64), 1)
     per_chunk = tokens[1:]  # the first chunk's gap is the TTFT, not an inter-token gap
     return np.repeat(gaps / per_chunk, per_chunk)
