@@ -14,6 +14,15 @@ def _rec(i: int, chunks: list[int]) -> RequestRecord:
                          output_tokens=len(chunks), tokens_source="usage")
 
 
+def _same(view, want: RequestRecord) -> None:
+    """A table's view reads back every field and property of the compacted record."""
+    from dataclasses import fields
+
+    for f in fields(want):
+        assert getattr(view, f.name) == getattr(want, f.name), (want.index, f.name)
+    assert view.ok == want.ok and view.issue_delay_ns == want.issue_delay_ns
+
+
 def test_exact_below_the_limit_matches_the_plain_distribution():
     rng = np.random.default_rng(1)
     recs = [_rec(i, list(np.cumsum(rng.integers(1_000_000, 20_000_000, 30)))) for i in range(50)]
@@ -84,7 +93,8 @@ def test_record_table_gives_back_the_compacted_records():
         want.append(compact(r))
     got = table.to_list()
     assert len(table) == len(got) == len(want)
-    assert got == want
+    for view, rec in zip(got, want, strict=True):
+        _same(view, rec)
     assert got[1].chunk_ns == [] and got[1].last_chunk_ns == 5_000_000_000_001
     assert got[0].error == ("refused " * 40)[:200] and got[0].tokens_source == "chunks"
 
@@ -131,3 +141,30 @@ def test_exact_samples_survive_block_boundaries(monkeypatch):
     assert store.exact
     np.testing.assert_array_equal(store.values(), np.concatenate(parts))
     assert store.distribution()["count"] == sum(p.size for p in parts)
+
+
+def test_table_rows_read_back_every_field_of_the_compacted_records():
+    """RecordTable.to_list gives views (RowRecord) whose every field and property equals the compacted
+    record's: None and 0, errors, classes, cached tokens, warm-up, across several blocks."""
+    from loadgen.metrics.gaps import RecordTable
+
+    table = RecordTable()
+    table.BLOCK = 5  # several blocks, the last one part-filled
+    recs = []
+    for i in range(13):
+        r = _rec(i, [1_000 * i + 10, 1_000 * i + 25, 1_000 * i + 40])
+        r.first_answer_ns = None if i % 3 else r.first_token_ns
+        r.cached_tokens = None if i % 2 else i * 4
+        r.cls = ("chat", None, "code")[i % 3]
+        r.warmup = i < 2
+        r.worker = i % 4
+        r.prompt_tokens = None if i == 7 else 16
+        if i in (3, 11):
+            r.error_class, r.error, r.status, r.first_token_ns = "http_status", "x" * 300, 503, None
+        recs.append(r)
+        table.append(r)
+    views = table.to_list()
+    assert len(views) == len(recs)
+    for view, rec in zip(views, recs, strict=True):
+        _same(view, compact(rec))
+    assert views[3].error == "x" * 200 and views[4].error is None

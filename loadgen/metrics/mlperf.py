@@ -85,26 +85,26 @@ def _early_stopping_estimate(
 
 
 def _samples(done: list[RequestRecord], scenario: str, token_mode: bool) -> Samples:
-    base = np.array([0 if scenario == "Offline" else r.scheduled_ns for r in done], dtype=np.int64)
-    end = np.array([r.end_ns for r in done], dtype=np.int64)
+    n = len(done)
+    base = (np.zeros(n, dtype=np.int64) if scenario == "Offline"
+            else np.fromiter((r.scheduled_ns for r in done), np.int64, n))
+    end = np.fromiter((r.end_ns for r in done), np.int64, n)
     latency = end - base
-    tokens = sum(r.output_tokens for r in done)
+    out = np.fromiter((r.output_tokens for r in done), np.int64, n)
+    tokens = int(out.sum())
     if not token_mode:
         empty = np.empty(0, dtype=np.int64)
         return Samples(latency, empty, empty, tokens, 0)
-    ttft, tpot, errors = [], [], 0
-    for r, b, lat in zip(done, base.tolist(), latency.tolist(), strict=True):
-        if r.first_token_ns is None:
-            # a pooling request in a mix (asked for no tokens: embeddings beside chat) has none to judge
-            errors += r.requested_output_tokens is not None
-            continue
-        first = r.first_token_ns - b
-        ttft.append(first)
-        if r.output_tokens < 2:
-            errors += 1
-            continue
-        tpot.append((lat - first) // (r.output_tokens - 1))
-    return Samples(latency, np.array(ttft, dtype=np.int64), np.array(tpot, dtype=np.int64), tokens, errors)
+    # columns, not per-record Python ints: a long run's records are many (see loadgen.metrics.rows)
+    first = np.fromiter((-1 if r.first_token_ns is None else r.first_token_ns for r in done), np.int64, n)
+    has = first >= 0
+    # a pooling request in a mix (asked for no tokens: embeddings beside chat) has none to judge
+    asked = np.fromiter((r.requested_output_tokens is not None for r in done), np.bool_, n)
+    ttft = (first - base)[has]
+    decoded = has & (out >= 2)
+    errors = int((~has & asked).sum()) + int((has & (out < 2)).sum())
+    tpot = (latency - (first - base))[decoded] // (out[decoded] - 1)
+    return Samples(latency, ttft, tpot, tokens, errors)
 
 
 def _query_latencies(records: list[RequestRecord]) -> npt.NDArray[np.int64]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from loadgen.errors import ReportError
 from loadgen.metrics import latency as metrics
 from loadgen.metrics import mlperf
-from loadgen.metrics.gaps import GapStore, compact
+from loadgen.metrics.gaps import GapStore, RecordTable
 from loadgen.metrics.validity import evaluate
 from loadgen.records import RequestRecord, iter_records
 from loadgen.report.files import load_json
@@ -230,11 +230,10 @@ def rebuild(path: Path) -> Report | dict[str, Any]:
         if "results" not in data:
             raise ReportError(f"{path} is not a loadgen report (no `results`).")
         return data
-    gaps = GapStore()
-    records = []
+    gaps, table = GapStore(), RecordTable()  # bounded, as during a run (see loadgen.metrics.gaps)
     for rec in iter_records(path):
         gaps.add_record(rec)
-        records.append(compact(rec))
+        table.append(rec)
     run_json = path.parent / "run.json"
     if not run_json.is_file():
         raise ReportError(
@@ -246,7 +245,7 @@ def rebuild(path: Path) -> Report | dict[str, Any]:
         settings = Settings.model_validate(meta["settings"])
     except (KeyError, ValueError) as exc:
         raise ReportError(f"{run_json} has no usable settings ({exc}).") from exc
-    report = build_report(meta, records, settings=settings, itl=gaps.distribution())
+    report = build_report(meta, table.to_list(), settings=settings, itl=gaps.distribution())
     report.data["rebuilt_from"] = str(path.name)
     return report
 

@@ -1,0 +1,126 @@
+"""Finished records read straight from a :class:`~loadgen.metrics.gaps.RecordTable`'s columns.
+
+When the clock stops, the report needs every finished record — a list, iterated a few dozen times
+(percentiles, the MLPerf checks, classes, the verdict). Turning 200,000 table rows back into
+:class:`~loadgen.records.RequestRecord` objects cost ~500 bytes each (the object and a fresh Python int
+for every timestamp): 100 MB, the largest part of a long run's peak memory. A :class:`RowRecord` is
+16 bytes of references (the columns and its row number) and reads each field from one flat column
+(``array.array``, 8 bytes a value) when asked, so the same list costs ~11 MB. It has every field and
+property of a compacted record (:func:`loadgen.metrics.gaps.compact`: no chunk lists) and is
+read-only.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+DROPPED: list[int] = []  # a compacted record's chunk lists: shared by all, never appended to
+
+# A table row (see RecordTable): nullable integer fields hold this sentinel (no real count or timestamp
+# is negative).
+NONE = -(1 << 62)
+INT_FIELDS = ("index", "sample", "query", "scheduled_ns", "sent_ns", "end_ns", "first_token_ns",
+              "last_chunk_ns", "input_tokens", "output_tokens", "prompt_tokens", "requested_output_tokens",
+              "status", "worker", "retries", "first_answer_ns", "reasoning_tokens")
+# cached_tokens (prefix-cache hits, None when the server did not say): int32, -1 for None, to keep a row
+# at 4 bytes more rather than 8.
+ROW = np.dtype([*((f, np.int64) for f in INT_FIELDS), ("warmup", np.bool_), ("source", np.int8),
+                ("error_class", np.int16), ("cached_tokens", np.int32), ("cls", np.int16)])
+
+
+class Columns:
+    """The table's rows as one flat column per field (built once, when the run has ended)."""
+
+    __slots__ = ("cached", "cls", "error_class", "errors", "ints", "names", "source", "warmup")
+
+    def __init__(self, blocks: list[np.ndarray | None], n: int, block: int, names: list[str | None],
+                 errors: dict[int, str]) -> None:
+        """Consumes ``blocks`` (each is let go once copied, so the copy never doubles the memory)."""
+        self.ints = {f: array("q") for f in INT_FIELDS}
+        self.warmup, self.source, self.cached = array("b"), array("b"), array("i")
+        self.error_class, self.cls = array("h"), array("h")
+        small = {"warmup": self.warmup, "source": self.source, "error_class": self.error_class,
+                 "cached_tokens": self.cached, "cls": self.cls}
+        for k, whole in enumerate(blocks):
+            assert whole is not None
+            rows = whole[: min(block, n - k * block)]
+            for f, col in (*self.ints.items(), *small.items()):
+                col.frombytes(np.ascontiguousarray(rows[f], dtype=_NUMPY[col.typecode]).tobytes())
+            blocks[k] = None
+        self.names = names
+        self.errors = errors
+
+
+_NUMPY = {"q": np.int64, "i": np.int32, "h": np.int16, "b": np.int8}
+
+
+class RowRecord:
+    """Row ``i`` of :class:`Columns`, with the attributes of a compacted ``RequestRecord``."""
+
+    __slots__ = ("_c", "_i")
+
+    def __init__(self, columns: Columns, i: int) -> None:
+        self._c = columns
+        self._i = i
+
+    chunk_ns = DROPPED
+    chunk_tokens = DROPPED
+
+    @property
+    def warmup(self) -> bool:
+        return bool(self._c.warmup[self._i])
+
+    @property
+    def tokens_source(self) -> str:
+        return self._c.names[self._c.source[self._i]] or "chunks"
+
+    @property
+    def error_class(self) -> str | None:
+        return self._c.names[self._c.error_class[self._i]]
+
+    @property
+    def cls(self) -> str | None:
+        return self._c.names[self._c.cls[self._i]]
+
+    @property
+    def cached_tokens(self) -> int | None:
+        v = self._c.cached[self._i]
+        return None if v < 0 else v
+
+    @property
+    def error(self) -> str | None:
+        return self._c.errors.get(self._i)
+
+    @property
+    def ok(self) -> bool:
+        return self._c.error_class[self._i] == 0  # code 0 is None: no error
+
+    @property
+    def issue_delay_ns(self) -> int:
+        ints = self._c.ints
+        return ints["sent_ns"][self._i] - ints["scheduled_ns"][self._i]
+
+    def __repr__(self) -> str:
+        return f"RowRecord(index={self._c.ints['index'][self._i]})"
+
+
+def _int_field(name: str) -> property:
+    def get(self: RowRecord) -> int | None:
+        v = self._c.ints[name][self._i]
+        return None if v == NONE else v
+
+    return property(get)
+
+
+for _f in INT_FIELDS:
+    setattr(RowRecord, _f, _int_field(_f))
+
+
+def rows_of(columns: Columns) -> list[Any]:
+    """Every row as a :class:`RowRecord`, in table order."""
+    make: Callable[[Columns, int], RowRecord] = RowRecord
+    return [make(columns, i) for i in range(len(columns.warmup))]
