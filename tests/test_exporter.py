@@ -263,20 +263,15 @@ def _scrape_url(url: str) -> dict[tuple[str, str], float] | None:
             for fam in text_string_to_metric_families(text) for smp in fam.samples}
 
 
-def test_in_flight_with_worker_processes(tmp_path) -> None:
-    """--workers 2: the workers issue, the parent exports. In flight is never negative nor above the
-    concurrency, is seen above zero while the run goes, and ends at 0 with every request counted."""
+def scrape_while_running(cmd: list[str], port: int, env: dict[str, str], timeout_s: float) -> list[dict]:
+    """Run ``cmd`` (a loadgen run with ``--metrics-port port``), scraping every 50 ms until it exits;
+    asserts it exited 0 and returns the scrapes."""
     from tests.conftest import ROOT
 
-    port, out, concurrency = _free_port(), tmp_path / "run", 8
-    cmd = [sys.executable, "-m", "loadgen", "run", "concurrency", "--concurrency", str(concurrency),
-           "--workers", "2", "--num-requests", "60", "--duration", "3", "--input-len", "16",
-           "--output-len", "8", "--no-gpu-telemetry", "--server-metrics-url", "none",
-           "--metrics-port", str(port), "--metrics-linger-s", "1.5", "--out", str(out), "--quiet"]
     scrapes = []
     with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"}) as proc:
-        deadline = time.monotonic() + 90
+                          env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}) as proc:
+        deadline = time.monotonic() + timeout_s
         while proc.poll() is None and time.monotonic() < deadline:
             got = _scrape_url(f"http://127.0.0.1:{port}/metrics")
             if got is not None:
@@ -286,6 +281,19 @@ def test_in_flight_with_worker_processes(tmp_path) -> None:
             proc.kill()
         output = proc.communicate()[0].decode()
     assert proc.returncode == 0, output
+    return scrapes
+
+
+def test_in_flight_with_worker_processes(tmp_path) -> None:
+    """--workers 2: the workers issue, the parent exports. In flight is never negative nor above the
+    concurrency, is seen above zero while the run goes, and ends at 0 with every request counted."""
+
+    port, out, concurrency = _free_port(), tmp_path / "run", 8
+    cmd = [sys.executable, "-m", "loadgen", "run", "concurrency", "--concurrency", str(concurrency),
+           "--workers", "2", "--num-requests", "60", "--duration", "3", "--input-len", "16",
+           "--output-len", "8", "--no-gpu-telemetry", "--server-metrics-url", "none",
+           "--metrics-port", str(port), "--metrics-linger-s", "1.5", "--out", str(out), "--quiet"]
+    scrapes = scrape_while_running(cmd, port, {}, 90)
     report = json.loads((out / "report.json").read_text())
     res = report["results"]
     assert report["client_workers"] == 2

@@ -210,7 +210,7 @@ def test_ray_local_survives_a_terminals_ctrl_c_and_the_run_drains(tmp_path):
 def test_the_live_exporter_counts_what_ray_actors_do(cluster, tmp_path):
     """--ray: the actors issue, the driver exports. In flight is seen above zero while the run goes,
     never above the concurrency, and the final scrape counts every request and token of the report."""
-    from tests.test_exporter import _free_port, _scrape_url
+    from tests.test_exporter import _free_port, scrape_while_running
 
     address, _ = cluster
     port, out, concurrency = _free_port(), tmp_path / "run", 4
@@ -218,19 +218,7 @@ def test_the_live_exporter_counts_what_ray_actors_do(cluster, tmp_path):
            "--workers", "2", "--ray", address, "--num-requests", "60", "--duration", "3",
            "--input-len", "16", "--output-len", "8", "--no-gpu-telemetry", "--server-metrics-url", "none",
            "--metrics-port", str(port), "--metrics-linger-s", "1.5", "--out", str(out)]
-    scrapes = []
-    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          env={**os.environ, **RAY_ENV, "PYTHONUNBUFFERED": "1"}) as proc:
-        deadline = time.monotonic() + 150
-        while proc.poll() is None and time.monotonic() < deadline:
-            got = _scrape_url(f"http://127.0.0.1:{port}/metrics")
-            if got is not None:
-                scrapes.append(got)
-            time.sleep(0.05)
-        if proc.poll() is None:
-            proc.kill()
-        output = proc.communicate()[0].decode()
-    assert proc.returncode == 0, output
+    scrapes = scrape_while_running(cmd, port, RAY_ENV, 150)
     report = json.loads((out / "report.json").read_text())
     res = report["results"]
     assert report["client"]["engine"] == "ray"
