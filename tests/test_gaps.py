@@ -122,9 +122,9 @@ def test_record_table_is_smaller_than_the_records_it_replaces():
 
     per_record, _ = held(records)
     per_row, _ = held(table)
-    # 144-byte rows (17 int64 fields, the reasoning pair included, and 8 bytes of small ones) in blocks
-    # of 8192: 20,000 rows hold 3 blocks, 177 bytes a row.
-    assert per_row < 180 and per_record > 2 * per_row, (per_record, per_row)
+    # 102-byte rows (6 int64 timestamps, 11 int32 counts and ids, 10 bytes of small ones) in blocks of
+    # 8192: 20,000 rows hold 3 blocks, 125 bytes a row.
+    assert per_row < 130 and per_record > 2 * per_row, (per_record, per_row)
 
 
 def test_exact_samples_survive_block_boundaries(monkeypatch):

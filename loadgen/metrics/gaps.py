@@ -13,7 +13,7 @@ full to ``requests.jsonl``):
   µs a record) means no pause at the switch: converting 5 million kept samples at once had stalled the
   event loop for 1.7 s in the middle of a soak run;
 - the record keeps only its last chunk time (for TPOT) — :func:`compact` — and, during a run, lives
-  in a :class:`RecordTable`: one row of fixed-size numpy columns (about 130 bytes) instead of a Python
+  in a :class:`RecordTable`: one row of fixed-size numpy columns (about 100 bytes) instead of a Python
   object of about 420, so a 200,000-request run holds 26 MB of records, not 84 (the report turns the
   table back into records once the clock has stopped).
 """
@@ -29,8 +29,8 @@ import numpy as np
 from loadgen.metrics.latency import PERCENTILES, distribution, percentile_key, request_itl_ns
 from loadgen.metrics.rows import DROPPED as _DROPPED
 from loadgen.metrics.rows import INT_FIELDS as _INT_FIELDS
-from loadgen.metrics.rows import NONE as _NONE
 from loadgen.metrics.rows import ROW as _ROW
+from loadgen.metrics.rows import SENTINELS as _SENTINELS
 from loadgen.metrics.rows import Columns, rows_of
 from loadgen.records import RequestRecord
 
@@ -182,7 +182,8 @@ class RecordTable:
                 rec.first_token_ns, last, rec.input_tokens, rec.output_tokens, rec.prompt_tokens,
                 rec.requested_output_tokens, rec.status, rec.worker, rec.retries, rec.first_answer_ns,
                 rec.reasoning_tokens)
-        self._blocks[-1][i] = (*(_NONE if v is None else v for v in ints), rec.warmup,
+        self._blocks[-1][i] = (*(s if v is None else v for v, s in zip(ints, _SENTINELS, strict=True)),
+                               rec.warmup,
                                self._code(rec.tokens_source), self._code(rec.error_class),
                                -1 if rec.cached_tokens is None else rec.cached_tokens, self._code(rec.cls))
         if rec.error is not None:
@@ -194,8 +195,8 @@ class RecordTable:
         for b, block in enumerate(self._blocks):
             rows = block[: min(self.BLOCK, self._n - b * self.BLOCK)].tolist()  # tuples of Python scalars
             for k, row in enumerate(rows):
-                values: dict[str, Any] = {f: (None if v == _NONE else v)
-                                          for f, v in zip(_INT_FIELDS, row, strict=False)}
+                values: dict[str, Any] = {f: (None if v == s else v)
+                                          for f, v, s in zip(_INT_FIELDS, row, _SENTINELS, strict=False)}
                 warmup, source, error_class, cached, cls = row[len(_INT_FIELDS):]
                 yield RequestRecord(
                     **values, chunk_ns=_DROPPED, chunk_tokens=_DROPPED, warmup=bool(warmup),
