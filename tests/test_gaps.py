@@ -168,3 +168,44 @@ def test_table_rows_read_back_every_field_of_the_compacted_records():
     for view, rec in zip(views, recs, strict=True):
         _same(view, compact(rec))
     assert views[3].error == "x" * 200 and views[4].error is None
+
+
+def test_the_report_reads_a_tables_columns_as_it_reads_records():
+    """RequestArrays of a table's views (read from its columns) equal those of the compacted records
+    (read one object at a time): all rows, a filtered subset and a reordered list, with warm-up rows,
+    failures, missing first tokens and chunk-less records; and summarize gives the same report."""
+    from dataclasses import fields
+
+    from loadgen.metrics.gaps import RecordTable
+    from loadgen.metrics.latency import RequestArrays, Slo
+    from loadgen.metrics.rows import FieldReader, columns_of
+
+    table, recs = RecordTable(), []
+    table.BLOCK = 4
+    for i in range(23):
+        r = _rec(i, [1_000 * i + 10, 1_000 * i + 25, 1_000 * i + 40])
+        r.sent_ns, r.scheduled_ns = 5 + i, i
+        r.input_tokens, r.status = 16 + i, 200
+        r.warmup = i in (0, 9)
+        r.reasoning_tokens = None if i % 2 else 1
+        r.first_answer_ns = None if i % 3 else r.first_token_ns
+        if i in (4, 13):  # a failure with no first token and no chunks
+            r.error_class, r.error, r.status = "http_status", "busy", 503
+            r.first_token_ns, r.chunk_ns, r.chunk_tokens, r.output_tokens = None, [], [], 0
+        if i == 17:  # a failure that never got a status
+            r.error_class, r.status, r.first_token_ns, r.chunk_ns, r.chunk_tokens = "connect", None, None, [], []
+        recs.append(r)
+        table.append(r)
+    views = table.to_list()
+    plain = [compact(r) for r in recs]
+    for pick in (lambda x: x, lambda x: [r for r in x if r.index % 3], lambda x: x[::-1]):
+        fast, slow = RequestArrays.from_records(pick(views)), RequestArrays.from_records(pick(plain))
+        assert columns_of(pick(views)) is not None
+        for f in fields(RequestArrays):
+            np.testing.assert_array_equal(getattr(fast, f.name), getattr(slow, f.name), err_msg=f.name)
+        fast_f, slow_f = FieldReader(pick(views)), FieldReader(pick(plain))
+        for name, none in (("sent_ns", 0), ("first_token_ns", -1), ("status", -1), ("index", 0)):
+            np.testing.assert_array_equal(fast_f.get(name, none), slow_f.get(name, none), err_msg=name)
+        np.testing.assert_array_equal(fast_f.no_error(), slow_f.no_error())
+    slo = Slo(ttft_ms=0.01, tpot_ms=1.0)
+    assert summarize(views, slo=slo) == summarize(plain, slo=slo)

@@ -38,6 +38,7 @@ from loadgen.engine.workers import (
 from loadgen.errors import ConfigError
 from loadgen.metrics.gaps import GapStore
 from loadgen.metrics.health import ClientHealth, admission_times, assess
+from loadgen.metrics.rows import FieldReader
 from loadgen.records import RequestRecord
 from loadgen.schedule.trace import Trace, cap_shares, seeded_rngs
 from loadgen.settings import Scenario, Settings
@@ -308,24 +309,25 @@ def _health(
 ) -> ClientHealth:
     """The verdict on the client; ``cpus`` are the loops' threads' (judged), ``process_cpus`` the
     processes' (reported as ``process_cpu_cores``, the busiest)."""
-    sent = [r for r in records if r.sent_ns]
-    delays = np.array([r.sent_ns - r.scheduled_ns for r in sent], dtype=np.int64)
+    f = FieldReader(records)  # numpy columns, not a Python int per value (a long run's peak memory)
+    sent_ns = f.get("sent_ns")
+    keep = sent_ns != 0  # requests that went out
+    sent, scheduled, end = sent_ns[keep], f.get("scheduled_ns")[keep], f.get("end_ns")[keep]
+    delays = sent - scheduled
     known = [c for c in cpus if c is not None]
     closed = None
     if not settings.scenario.open_loop:
-        closed = np.array([r.end_ns - r.sent_ns for r in sent if r.end_ns], dtype=np.int64)
+        closed = (end - sent)[end != 0]
     # under --max-concurrency a request is due when it got its slot (the wait was asked for)
     cap = settings.max_concurrency if settings.scenario.open_loop else None
-    scheduled = np.array([r.scheduled_ns for r in sent], dtype=np.int64)
     due = scheduled
     if cap is not None:
-        due = admission_times(np.array([r.index for r in sent], dtype=np.int64), scheduled,
-                              np.array([max(r.end_ns, r.sent_ns) for r in sent], dtype=np.int64),
+        due = admission_times(f.get("index")[keep], scheduled, np.maximum(end, sent),
                               cap_shares(cap, len(cpus)))
-    ok = np.array([r.first_token_ns is not None and r.error_class is None for r in sent], dtype=bool)
-    first = np.array([r.first_token_ns or 0 for r in sent], dtype=np.int64)
+    first = f.get("first_token_ns", none=-1)[keep]
+    ok = (first != -1) & f.no_error()[keep]
     from_due = (first - due)[ok]
-    from_sent = (first - np.array([r.sent_ns for r in sent], dtype=np.int64))[ok]
+    from_sent = (first - sent)[ok]
     waits = due - scheduled if cap is not None else None
     procs = [c for c in process_cpus or [] if c is not None]
     health = assess(delays, lags_ns, max(known) if known else None,

@@ -196,29 +196,38 @@ async def run_async(
             finally:
                 await client.close()
                 sidecars.stop_sampling()
+    # The prompts and the schedule are done with (a 200,000-request run's synthetic prompts are ~14 MB):
+    # let them go before the report is built, the run's peak of memory. Only shared-prefix runs need
+    # the prompts' groups.
+    groups = [smp.group for smp in dataset.samples] if settings.prefix is not None else None
+    del dataset, trace, warm
     # A signal interrupts a run (exit 130/143); a hard stop or --max-error-rate only ends it early
     # (stopped_early: a validity reason, exit 0).
     report = build_report(meta, records, settings=settings, health=health, stats=stats,
                           interrupted=control.interrupts > 0, itl=gaps.distribution())
-    _note_cap(report.data, settings)
-    await sidecars.add_results(report.data, records, client.t0_ns)
-    _workload_results(report.data["results"], settings, records, dataset, extra)
+    await _add_results(report.data, settings, records, groups=groups, sessions=extra, sidecars=sidecars,
+                       t0_ns=client.t0_ns)
     # report.html re-reads requests.jsonl for its plots: let the in-memory copies go first, so that a
     # long run's peak memory is the larger of the two steps, not their sum
-    del records, dataset, trace, warm, gaps
+    del records, gaps
     write_outputs(out_dir, report)
     await sidecars.finish(say)
     return RunResult(out_dir, report.data)
 
 
-def _workload_results(
-    results: dict[str, Any], settings: Settings, records: list[RequestRecord], dataset: Dataset,
-    sessions: dict[str, Any],
+async def _add_results(
+    data: dict[str, Any], settings: Settings, records: list[RequestRecord], *,
+    groups: list[int | None] | None, sessions: dict[str, Any], sidecars: Sidecars, t0_ns: int,
 ) -> None:
-    """Per-workload breakdowns: TTFT by shared-prefix group, and by turn of multi-turn sessions."""
-    if settings.prefix is not None:
-        groups = ttft_by_group(records, [smp.group for smp in dataset.samples])
-        results["ttft_by_prefix_group"] = {str(g): v for g, v in groups.items()}
+    """What the report gains beyond :func:`build_report`: the in-flight cap's note, the sidecars'
+    results (server metrics, GPU telemetry), and the per-workload breakdowns: TTFT by shared-prefix
+    group (``groups``: each prompt's, for a shared-prefix run), and by turn of multi-turn sessions."""
+    _note_cap(data, settings)
+    await sidecars.add_results(data, records, t0_ns)
+    results = data["results"]
+    if groups is not None:
+        by_group = ttft_by_group(records, groups)
+        results["ttft_by_prefix_group"] = {str(g): v for g, v in by_group.items()}
     results.update(sessions)  # sessions_by_turn, and agentic sessions' per-session summary
 
 

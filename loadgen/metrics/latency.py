@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from loadgen.metrics.rows import SENTINEL, Columns, columns_of
 from loadgen.records import RequestRecord
 
 #: Percentiles reported by :func:`distribution` (``p50``, ``p90``, ``p95``, ``p99``, ``p99_9``).
@@ -106,6 +107,11 @@ class RequestArrays:
 
     @classmethod
     def from_records(cls, records: Iterable[RequestRecord]) -> RequestArrays:
+        """The measured (not warm-up) records' fields as arrays. Views on a run's record table
+        (:mod:`loadgen.metrics.rows`) are read from its columns, without a Python object per value."""
+        found = columns_of(records) if isinstance(records, list) else None
+        if found is not None:
+            return cls._from_columns(*found)
         rows = [r for r in records if not r.warmup]
 
         def col(values: Iterable[int]) -> IntArray:
@@ -124,6 +130,27 @@ class RequestArrays:
             ok=np.fromiter((r.ok for r in rows), dtype=np.bool_, count=len(rows)),
             first_answer=col(-1 if r.first_answer_ns is None else r.first_answer_ns for r in rows),
             reasoning_tokens=col(r.reasoning_tokens or 0 for r in rows),
+        )
+
+    @classmethod
+    def _from_columns(cls, c: Columns, rows: np.ndarray | None) -> RequestArrays:
+        warm = c.column("warmup", rows)
+        if warm.any():
+            rows = (np.arange(len(c)) if rows is None else rows)[warm == 0]
+        first = c.column("first_token_ns", rows, none=-1)
+        last = c.column("last_chunk_ns", rows)
+        return cls(
+            scheduled=c.column("scheduled_ns", rows),
+            sent=c.column("sent_ns", rows),
+            first_token=first,
+            last_chunk=np.where(last == SENTINEL["last_chunk_ns"], first, last),  # as _last_chunk
+            end=c.column("end_ns", rows),
+            input_tokens=c.column("input_tokens", rows),
+            output_tokens=c.column("output_tokens", rows),
+            status=c.column("status", rows, none=-1),
+            ok=c.column("error_class", rows) == 0,
+            first_answer=c.column("first_answer_ns", rows, none=-1),
+            reasoning_tokens=c.column("reasoning_tokens", rows, none=0),
         )
 
     def __len__(self) -> int:

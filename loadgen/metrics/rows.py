@@ -13,7 +13,7 @@ read-only.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,23 @@ class Columns:
             blocks[k] = None
         self.names = names
         self.errors = errors
+
+
+    def column(self, name: str, rows: np.ndarray | None = None, none: int | None = None) -> np.ndarray:
+        """Field ``name`` (an integer field, or ``warmup``, ``error_class``) as a numpy array of the
+        ``rows`` asked (None: all, without a copy), the sentinel replaced by ``none`` when given."""
+        col = self.ints.get(name)
+        if col is None:
+            col = {"warmup": self.warmup, "error_class": self.error_class}[name]
+        a = np.frombuffer(col, dtype=_NUMPY[col.typecode]) if len(col) else np.empty(0, _NUMPY[col.typecode])
+        if rows is not None:
+            a = a[rows]
+        if none is not None and name in SENTINEL:
+            a = np.where(a == SENTINEL[name], none, a)
+        return a
+
+    def __len__(self) -> int:
+        return len(self.warmup)
 
 
 _NUMPY = {"q": np.int64, "i": np.int32, "h": np.int16, "b": np.int8}
@@ -131,3 +148,43 @@ def rows_of(columns: Columns) -> list[Any]:
     """Every row as a :class:`RowRecord`, in table order."""
     make: Callable[[Columns, int], RowRecord] = RowRecord
     return [make(columns, i) for i in range(len(columns.warmup))]
+
+
+def columns_of(records: Sequence[Any]) -> tuple[Columns, np.ndarray | None] | None:
+    """The :class:`Columns` that every one of ``records`` is a view of, and which rows they are, in
+    their order (None: all rows, in table order): the report reads such a list's fields as numpy
+    columns straight away. None when the records are not all views of one table."""
+    if type(records) is not list or not records or type(records[0]) is not RowRecord:
+        return None
+    c = records[0]._c
+    if not all(type(r) is RowRecord and r._c is c for r in records):
+        return None
+    rows = np.fromiter((r._i for r in records), dtype=np.int64, count=len(records))
+    if len(rows) == len(c) and np.array_equal(rows, np.arange(len(c))):
+        return c, None
+    return c, rows
+
+
+class FieldReader:
+    """Integer fields of a list of records as int64 arrays, one array per field: read from the table's
+    columns when the records are its views (:func:`columns_of`), else one record at a time."""
+
+    def __init__(self, records: Sequence[Any]) -> None:
+        self._records = records
+        self._found = columns_of(records)
+
+    def get(self, name: str, none: int = 0) -> np.ndarray:
+        """Field ``name`` of every record, ``none`` where it is None."""
+        if self._found is not None:
+            c, rows = self._found
+            return c.column(name, rows, none=none).astype(np.int64, copy=False)
+        return np.fromiter((none if (v := getattr(r, name)) is None else v for r in self._records),
+                           dtype=np.int64, count=len(self._records))
+
+    def no_error(self) -> np.ndarray:
+        """Whether each record has no error class (it completed)."""
+        if self._found is not None:
+            c, rows = self._found
+            return c.column("error_class", rows) == 0
+        return np.fromiter((r.error_class is None for r in self._records), dtype=bool,
+                           count=len(self._records))
