@@ -193,7 +193,8 @@ def test_the_report_reads_a_tables_columns_as_it_reads_records():
             r.error_class, r.error, r.status = "http_status", "busy", 503
             r.first_token_ns, r.chunk_ns, r.chunk_tokens, r.output_tokens = None, [], [], 0
         if i == 17:  # a failure that never got a status
-            r.error_class, r.status, r.first_token_ns, r.chunk_ns, r.chunk_tokens = "connect", None, None, [], []
+            r.error_class, r.status, r.first_token_ns = "connect", None, None
+            r.chunk_ns, r.chunk_tokens = [], []
         recs.append(r)
         table.append(r)
     views = table.to_list()

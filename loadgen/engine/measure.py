@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +38,18 @@ from loadgen.engine.workers import (
 from loadgen.errors import ConfigError
 from loadgen.metrics.gaps import GapStore
 from loadgen.metrics.health import ClientHealth, admission_times, assess
-from loadgen.metrics.rows import FieldReader
+from loadgen.metrics.rows import Columns, FieldReader
 from loadgen.records import RequestRecord
 from loadgen.schedule.trace import Trace, cap_shares, seeded_rngs
 from loadgen.settings import Scenario, Settings
 from loadgen.workload.samples import Dataset
 from loadgen.workload.tokens import TokenCounter
 
-Measured = tuple[list[RequestRecord], IssueStats, ClientHealth, dict[str, Any]]
+#: What a measurement gives: the finished records (a call, so that the caller can let the prompts go
+#: before the report's views on the record table exist: a long run's peak of memory), the issue stats,
+#: the client's health and the per-turn summary of multi-turn sessions.
+Records = Callable[[], list[RequestRecord]]
+Measured = tuple[Records, IssueStats, ClientHealth, dict[str, Any]]
 
 
 async def warm_up(
@@ -83,9 +87,9 @@ async def measure(
     workers: int = 1,
     max_connections: int = 0,
 ) -> Measured:
-    """Issue the measured load; returns the records, the issue stats, the client's health and the
-    per-turn summary of multi-turn sessions (empty otherwise). ``requests.jsonl`` holds every record
-    when this returns, also when it raises."""
+    """Issue the measured load; returns the records (call it for the list), the issue stats, the
+    client's health and the per-turn summary of multi-turn sessions (empty otherwise).
+    ``requests.jsonl`` holds every record when this returns, also when it raises."""
     path = out_dir / "requests.jsonl"
     if settings.sessions is not None and settings.ray is not None:
         raise ConfigError("--ray runs open- and closed-loop scenarios; multi-turn and agentic sessions run "
@@ -113,7 +117,7 @@ async def measure(
 async def _issuer(
     settings: Settings, *, client: Client, dataset: Dataset, trace: Trace, control: RunControl,
     sink: RecordSink, path: Path | None = None,
-) -> tuple[list[RequestRecord], IssueStats, ClientHealth]:
+) -> tuple[Records, IssueStats, ClientHealth]:
     """One issuer on this event loop."""
     issuer = Issuer(client, dataset, trace, sink.record, sink.on_start)
     await client.preconnect(preconnect_count(trace))
@@ -134,15 +138,15 @@ async def _issuer(
     finally:
         control.measuring(None)
         sink.close()
-    done = sink.records()
-    health = _health(settings, done, monitor.lags_ns, [monitor.cpu_cores], [monitor.process_cpu_cores])
-    return done, issuer.stats, health
+    health = _health(settings, sink.columns(), monitor.lags_ns, [monitor.cpu_cores],
+                     [monitor.process_cpu_cores])
+    return sink.records, issuer.stats, health
 
 
 async def _workers(
     settings: Settings, *, client: Client, dataset: Dataset, trace: Trace, path: Path, control: RunControl,
     workers: int, max_connections: int, sink: RecordSink,
-) -> tuple[list[RequestRecord], IssueStats, ClientHealth]:
+) -> tuple[Records, IssueStats, ClientHealth]:
     """Worker processes; each appends its records to ``path``, which the pool tails into the sink."""
     parts = split_trace(trace, workers)
     # The starts happen in the workers, which report their in-flight counts every tick: observers that
@@ -183,17 +187,18 @@ async def _workers(
 
         pool, results = await on_ray(settings.ray, jobs, path.parent, run_pool, quiet=not settings.progress)
     lags = np.concatenate([r.lags_ns for r in results]) if results else np.zeros(0, np.int64)
-    done = sink.records()
-    health = _health(settings, done, lags, [r.cpu_cores for r in results],
+    health = _health(settings, sink.columns(), lags, [r.cpu_cores for r in results],
                      [r.process_cpu_cores for r in results])
     if settings.ray is not None:
         from loadgen.engine.cluster.certify import certify
         from loadgen.engine.cluster.pool import RayPool
 
         assert isinstance(pool, RayPool)
+        done = sink.records()
         health = certify(health, done, results, pool.nodes,
                          lambda recs, lags, cpus: _health(settings, recs, lags, cpus))
-    return done, pool.stats, health
+        return lambda: done, pool.stats, health
+    return sink.records, pool.stats, health
 
 
 class _ThroughLanes:
@@ -244,9 +249,9 @@ async def _sessions(
     finally:
         sink.close()
     summary = {"sessions_by_turn": {str(k): v for k, v in turn_summary(results).items()}}
-    done = sink.records()
-    health = _health(settings, done, monitor.lags_ns, [monitor.cpu_cores], [monitor.process_cpu_cores])
-    return done, stats, health, summary
+    health = _health(settings, sink.columns(), monitor.lags_ns, [monitor.cpu_cores],
+                     [monitor.process_cpu_cores])
+    return sink.records, stats, health, summary
 
 
 async def _agents(
@@ -298,14 +303,14 @@ async def _agents(
         sink.close()
     summary = {"sessions_by_turn": {str(k): v for k, v in turn_summary(results).items()},  # type: ignore[arg-type]
                "sessions": session_summary(results, sessions, spec.users)}
-    done = sink.records()
-    health = _health(settings, done, monitor.lags_ns, [monitor.cpu_cores], [monitor.process_cpu_cores])
-    return done, stats, health, summary
+    health = _health(settings, sink.columns(), monitor.lags_ns, [monitor.cpu_cores],
+                     [monitor.process_cpu_cores])
+    return sink.records, stats, health, summary
 
 
 def _health(
-    settings: Settings, records: list[RequestRecord], lags_ns: np.ndarray, cpus: list[float | None],
-    process_cpus: list[float | None] | None = None,
+    settings: Settings, records: Sequence[RequestRecord] | Columns, lags_ns: np.ndarray,
+    cpus: list[float | None], process_cpus: list[float | None] | None = None,
 ) -> ClientHealth:
     """The verdict on the client; ``cpus`` are the loops' threads' (judged), ``process_cpus`` the
     processes' (reported as ``process_cpu_cores``, the busiest)."""

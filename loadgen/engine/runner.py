@@ -184,7 +184,7 @@ async def run_async(
                     async with asyncio.TaskGroup() as tg:
                         sidecars.scrape_during(tg, session, stop_scraping)
                         try:
-                            records, stats, health, extra = await measure(
+                            records_of, stats, health, extra = await measure(
                                 settings, client=client, counter=counter, dataset=dataset, trace=trace,
                                 out_dir=out_dir, control=control, observers=observers, gaps=gaps,
                                 workers=workers, max_connections=_max_connections(settings, trace),
@@ -201,6 +201,7 @@ async def run_async(
     # the prompts' groups.
     groups = [smp.group for smp in dataset.samples] if settings.prefix is not None else None
     del dataset, trace, warm
+    records = records_of()  # views on the record table (loadgen.metrics.rows)
     # A signal interrupts a run (exit 130/143); a hard stop or --max-error-rate only ends it early
     # (stopped_early: a validity reason, exit 0).
     report = build_report(meta, records, settings=settings, health=health, stats=stats,

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from loadgen.engine.issuer import ErrorRateGuard, IssueStats
 from loadgen.metrics.gaps import GapStore, RecordTable
+from loadgen.metrics.rows import Columns
 from loadgen.records import RecordWriter, RequestRecord
 
 
@@ -94,6 +95,10 @@ class RecordSink:
 
     def records(self) -> list[RequestRecord]:
         return self.table.to_list()
+
+    def columns(self) -> Columns:
+        """The finished records as the table's flat columns (no Python object per record)."""
+        return self.table.columns()
 
     def close(self) -> None:
         if self._writer is not None:

@@ -169,9 +169,13 @@ class FieldReader:
     """Integer fields of a list of records as int64 arrays, one array per field: read from the table's
     columns when the records are its views (:func:`columns_of`), else one record at a time."""
 
-    def __init__(self, records: Sequence[Any]) -> None:
-        self._records = records
-        self._found = columns_of(records)
+    def __init__(self, records: Sequence[Any] | Columns) -> None:
+        if isinstance(records, Columns):
+            self._records: Sequence[Any] = ()
+            self._found: tuple[Columns, np.ndarray | None] | None = (records, None)
+        else:
+            self._records = records
+            self._found = columns_of(records)
 
     def get(self, name: str, none: int = 0) -> np.ndarray:
         """Field ``name`` of every record, ``none`` where it is None."""

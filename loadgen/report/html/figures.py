@@ -7,6 +7,7 @@ which :func:`run_figures` places them (and their names, in :data:`RUN_FIGURES`) 
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -142,21 +143,23 @@ def inflight(d: RunData) -> str:
 
 
 def output_tokens_per_s(d: RunData) -> str:
-    tok_t, tok_w = [], []
+    # flat accumulators, not two small numpy arrays per request (20,000 plotted requests: ~9 MB less)
+    tok_t, tok_w = array("q"), array("d")
     for r in d.measured:
-        if r.chunk_ns:
-            counts = np.ones(len(r.chunk_ns))
-            given = r.chunk_tokens[: len(r.chunk_ns)]
-            counts[: len(given)] = np.maximum(np.asarray(given, dtype=np.float64), 1)
+        n = len(r.chunk_ns)
+        if n:
+            given = r.chunk_tokens[:n]
+            counts = [max(float(k), 1.0) for k in given] + [1.0] * (n - len(given))
             if r.output_tokens > 0:  # usage or tokenizer counts are better than chunk counts
-                counts *= r.output_tokens / counts.sum()
-            tok_t.append(np.asarray(r.chunk_ns, dtype=np.float64))
-            tok_w.append(counts)
+                scale = r.output_tokens / math.fsum(counts)
+                counts = [c * scale for c in counts]
+            tok_t.extend(r.chunk_ns)
+            tok_w.extend(counts)
         elif r.ok and r.output_tokens > 0:
-            tok_t.append(np.array([float(r.end_ns)]))
-            tok_w.append(np.array([float(r.output_tokens)]))
-    times = np.concatenate(tok_t) / _NS_PER_S if tok_t else np.empty(0)
-    weights = np.concatenate(tok_w) * d.weight if tok_w else np.empty(0)
+            tok_t.append(r.end_ns)
+            tok_w.append(float(r.output_tokens))
+    times = np.frombuffer(tok_t, dtype=np.int64) / _NS_PER_S if tok_t else np.empty(0)
+    weights = np.frombuffer(tok_w, dtype=np.float64) * d.weight if tok_w else np.empty(0)
     bx, by = _bins(times, weights, d.end_s)
     tps = Chart("Output tokens per second", Axis("time since run start (s)", zero=True),
                 Axis("output tokens/s", zero=True))

@@ -7,6 +7,7 @@ draws the sections that come from ``report.json`` alone (server ``/metrics`` sam
 from __future__ import annotations
 
 import json
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -344,8 +345,17 @@ def _plot_records(jsonl: Path) -> tuple[list[RequestRecord], int]:
         total = sum(1 for _ in f)
     step = max(1, -(-total // MAX_PLOTTED_REQUESTS))
     if step == 1:
-        return read_records(jsonl), 1
-    return [rec for i, rec in enumerate(iter_records(jsonl)) if i % step == 0], step
+        return [_lean(r) for r in read_records(jsonl)], 1
+    return [_lean(rec) for i, rec in enumerate(iter_records(jsonl)) if i % step == 0], step
+
+
+def _lean(rec: RequestRecord) -> RequestRecord:
+    """The record with its chunk times and token counts as flat arrays (8 and 4 bytes a value instead of
+    a Python int and a list slot each: 20,000 plotted records of 16 chunks take ~12 MB less). The
+    figures only read them (len, slices, numpy)."""
+    rec.chunk_ns = array("q", rec.chunk_ns)  # type: ignore[assignment]
+    rec.chunk_tokens = array("i", rec.chunk_tokens)  # type: ignore[assignment]
+    return rec
 
 
 def write_run_html(out_dir: Path) -> Path:
