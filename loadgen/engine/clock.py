@@ -5,9 +5,9 @@ A clock gives ``now_ns()`` (integer nanoseconds, the clock of every ``*_ns`` fie
 absolute targets (``t0 + offset``), so the only thing a clock decides is how precisely it wakes up.
 
 Real time: asyncio timers wake up to ~1 ms late (epoll rounds timeouts to milliseconds), so on Linux
-:class:`RealClock` waits on a timerfd armed at the target (nanosecond resolution, timer slack set to
-1 µs for the loop's thread); elsewhere it sleeps until 1 ms before the target and then yields to the
-loop (``sleep(0)``) until the target. Reads keep being served while it waits.
+:class:`RealClock` waits on a timerfd armed 0.4 ms before the target (nanosecond resolution, timer
+slack set to 1 µs for the loop's thread), then yields (``sleep(0)``) until the target; elsewhere it
+sleeps until 1 ms before the target and then yields until it. Reads keep being served while it waits.
 
 Virtual time (after trio's ``MockClock(autojump_threshold=0)``): time stands still while any task can
 run, and jumps to the next deadline — the earliest ``sleep_until`` target or asyncio timer
@@ -32,7 +32,8 @@ from loadgen.engine.timerfd import arm_timerfd
 
 SPIN_NS = 1_000_000  # the last stretch before a target is waited out with sleep(0), not a timer
 # with a timerfd: woken this much early, the rest with sleep(0) (0.2 ms early left the issue delay p99 at
-# 0.54-0.75 ms on this project's 2-core VM, 0.4 ms at 0.41-0.49 ms as the 1 ms spin; 4% of a core at 100/s)
+# 0.54-0.75 ms on this project's 2-core VM, 0.4 ms at 0.41-0.49 ms as the 1 ms spin; spinning 0.4 ms a
+# request is 4% of a core at 100/s by arithmetic, not measured)
 TIMERFD_EARLY_NS = 400_000
 
 
